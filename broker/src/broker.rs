@@ -1,0 +1,269 @@
+//! The `Broker` trait: everything hosts and clients need from a queue backend.
+//!
+//! Two implementations: [`crate::RedisBroker`] (production, many machines) and
+//! [`crate::LocalBroker`] (in-process, for the demo and unit tests). One
+//! conformance suite (`broker/tests/conformance.rs`) runs against both.
+//!
+//! The lifecycle of a call:
+//!
+//! ```text
+//! submit ──► queued ──claim──► (start) running ──complete──► succeeded | failed
+//!   │ countdown               │        │    └──retry──► retrying ──(delay)──► queued
+//!   └──► delayed set ──due──► │        └──release──► queued (graceful shutdown)
+//!                             └── host lease expires ──► reclaimed by a live host
+//!                                  (delivery limit reached ──► failed `lost`, dead-lettered)
+//! ```
+//!
+//! Every claim hands out a [`Delivery`] with a fresh token. `start`, `complete`,
+//! `retry` and `release` check the token atomically, so a host that lost its
+//! lease (and whose call was given to another host) can no longer publish.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+use crate::types::{Call, Envelope, ModuleHash};
+
+/// One claim of one call by one host.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The call, as submitted (attempt already set for this attempt).
+    pub call: Call,
+    /// The queue it came from.
+    pub queue: String,
+    /// Backend-specific id of the queue entry (a stream entry id in Redis).
+    pub entry_id: String,
+    /// The fencing token of this delivery; stale tokens cannot publish.
+    pub token: String,
+    /// How many times this entry has been delivered, from 1. Above the
+    /// broker's delivery limit, a call is failed as `lost` instead.
+    pub deliveries: u32,
+}
+
+/// What [`Broker::start`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// Run it; the call is now `running` under this delivery's token.
+    Run,
+    /// The call was revoked; the broker already recorded the `revoked` envelope
+    /// and acknowledged the entry. Do not run it.
+    Revoked,
+    /// The call already has a final result (a duplicate delivery) or the token
+    /// is stale; the entry is acknowledged. Do not run it.
+    Skip,
+}
+
+/// What a host announces about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// Unique id of this host process (`name/pid` plus a random suffix).
+    pub id: String,
+    /// Human name, usually the hostname.
+    pub name: String,
+    /// wasq version.
+    pub version: String,
+    /// Queues it consumes.
+    pub queues: Vec<String>,
+    /// Concurrent calls it runs at most.
+    pub concurrency: usize,
+    /// Start time, ms since the Unix epoch.
+    pub started_ms: u64,
+}
+
+/// A live host's counters, reported with each heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostStats {
+    /// Calls running now.
+    pub in_flight: usize,
+    /// Calls finished (any final state).
+    pub done: u64,
+    /// Calls that ended failed.
+    pub failed: u64,
+    /// Fuel used by all calls.
+    pub fuel_used: u64,
+    /// Last heartbeat, ms since the Unix epoch.
+    pub heartbeat_ms: u64,
+}
+
+/// A stored module and the names that point at it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// Its hash.
+    pub hash: ModuleHash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `name@version` tags pointing at it (`name` alone for the latest).
+    pub names: Vec<String>,
+}
+
+/// Tunables shared by both brokers.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// How long a host's lease lasts without a heartbeat. Default 10 s.
+    pub lease: Duration,
+    /// Deliveries of one call before it is failed as `lost`. Default 5.
+    pub max_deliveries: u32,
+    /// How long final results are kept; zero keeps them forever. Default one day.
+    pub result_ttl: Duration,
+    /// Largest module accepted. Default [`crate::DEFAULT_MAX_MODULE`].
+    pub max_module: u64,
+    /// Entries kept in the dead-letter stream (approximate cap). Default 10 000.
+    pub dead_letter_cap: u64,
+}
+
+/// Default host lease: 10 s.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// Default delivery limit: 5.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+/// Default result TTL: one day.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default dead-letter cap: 10 000 entries.
+pub const DEFAULT_DEAD_LETTER_CAP: u64 = 10_000;
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            lease: DEFAULT_LEASE,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            result_ttl: DEFAULT_RESULT_TTL,
+            max_module: crate::DEFAULT_MAX_MODULE,
+            dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
+        }
+    }
+}
+
+/// A queue backend. All methods are cancel-safe in the sense that dropping a
+/// future never loses a call: at worst it is delivered again.
+pub trait Broker: Send + Sync + 'static {
+    // ---- modules -------------------------------------------------------
+
+    /// Stores module bytes under their sha256 (write-once). Returns the hash and
+    /// whether they were newly stored.
+    ///
+    /// # Errors
+    /// [`crate::Error::ModuleTooLarge`] past the size limit; backend errors.
+    fn put_module(&self, bytes: &[u8]) -> impl Future<Output = Result<(ModuleHash, bool)>> + Send;
+
+    /// Whether a module is stored (so clients skip re-uploading).
+    fn has_module(&self, hash: &ModuleHash) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The stored bytes, unverified: callers must check the hash.
+    fn get_module(&self, hash: &ModuleHash)
+    -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+
+    /// Points `name` (and `name@version` if given) at a stored module.
+    ///
+    /// # Errors
+    /// [`crate::Error::ModuleNotFound`] if the hash is not stored;
+    /// [`crate::Error::InvalidName`] for names outside `[A-Za-z0-9_.-]{1,128}`.
+    fn tag(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        hash: &ModuleHash,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Resolves `name` or `name@version` to a hash; `None` if unknown.
+    fn resolve(&self, name: &str) -> impl Future<Output = Result<Option<ModuleHash>>> + Send;
+
+    /// Every stored module with its names.
+    fn list_modules(&self) -> impl Future<Output = Result<Vec<ModuleInfo>>> + Send;
+
+    // ---- clients -------------------------------------------------------
+
+    /// Queues calls (on each call's `queue`) in one round trip. With
+    /// `countdown`, they wait in the delayed set first. Each gets state
+    /// `queued` immediately, so `status` knows the id.
+    fn submit(
+        &self,
+        calls: &[Call],
+        countdown: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The current envelope of a call: final, or a pending one with state
+    /// `queued`/`running`/`retrying`. `None` means the id is unknown (never
+    /// submitted, or its result expired).
+    fn status(&self, id: &str) -> impl Future<Output = Result<Option<Envelope>>> + Send;
+
+    /// Waits for a final envelope, blocking on a push from the host (never
+    /// polling). `None` when `timeout` passes first. Any number of waiters
+    /// may wait on the same id; all wake.
+    ///
+    /// # Errors
+    /// [`crate::Error::UnknownCall`] if the id is unknown.
+    fn wait(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Option<Envelope>>> + Send;
+
+    /// Revokes a call: if queued it never starts; if running, the host running
+    /// it notices (see [`Broker::is_revoked`]) and ends it as `revoked`.
+    /// Returns false if the call is unknown or already final.
+    fn revoke(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Whether a call has been revoked (hosts check this while running).
+    fn is_revoked(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    // ---- hosts ---------------------------------------------------------
+
+    /// Announces a host and takes its lease.
+    fn register_host(&self, info: &HostInfo) -> impl Future<Output = Result<()>> + Send;
+
+    /// Renews the host's lease, publishes its stats, and keeps the entries it
+    /// is running fresh so no one reclaims them.
+    fn heartbeat(
+        &self,
+        host_id: &str,
+        stats: &HostStats,
+        running: &[Delivery],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes a host's lease (on clean shutdown).
+    fn deregister_host(&self, host_id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Claims up to `max` calls from `queues`, waiting up to `block` for one to
+    /// arrive. On the way it promotes due delayed calls and reclaims calls of
+    /// hosts whose lease expired (failing as `lost`, and dead-lettering, any
+    /// past the delivery limit). Garbage entries are dead-lettered and logged.
+    fn claim(
+        &self,
+        host_id: &str,
+        queues: &[String],
+        max: usize,
+        block: Duration,
+    ) -> impl Future<Output = Result<Vec<Delivery>>> + Send;
+
+    /// Marks a claimed call running (records host and attempt), unless it was
+    /// revoked or already finished.
+    fn start(
+        &self,
+        delivery: &Delivery,
+        host_id: &str,
+    ) -> impl Future<Output = Result<StartOutcome>> + Send;
+
+    /// Publishes final envelopes and acknowledges their entries, atomically per
+    /// call and pipelined across calls. The first final result wins; a stale
+    /// token publishes nothing. Returns, per envelope, whether it was accepted.
+    fn complete(
+        &self,
+        done: &[(Delivery, Envelope)],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
+
+    /// Records a failed attempt (state `retrying`, the envelope kept as the
+    /// last error) and schedules attempt + 1 after `delay` in the delayed set.
+    fn retry(
+        &self,
+        delivery: &Delivery,
+        last: &Envelope,
+        delay: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Hands a claimed call back to its queue at once (graceful shutdown).
+    fn release(&self, delivery: &Delivery) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Hosts whose lease is live, with their latest stats.
+    fn hosts(&self) -> impl Future<Output = Result<Vec<(HostInfo, HostStats)>>> + Send;
+}

@@ -1,0 +1,190 @@
+//! The subcommands of `wasq`, one file each, and the flag groups they share.
+
+mod exec;
+mod inspect;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use wasq_broker::{CallLimits, Envelope};
+
+/// Exit status: the task failed (the envelope says why).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: usage error or unreadable input.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: the broker is unreachable.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// wasq: run untrusted WebAssembly tasks, locally or on a cluster of hosts.
+#[derive(Debug, Parser)]
+#[command(name = "wasq", version, about, long_about = None, after_help = "\
+Examples:
+  wasq exec target/tasks/examples.wasm add '[4, 5]'
+  wasq inspect target/tasks/examples.wasm --json")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one task once, locally, in the same sandbox hosts use; no broker.
+    Exec(exec::ExecCommand),
+    /// Show a module's hash, size, tasks and imports without running it.
+    Inspect(inspect::InspectCommand),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Exec(c) => c.run().await,
+            Command::Inspect(c) => c.run().await,
+        }
+    }
+}
+
+/// Installs the stderr subscriber: `RUST_LOG` filters (default `warn`), ANSI
+/// colours only on a terminal.
+pub fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// A usage problem (exit status 2) raised by a command.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit status for an error that ended a command.
+pub fn exit_code_of(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<wasq_broker::Error>() {
+            if e.is_transient() {
+                return EXIT_UNREACHABLE;
+            }
+        }
+    }
+    EXIT_USAGE
+}
+
+/// The limits a call may ask for (`exec`, `submit`).
+#[derive(Debug, Clone, Args)]
+pub struct LimitsArgs {
+    /// Fuel budget (roughly wasm instructions) [default: 10000000000]
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+    /// Memory limit in bytes [default: 268435456]
+    #[arg(long, value_name = "BYTES")]
+    memory: Option<u64>,
+    /// Wall-clock limit in seconds, fractions allowed [default: 30]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    timeout: Option<Duration>,
+    /// Result size limit in bytes [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    max_output: Option<u64>,
+}
+
+impl LimitsArgs {
+    /// As the call's limits.
+    pub fn to_call_limits(&self) -> CallLimits {
+        CallLimits {
+            fuel: self.fuel,
+            memory: self.memory,
+            timeout: self.timeout,
+            max_output: self.max_output,
+        }
+    }
+}
+
+/// Parses seconds with fractions (`0.5`) into a duration.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {s:?}"))?;
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Reads a module file: `.wasm` bytes, or `.wat` text converted to bytes.
+pub fn read_module(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read module {}", path.display()))?;
+    if bytes.starts_with(b"\0asm") {
+        return Ok(bytes);
+    }
+    if path.extension().is_some_and(|e| e == "wat") {
+        return wat::parse_bytes(&bytes)
+            .map(|b| b.into_owned())
+            .with_context(|| format!("cannot parse WAT text in {}", path.display()));
+    }
+    Ok(bytes)
+}
+
+/// Prints an envelope: exactly one JSON document with `json`, or the result
+/// and a one-line summary for people. Returns the exit status it implies.
+pub fn print_envelope(env: &Envelope, json: bool) -> ExitCode {
+    if json {
+        println!("{}", serde_json::to_string(env).unwrap_or_default());
+    } else {
+        if !env.stdout.is_empty() {
+            eprintln!("--- stdout ---\n{}", env.stdout.trim_end());
+        }
+        if !env.stderr.is_empty() {
+            eprintln!("--- stderr ---\n{}", env.stderr.trim_end());
+        }
+        for line in &env.logs {
+            let level = ["trace", "debug", "info", "warn", "error"][usize::from(line.level.min(4))];
+            eprintln!("[{level}] {}", line.message);
+        }
+        if env.succeeded() {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&env.result).unwrap_or_default()
+            );
+        } else if let Some(e) = &env.error {
+            eprintln!("error: {}: {}", e.kind, e.message);
+        }
+        eprintln!(
+            "{} · fuel {} · {:.2} ms{}",
+            env.state,
+            env.fuel_used,
+            env.duration_ms,
+            if env.attempt > 1 {
+                format!(" · attempt {}", env.attempt)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if env.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seconds_parse_with_fractions() {
+        assert_eq!(parse_secs("0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("x").is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! `wasq exec`: run one task locally.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use wasq_broker::{Limits, new_call_id};
+use wasq_host::{Cancel, RunOutcome, Sandbox, SandboxConfig};
+
+use super::{LimitsArgs, print_envelope, read_module};
+
+/// Run TASK of MODULE once, in the sandbox, and print its result.
+#[derive(Debug, Args)]
+pub struct ExecCommand {
+    /// The module: a `.wasm` file (or `.wat` text).
+    module: PathBuf,
+    /// The task to run (`task.<name>` export).
+    task: String,
+    /// The arguments as a JSON array.
+    #[arg(default_value = "[]")]
+    args: String,
+    #[command(flatten)]
+    limits: LimitsArgs,
+    /// Print exactly one JSON envelope on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ExecCommand {
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let bytes = read_module(&self.module)?;
+        let sandbox = Sandbox::new(SandboxConfig {
+            pool_size: 2,
+            ..SandboxConfig::default()
+        })?;
+        let limits: Limits = sandbox.limits().restrict(&self.limits.to_call_limits());
+        let outcome = match sandbox.load_bytes(bytes).await {
+            Ok(module) => {
+                sandbox
+                    .run(
+                        &module,
+                        &self.task,
+                        self.args.as_bytes(),
+                        &limits,
+                        &Cancel::new(),
+                    )
+                    .await
+            }
+            Err(e) => RunOutcome::failed(e),
+        };
+        let env = outcome.into_envelope(new_call_id(), 1, sandbox.config().host_name.clone());
+        Ok(print_envelope(&env, self.json))
+    }
+}

@@ -1,0 +1,22 @@
+//! wasq-host: the sandbox that runs untrusted task modules, and the worker
+//! loop that feeds it calls from a broker.
+//!
+//! # Layout
+//! - `sandbox`: the wasmtime engine, module checks and cache, and the executor
+//!   ([`Sandbox`], [`SandboxConfig`], [`RunOutcome`]).
+//! - `sandbox/module`: ABI checks and compile caps before wasmtime sees a module,
+//!   the on-disk compiled-code cache.
+//! - `sandbox/run`: one call in a fresh `Store`: the `wasq` host functions, limits,
+//!   and the classification of failures into envelope kinds.
+//! - `sandbox/stdio`: bounded capture of stdout and stderr.
+
+#![deny(missing_docs)]
+
+mod sandbox;
+
+pub use sandbox::{
+    CacheStats, CallState, Cancel, DEFAULT_CACHE_CAPACITY, DEFAULT_COMPILE_TIMEOUT,
+    DEFAULT_MAX_CODE_BYTES, DEFAULT_MAX_FUNCTION_BYTES, DEFAULT_MAX_FUNCTIONS, DEFAULT_POOL_SIZE,
+    DEFAULT_TICK, LoadedModule, ModuleReport, RunOutcome, Sandbox, SandboxConfig, SandboxError,
+    SetupError, WASM_STACK, default_host_name, inspect,
+};

@@ -1,0 +1,494 @@
+//! The sandbox: one wasmtime engine per process, a cache of compiled modules,
+//! and an executor that runs one call in a fresh `Store` under hard limits.
+//!
+//! What a hostile guest can try, and what stops it:
+//!
+//! | attempt | stopped by | kind |
+//! | --- | --- | --- |
+//! | loop forever | fuel (deterministic) | `fuel_exhausted` |
+//! | sleep / block in a host call | epoch ticker + deadline on the async call | `timeout` |
+//! | grow memory or tables | [`ResourceLimiter`](wasmtime::ResourceLimiter) | `memory_limit` |
+//! | recurse deeply | wasmtime's stack limit | `trap` |
+//! | flood result, stdout, stderr, logs | bounded buffers that trap | `output_limit` |
+//! | hand host functions wild pointers | bounds checks on every access | `trap` |
+//! | import anything else | import check before instantiation | `invalid_module` |
+//! | huge or pathological module | size, function and body caps before compiling | `invalid_module` |
+//! | read files, env, network | WASI with no preopens, no env, no sockets | (sees nothing) |
+//!
+//! Fuel vs epochs: fuel counts instructions, so it is exact and reproducible but
+//! blind to time spent in host calls; epochs measure wall time cheaply (one
+//! load and compare per loop header) and also interrupt a guest that is
+//! sleeping. wasq uses both.
+
+mod module;
+mod run;
+mod stdio;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OnceCell};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, OptLevel};
+use wasq_broker::{ErrorKind, Limits, ModuleHash, TaskError};
+
+pub use module::{LoadedModule, ModuleReport, inspect};
+pub use run::{CallState, RunOutcome};
+
+/// Default number of instance slots in the pooling allocator (calls that can
+/// run at the same time in one process).
+pub const DEFAULT_POOL_SIZE: u32 = 256;
+/// Default interval of the epoch ticker; the precision of wall-clock limits
+/// and revocation.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(5);
+/// Default cap on functions in one module.
+pub const DEFAULT_MAX_FUNCTIONS: u32 = 100_000;
+/// Default cap on the total bytes of function bodies in one module.
+pub const DEFAULT_MAX_CODE_BYTES: u64 = 32 * 1024 * 1024;
+/// Default cap on one function body's bytes.
+pub const DEFAULT_MAX_FUNCTION_BYTES: u32 = 1024 * 1024;
+/// Default cap on the wall time of compiling one module.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default number of compiled modules kept in memory.
+pub const DEFAULT_CACHE_CAPACITY: usize = 512;
+/// Stack available to wasm code (wasmtime's `max_wasm_stack`).
+pub const WASM_STACK: usize = 1024 * 1024;
+
+/// Failures raised inside a run by the host itself; they travel through
+/// wasmtime as the error of a trap and are classified by downcasting.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The wall-clock limit passed.
+    #[error("wall-clock limit of {0:?} exceeded")]
+    Timeout(Duration),
+    /// The call was revoked while running.
+    #[error("call revoked while running")]
+    Revoked,
+    /// Memory or a table would grow past the limit.
+    #[error("{what} would grow to {desired} past the limit of {limit}")]
+    MemoryLimit {
+        /// `memory` (bytes) or `table` (elements).
+        what: &'static str,
+        /// What the guest asked for.
+        desired: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Result, stdout, stderr or logs past their limit.
+    #[error("{what} exceeded its limit of {limit} bytes")]
+    OutputLimit {
+        /// Which output.
+        what: &'static str,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A host function was given a pointer or length outside memory.
+    #[error("guest passed an invalid pointer or length to `wasq.{0}`")]
+    BadPointer(&'static str),
+    /// The module has no exported memory at the time of a host call.
+    #[error("module exports no memory named `memory`")]
+    NoMemory,
+}
+
+impl SandboxError {
+    /// The envelope kind this failure maps to.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SandboxError::Timeout(_) => ErrorKind::Timeout,
+            SandboxError::Revoked => ErrorKind::Revoked,
+            SandboxError::MemoryLimit { .. } => ErrorKind::MemoryLimit,
+            SandboxError::OutputLimit { .. } => ErrorKind::OutputLimit,
+            SandboxError::BadPointer(_) => ErrorKind::Trap,
+            SandboxError::NoMemory => ErrorKind::InvalidModule,
+        }
+    }
+}
+
+/// Lets a caller stop a running call from outside (revocation). Checked at
+/// every epoch tick, and awaited alongside the call so a sleeping guest stops
+/// at once.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<CancelInner>);
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    cancelled: AtomicBool,
+    notify: Notify,
+}
+
+impl Cancel {
+    /// A fresh, not cancelled, handle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels the call; it ends as `revoked`.
+    pub fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// How a [`Sandbox`] is set up. Plain data; every field has a `DEFAULT_*`.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The host's maximum limits; calls may ask for less.
+    pub limits: Limits,
+    /// Largest module accepted, in bytes.
+    pub max_module: u64,
+    /// Most functions a module may define.
+    pub max_functions: u32,
+    /// Most bytes of function bodies in all.
+    pub max_code_bytes: u64,
+    /// Most bytes of one function body.
+    pub max_function_bytes: u32,
+    /// Compilation taking longer than this fails the module.
+    pub compile_timeout: Duration,
+    /// Slots of the pooling allocator: calls running at once.
+    pub pool_size: u32,
+    /// Epoch tick; the precision of timeouts and revocation.
+    pub tick: Duration,
+    /// Where compiled code is kept across restarts; `None` keeps it only in memory.
+    pub cache_dir: Option<PathBuf>,
+    /// Compiled modules kept in memory.
+    pub cache_capacity: usize,
+    /// The `host` field of envelopes (`name/pid`).
+    pub host_name: String,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_module: wasq_broker::DEFAULT_MAX_MODULE,
+            max_functions: DEFAULT_MAX_FUNCTIONS,
+            max_code_bytes: DEFAULT_MAX_CODE_BYTES,
+            max_function_bytes: DEFAULT_MAX_FUNCTION_BYTES,
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
+            pool_size: DEFAULT_POOL_SIZE,
+            tick: DEFAULT_TICK,
+            cache_dir: None,
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            host_name: default_host_name(),
+        }
+    }
+}
+
+/// `hostname/pid`, the default name a host puts in envelopes.
+pub fn default_host_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host}/{}", std::process::id())
+}
+
+/// Errors building a sandbox (engine configuration, cache directory).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// wasmtime refused the configuration.
+    #[error("cannot configure the wasm engine: {0}")]
+    Engine(String),
+    /// The cache directory cannot be created.
+    #[error("cannot create cache directory {path}: {source}")]
+    CacheDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+type ModuleSlot = Arc<OnceCell<Result<Arc<LoadedModule>, TaskError>>>;
+
+/// Counters of the module cache, for metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Loads served from memory.
+    pub hits: u64,
+    /// Loads that deserialized code from the disk cache.
+    pub disk_hits: u64,
+    /// Loads that compiled.
+    pub compiled: u64,
+}
+
+/// Runs untrusted modules. Cheap to share (`Arc` inside); one per process.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<CallState>,
+    config: SandboxConfig,
+    modules: Mutex<ModuleCache>,
+    stats: Mutex<CacheStats>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct ModuleCache {
+    slots: std::collections::HashMap<ModuleHash, ModuleSlot>,
+    order: std::collections::VecDeque<ModuleHash>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine (with the pooling allocator sized for
+    /// `config.pool_size` concurrent calls), the linker, and starts the epoch
+    /// ticker thread.
+    ///
+    /// # Errors
+    /// When wasmtime rejects the configuration (for instance if the machine
+    /// cannot reserve the virtual memory of the pool) or the cache directory
+    /// cannot be created.
+    pub fn new(config: SandboxConfig) -> Result<Self, SetupError> {
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir).map_err(|source| SetupError::CacheDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(|e| SetupError::Engine(format!("{e:#}")))?;
+        let linker = run::linker(&engine).map_err(|e| SetupError::Engine(format!("{e:#}")))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.weak(), config.tick, ticker_stop.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                config,
+                modules: Mutex::default(),
+                stats: Mutex::default(),
+                ticker_stop,
+            }),
+        })
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.inner.config
+    }
+
+    /// The host's maximum limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.config.limits
+    }
+
+    /// Cache counters so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a module is compiled and cached in memory (or known invalid).
+    pub fn is_cached(&self, hash: &ModuleHash) -> bool {
+        let cache = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+        cache.slots.get(hash).is_some_and(|s| s.initialized())
+    }
+
+    /// The compiled module for `hash`, compiling `bytes()` on first use.
+    /// Concurrent loads of one module compile it once. `bytes` is only called
+    /// on a miss; it returns the stored bytes, or an error envelope kind
+    /// (`module_not_found`). The bytes are verified against `hash` before
+    /// compiling (`integrity`). Failures are cached too, so a hostile module is
+    /// not recompiled for each of its calls.
+    pub async fn load<F, Fut>(
+        &self,
+        hash: ModuleHash,
+        bytes: F,
+    ) -> Result<Arc<LoadedModule>, TaskError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, TaskError>>,
+    {
+        let slot = {
+            let mut cache = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = cache.slots.get(&hash) {
+                slot.clone()
+            } else {
+                while cache.order.len() >= self.inner.config.cache_capacity.max(1) {
+                    if let Some(old) = cache.order.pop_front() {
+                        cache.slots.remove(&old);
+                    }
+                }
+                let slot = ModuleSlot::default();
+                cache.slots.insert(hash, slot.clone());
+                cache.order.push_back(hash);
+                slot
+            }
+        };
+        if slot.initialized() {
+            self.inner
+                .stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .hits += 1;
+        }
+        let result = slot
+            .get_or_init(|| async {
+                let bytes = match bytes().await {
+                    Ok(b) => b,
+                    Err(e) => return Err(e),
+                };
+                if ModuleHash::of(&bytes) != hash {
+                    return Err(TaskError::new(
+                        ErrorKind::Integrity,
+                        format!("stored bytes of module {hash} do not hash to its key"),
+                    ));
+                }
+                self.compile(hash, bytes).await
+            })
+            .await
+            .clone();
+        if let Err(e) = &result {
+            // Transient lookups are not cached: the module may be uploaded later.
+            if matches!(e.kind, ErrorKind::ModuleNotFound) {
+                let mut cache = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+                if cache
+                    .slots
+                    .get(&hash)
+                    .is_some_and(|s| Arc::ptr_eq(s, &slot))
+                {
+                    cache.slots.remove(&hash);
+                    cache.order.retain(|h| h != &hash);
+                }
+            }
+        }
+        result
+    }
+
+    /// Loads module bytes that are already at hand (`wasq exec`).
+    pub async fn load_bytes(&self, bytes: Vec<u8>) -> Result<Arc<LoadedModule>, TaskError> {
+        let hash = ModuleHash::of(&bytes);
+        self.load(hash, || async move { Ok(bytes) }).await
+    }
+
+    async fn compile(
+        &self,
+        hash: ModuleHash,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<LoadedModule>, TaskError> {
+        let this = self.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Compilation is CPU-bound and cannot be interrupted; it runs on its own
+        // thread and the caller stops waiting after `compile_timeout`.
+        std::thread::Builder::new()
+            .name(format!("wasq-compile-{}", &hash.to_hex()[..8]))
+            .spawn(move || {
+                let _ = tx.send(module::load(&this, hash, &bytes));
+            })
+            .map_err(|e| {
+                TaskError::new(
+                    ErrorKind::InvalidModule,
+                    format!("cannot start compiler thread: {e}"),
+                )
+            })?;
+        match tokio::time::timeout(self.inner.config.compile_timeout, rx).await {
+            Ok(Ok(result)) => result.map(Arc::new),
+            Ok(Err(_)) => Err(TaskError::new(
+                ErrorKind::InvalidModule,
+                "compiler thread died",
+            )),
+            Err(_) => Err(TaskError::new(
+                ErrorKind::InvalidModule,
+                format!(
+                    "compiling the module took longer than {:?}",
+                    self.inner.config.compile_timeout
+                ),
+            )),
+        }
+    }
+
+    /// Runs `task` of `module` with `args` (a JSON array) under `limits`
+    /// (already lowered to the host's maximums by the caller, see
+    /// [`Limits::restrict`]). Never panics on guest behaviour; every failure is
+    /// in the outcome.
+    pub async fn run(
+        &self,
+        module: &LoadedModule,
+        task: &str,
+        args: &[u8],
+        limits: &Limits,
+        cancel: &Cancel,
+    ) -> RunOutcome {
+        run::run(self, module, task, args, limits, cancel).await
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<CallState> {
+        &self.inner.linker
+    }
+
+    pub(crate) fn count(&self, f: impl FnOnce(&mut CacheStats)) {
+        f(&mut self.inner.stats.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+fn engine_config(config: &SandboxConfig) -> Config {
+    let mut cfg = Config::new();
+    cfg.consume_fuel(true)
+        .epoch_interruption(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .max_wasm_stack(WASM_STACK)
+        .async_stack_size(WASM_STACK + 1024 * 1024)
+        .wasm_multi_memory(false)
+        .wasm_memory64(false)
+        .wasm_custom_page_sizes(false)
+        .memory_init_cow(true);
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    let slots = config.pool_size.max(1);
+    let max_memory = usize::try_from(config.limits.memory).unwrap_or(usize::MAX);
+    pool.total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots)
+        .total_stacks(slots)
+        .max_memories_per_module(1)
+        .max_tables_per_module(4)
+        .max_memory_size(max_memory)
+        .table_elements(run::MAX_TABLE_ELEMENTS as usize)
+        .max_unused_warm_slots(slots.min(64));
+    cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    cfg
+}
+
+fn spawn_ticker(engine: wasmtime::EngineWeak, tick: Duration, stop: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new()
+        .name("wasq-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                match engine.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
+            }
+        });
+}

@@ -1,0 +1,286 @@
+//! Checking, compiling and caching modules.
+//!
+//! Before wasmtime sees a module, a cheap streaming pass (wasmparser) checks
+//! what the guest ABI allows and caps what makes compilation expensive: the
+//! number of functions, the total and per-function body size. Cranelift's cost
+//! is roughly linear in code size, so these caps bound compile time and memory;
+//! a wall-clock cap on compilation backs them up.
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
+use wasmtime::{ExternType, InstancePre, Module};
+use wasq_broker::{ErrorKind, ModuleHash, TaskError, is_valid_task_name};
+
+use super::{CallState, Sandbox, SandboxConfig};
+
+/// The `wasq` imports of ABI v1 (plus the `bad_input` extension).
+pub(crate) const WASQ_IMPORTS: &[&str] = &[
+    "input_len",
+    "input_read",
+    "output",
+    "fail",
+    "log",
+    "bad_input",
+];
+
+/// The import module of WASI preview 1.
+pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
+
+/// A compiled, checked module, ready to instantiate.
+pub struct LoadedModule {
+    /// Its sha256.
+    pub hash: ModuleHash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its task names, sorted.
+    pub tasks: Vec<String>,
+    pub(crate) pre: InstancePre<CallState>,
+    pub(crate) has_initialize: bool,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("hash", &self.hash)
+            .field("size", &self.size)
+            .field("tasks", &self.tasks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `wasq inspect` prints.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ModuleReport {
+    /// Hex sha256 of the bytes.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Task names (`task.<name>` exports), sorted.
+    pub tasks: Vec<String>,
+    /// Imports as `module.name`.
+    pub imports: Vec<String>,
+}
+
+/// Reads a module's tasks and imports without compiling or running it, and
+/// checks it against the guest ABI and the caps of `config`.
+///
+/// # Errors
+/// An `invalid_module` error saying what is wrong.
+pub fn inspect(bytes: &[u8], config: &SandboxConfig) -> Result<ModuleReport, TaskError> {
+    let scan = scan(bytes, config)?;
+    Ok(ModuleReport {
+        sha256: ModuleHash::of(bytes).to_hex(),
+        size: bytes.len() as u64,
+        tasks: scan.tasks.into_iter().collect(),
+        imports: scan.imports,
+    })
+}
+
+struct Scan {
+    tasks: BTreeSet<String>,
+    imports: Vec<String>,
+}
+
+fn invalid(msg: impl Into<String>) -> TaskError {
+    TaskError::new(ErrorKind::InvalidModule, msg)
+}
+
+fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
+    if bytes.len() as u64 > config.max_module {
+        return Err(invalid(format!(
+            "module is {} bytes, over the limit of {}",
+            bytes.len(),
+            config.max_module
+        )));
+    }
+    if !bytes.starts_with(b"\0asm") {
+        return Err(invalid("not a WebAssembly module (bad magic number)"));
+    }
+    let mut tasks = BTreeSet::new();
+    let mut imports = Vec::new();
+    let mut has_memory = false;
+    let mut code_bytes: u64 = 0;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| invalid(format!("malformed module: {e}")))?;
+        match payload {
+            Payload::Version { encoding, .. } => {
+                if encoding != wasmparser::Encoding::Module {
+                    return Err(invalid(
+                        "components are not supported; expected a core module",
+                    ));
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import =
+                        import.map_err(|e| invalid(format!("malformed import section: {e}")))?;
+                    let name = format!("{}.{}", import.module, import.name);
+                    let allowed = match import.module {
+                        "wasq" => WASQ_IMPORTS.contains(&import.name),
+                        WASI_MODULE => true,
+                        _ => false,
+                    };
+                    if !allowed || !matches!(import.ty, TypeRef::Func(_) | TypeRef::FuncExact(_)) {
+                        return Err(invalid(format!(
+                            "disallowed import `{name}`: only functions of `wasq` (ABI v1) and `{WASI_MODULE}` may be imported"
+                        )));
+                    }
+                    imports.push(name);
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                if reader.count() > config.max_functions {
+                    return Err(invalid(format!(
+                        "module defines {} functions, over the limit of {}",
+                        reader.count(),
+                        config.max_functions
+                    )));
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let len = body.range().len() as u64;
+                if len > u64::from(config.max_function_bytes) {
+                    return Err(invalid(format!(
+                        "a function body is {len} bytes, over the limit of {}",
+                        config.max_function_bytes
+                    )));
+                }
+                code_bytes += len;
+                if code_bytes > config.max_code_bytes {
+                    return Err(invalid(format!(
+                        "function bodies exceed {} bytes in all",
+                        config.max_code_bytes
+                    )));
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export =
+                        export.map_err(|e| invalid(format!("malformed export section: {e}")))?;
+                    if export.name == "memory" && export.kind == ExternalKind::Memory {
+                        has_memory = true;
+                    }
+                    if let Some(task) = export.name.strip_prefix("task.") {
+                        if !is_valid_task_name(task) {
+                            return Err(invalid(format!(
+                                "export `{}` is not a valid task name ([A-Za-z_][A-Za-z0-9_]*)",
+                                export.name
+                            )));
+                        }
+                        if export.kind != ExternalKind::Func {
+                            return Err(invalid(format!(
+                                "export `{}` is not a function",
+                                export.name
+                            )));
+                        }
+                        tasks.insert(task.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !has_memory {
+        return Err(invalid("module exports no memory named `memory`"));
+    }
+    Ok(Scan { tasks, imports })
+}
+
+/// Checks, compiles (or reads compiled code from the disk cache) and
+/// pre-links a module. Runs on a compiler thread.
+pub(crate) fn load(
+    sandbox: &Sandbox,
+    hash: ModuleHash,
+    bytes: &[u8],
+) -> Result<LoadedModule, TaskError> {
+    let config = sandbox.config();
+    let scan = scan(bytes, config)?;
+    let engine = sandbox.engine();
+    let cached = config
+        .cache_dir
+        .as_deref()
+        .map(|dir| cache_path(dir, engine, &hash));
+    let mut module = None;
+    if let Some(path) = &cached {
+        if path.exists() {
+            // SAFETY: the cache directory belongs to the host's operator (trusted,
+            // DESIGN.md "Security model"); files are written by `store` below via
+            // rename, so they are complete artifacts of this engine's
+            // configuration, and wasmtime checks the engine compatibility header.
+            #[allow(unsafe_code)]
+            match unsafe { Module::deserialize_file(engine, path) } {
+                Ok(m) => {
+                    sandbox.count(|s| s.disk_hits += 1);
+                    module = Some(m);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), cause = %e, "ignoring unreadable compiled-module cache entry")
+                }
+            }
+        }
+    }
+    let module = match module {
+        Some(m) => m,
+        None => {
+            let m = Module::from_binary(engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+            sandbox.count(|s| s.compiled += 1);
+            if let Some(path) = &cached {
+                store(&m, path);
+            }
+            m
+        }
+    };
+    let mut has_initialize = false;
+    for export in module.exports() {
+        let is_task = export.name().starts_with("task.");
+        if !is_task && export.name() != "_initialize" {
+            continue;
+        }
+        match export.ty() {
+            ExternType::Func(f) if f.params().len() == 0 && f.results().len() == 0 => {
+                if !is_task {
+                    has_initialize = true;
+                }
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "export `{}` must be a function of type [] -> []",
+                    export.name()
+                )));
+            }
+        }
+    }
+    let pre = sandbox
+        .linker()
+        .instantiate_pre(&module)
+        .map_err(|e| invalid(format!("{e:#}")))?;
+    Ok(LoadedModule {
+        hash,
+        size: bytes.len() as u64,
+        tasks: scan.tasks.into_iter().collect(),
+        pre,
+        has_initialize,
+    })
+}
+
+fn cache_path(dir: &Path, engine: &wasmtime::Engine, hash: &ModuleHash) -> PathBuf {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    dir.join(format!("{}-{:016x}.cwasm", hash.to_hex(), h.finish()))
+}
+
+fn store(module: &Module, path: &Path) {
+    let write = || -> std::io::Result<()> {
+        let bytes = module.serialize().map_err(std::io::Error::other)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(path = %path.display(), cause = %e, "cannot write compiled-module cache entry");
+    }
+}

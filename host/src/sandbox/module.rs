@@ -107,12 +107,10 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| invalid(format!("malformed module: {e}")))?;
         match payload {
-            Payload::Version { encoding, .. } => {
-                if encoding != wasmparser::Encoding::Module {
-                    return Err(invalid(
-                        "components are not supported; expected a core module",
-                    ));
-                }
+            Payload::Version { encoding, .. } if encoding != wasmparser::Encoding::Module => {
+                return Err(invalid(
+                    "components are not supported; expected a core module",
+                ));
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
@@ -132,14 +130,29 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                     imports.push(name);
                 }
             }
-            Payload::FunctionSection(reader) => {
-                if reader.count() > config.max_functions {
-                    return Err(invalid(format!(
-                        "module defines {} functions, over the limit of {}",
-                        reader.count(),
-                        config.max_functions
-                    )));
+            Payload::MemorySection(reader) => {
+                for memory in reader {
+                    let memory =
+                        memory.map_err(|e| invalid(format!("malformed memory section: {e}")))?;
+                    let initial = memory.initial.saturating_mul(65_536);
+                    if initial > config.limits.memory {
+                        // It could never run on this host: a limit, not a defect.
+                        return Err(TaskError::new(
+                            ErrorKind::MemoryLimit,
+                            format!(
+                                "module declares {initial} bytes of initial memory, over the host's limit of {}",
+                                config.limits.memory
+                            ),
+                        ));
+                    }
                 }
+            }
+            Payload::FunctionSection(reader) if reader.count() > config.max_functions => {
+                return Err(invalid(format!(
+                    "module defines {} functions, over the limit of {}",
+                    reader.count(),
+                    config.max_functions
+                )));
             }
             Payload::CodeSectionEntry(body) => {
                 let len = body.range().len() as u64;
@@ -205,8 +218,8 @@ pub(crate) fn load(
         .as_deref()
         .map(|dir| cache_path(dir, engine, &hash));
     let mut module = None;
-    if let Some(path) = &cached {
-        if path.exists() {
+    if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
+        {
             // SAFETY: the cache directory belongs to the host's operator (trusted,
             // DESIGN.md "Security model"); files are written by `store` below via
             // rename, so they are complete artifacts of this engine's

@@ -1,0 +1,3 @@
+;; Exports no memory.
+(module
+  (func (export "task.run")))

@@ -1,0 +1,30 @@
+;; Every host function handed a pointer or length outside memory (1 page).
+(module
+  (import "wasq" "input_len" (func $input_len (result i32)))
+  (import "wasq" "input_read" (func $input_read (param i32)))
+  (import "wasq" "output" (func $output (param i32 i32)))
+  (import "wasq" "fail" (func $fail (param i32 i32)))
+  (import "wasq" "log" (func $log (param i32 i32 i32)))
+  (import "wasq" "bad_input" (func $bad_input (param i32 i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "task.input_read_end") (call $input_read (i32.const 65534)))
+  (func (export "task.input_read_negative") (call $input_read (i32.const -8)))
+  (func (export "task.output_past_end") (call $output (i32.const 65000) (i32.const 1000)))
+  (func (export "task.output_negative_len") (call $output (i32.const 0) (i32.const -1)))
+  (func (export "task.output_wrap") (call $output (i32.const 0x7fffffff) (i32.const 0x7fffffff)))
+  (func (export "task.fail_past_end") (call $fail (i32.const 65535) (i32.const 2)))
+  (func (export "task.bad_input_past_end") (call $bad_input (i32.const 70000) (i32.const 1)))
+  (func (export "task.log_past_end") (call $log (i32.const 2) (i32.const 65530) (i32.const 100)))
+  (func (export "task.log_negative_ptr") (call $log (i32.const 2) (i32.const -1) (i32.const 1)))
+  ;; fd_write with an iovec pointing past the end of memory.
+  (func (export "task.fd_write_past_end")
+    (i32.store (i32.const 0) (i32.const 65000))
+    (i32.store (i32.const 4) (i32.const 10000))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16))))
+  ;; In bounds: the control case.
+  (func (export "task.in_bounds")
+    (i32.store8 (i32.const 0) (i32.const 0x37))
+    (call $output (i32.const 0) (i32.const 1)))
+)

@@ -1,0 +1,600 @@
+//! The sandbox against hostile and well-behaved WAT guests: every limit in a
+//! pair (obeyed, violated) asserting the exact error kind, bad pointers in
+//! every host function, invalid modules, and a host that keeps working after.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use wasq_broker::{ErrorKind, Limits, ModuleHash};
+use wasq_host::{Cancel, RunOutcome, Sandbox, SandboxConfig};
+
+fn wat(src: &str) -> Vec<u8> {
+    wat::parse_str(src).expect("test guest is valid WAT")
+}
+
+const BASIC: &str = include_str!("guests/basic.wat");
+const LIMITS: &str = include_str!("guests/limits.wat");
+const POINTERS: &str = include_str!("guests/pointers.wat");
+
+/// One sandbox shared by all tests in this file, like a host's: hostile calls
+/// must not disturb the ones after them.
+fn sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| {
+        Sandbox::new(SandboxConfig {
+            pool_size: 16,
+            ..SandboxConfig::default()
+        })
+        .expect("sandbox")
+    })
+}
+
+async fn run_with(module: &[u8], task: &str, args: &str, limits: Limits) -> RunOutcome {
+    let sb = sandbox();
+    let module = match sb.load_bytes(module.to_vec()).await {
+        Ok(m) => m,
+        Err(e) => return RunOutcome::failed(e),
+    };
+    sb.run(&module, task, args.as_bytes(), &limits, &Cancel::new())
+        .await
+}
+
+async fn run(module: &[u8], task: &str, limits: Limits) -> RunOutcome {
+    run_with(module, task, "[]", limits).await
+}
+
+fn kind(o: &RunOutcome) -> Option<ErrorKind> {
+    o.result.as_ref().err().map(|e| e.kind)
+}
+
+#[track_caller]
+fn assert_ok(o: &RunOutcome) {
+    assert!(o.result.is_ok(), "expected success, got {:?}", o.result);
+}
+
+#[track_caller]
+fn assert_kind(o: &RunOutcome, k: ErrorKind) {
+    assert_eq!(kind(o), Some(k), "outcome: {:?}", o.result);
+}
+
+fn limits() -> Limits {
+    Limits::default()
+}
+
+#[tokio::test]
+async fn basic_calls_and_envelope_fields() {
+    let m = wat(BASIC);
+    let o = run(&m, "answer", limits()).await;
+    assert_eq!(o.result.as_ref().unwrap(), &serde_json::json!(42));
+    assert!(o.fuel_used > 0);
+    let o = run_with(&m, "echo", r#"[1, "two", {"x": null}]"#, limits()).await;
+    assert_eq!(
+        o.result.unwrap(),
+        serde_json::json!([1, "two", {"x": null}])
+    );
+    let o = run(&m, "nothing", limits()).await;
+    assert_eq!(o.result.unwrap(), serde_json::Value::Null);
+    let o = run(&m, "log", limits()).await;
+    assert_eq!(o.logs.len(), 1);
+    assert_eq!(o.logs[0].level, 2);
+    assert_eq!(o.logs[0].message, "boom");
+    let env = o.into_envelope("id1", 1, "h/1");
+    assert_eq!(env.result, serde_json::json!(42));
+    assert_eq!(env.host, "h/1");
+}
+
+#[tokio::test]
+async fn fail_and_panic_are_task_errors() {
+    let m = wat(BASIC);
+    let o = run(&m, "fail", limits()).await;
+    assert_kind(&o, ErrorKind::TaskError);
+    assert_eq!(o.result.unwrap_err().message, "boom");
+    // fail, then trap (what a Rust panic looks like): the message wins.
+    let o = run(&m, "panic", limits()).await;
+    assert_kind(&o, ErrorKind::TaskError);
+    assert_eq!(o.result.unwrap_err().message, "boom");
+    // A plain trap.
+    let o = run(&m, "trap", limits()).await;
+    assert_kind(&o, ErrorKind::Trap);
+    assert!(o.result.unwrap_err().message.contains("unreachable"));
+}
+
+#[tokio::test]
+async fn fuel_obeyed_and_violated() {
+    let m = wat(LIMITS);
+    let o = run(
+        &m,
+        "count",
+        Limits {
+            fuel: 50_000_000,
+            ..limits()
+        },
+    )
+    .await;
+    assert_ok(&o);
+    assert!(
+        o.fuel_used > 1_000_000 && o.fuel_used < 50_000_000,
+        "fuel {}",
+        o.fuel_used
+    );
+    let o = run(
+        &m,
+        "count",
+        Limits {
+            fuel: 100_000,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::FuelExhausted);
+    assert_eq!(o.fuel_used, 100_000);
+}
+
+#[tokio::test]
+async fn timeout_busy_loop_obeyed_and_violated() {
+    let m = wat(LIMITS);
+    let t = Limits {
+        timeout: Duration::from_millis(300),
+        fuel: u64::MAX,
+        ..limits()
+    };
+    assert_ok(&run(&m, "count", t).await);
+    let o = run(&m, "spin", t).await;
+    assert_kind(&o, ErrorKind::Timeout);
+    assert!(o.duration >= Duration::from_millis(300));
+    assert!(
+        o.duration < Duration::from_secs(5),
+        "stopped late: {:?}",
+        o.duration
+    );
+}
+
+#[tokio::test]
+async fn timeout_sleeping_guest_obeyed_and_violated() {
+    let m = wat(LIMITS);
+    let t = Limits {
+        timeout: Duration::from_millis(500),
+        ..limits()
+    };
+    let o = run(&m, "sleep_50ms", t).await;
+    assert_ok(&o);
+    assert!(
+        o.duration >= Duration::from_millis(50),
+        "slept {:?}",
+        o.duration
+    );
+    let o = run(&m, "sleep_forever", t).await;
+    assert_kind(&o, ErrorKind::Timeout);
+    assert!(o.duration < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn start_function_runs_under_the_limits() {
+    let m = wat(include_str!("guests/start_spins.wat"));
+    let o = run(
+        &m,
+        "run",
+        Limits {
+            fuel: 1_000_000,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::FuelExhausted);
+    let o = run(
+        &m,
+        "run",
+        Limits {
+            fuel: u64::MAX,
+            timeout: Duration::from_millis(200),
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::Timeout);
+}
+
+#[tokio::test]
+async fn initialize_runs_before_the_task() {
+    let m = wat(include_str!("guests/initialize.wat"));
+    let o = run(&m, "check", limits()).await;
+    assert_eq!(o.result.unwrap(), serde_json::json!("initialized"));
+}
+
+#[tokio::test]
+async fn memory_obeyed_and_violated() {
+    let m = wat(LIMITS);
+    // 2 pages + 16 pages = 1179648 bytes.
+    assert_ok(
+        &run(
+            &m,
+            "grow_1mib",
+            Limits {
+                memory: 1_179_648,
+                ..limits()
+            },
+        )
+        .await,
+    );
+    let o = run(
+        &m,
+        "grow_1mib",
+        Limits {
+            memory: 1_179_647,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::MemoryLimit);
+    let o = run(
+        &m,
+        "grow_forever",
+        Limits {
+            memory: 8 << 20,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::MemoryLimit);
+    // With the host's default maximum too: the limit, not the pool, stops it.
+    let o = run(&m, "grow_forever", limits()).await;
+    assert_kind(&o, ErrorKind::MemoryLimit);
+}
+
+#[tokio::test]
+async fn initial_memory_past_the_limit_fails_instantiation() {
+    let m = wat(include_str!("guests/big_memory.wat"));
+    let o = run(&m, "run", limits()).await;
+    assert_kind(&o, ErrorKind::MemoryLimit);
+    let o = run(
+        &m,
+        "run",
+        Limits {
+            memory: 1 << 20,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::MemoryLimit);
+}
+
+#[tokio::test]
+async fn tables_obeyed_and_violated() {
+    let m = wat(LIMITS);
+    assert_ok(&run(&m, "grow_table", limits()).await);
+    // 100001 elements × 8 bytes is past a 512 KiB memory limit.
+    let o = run(
+        &m,
+        "grow_table",
+        Limits {
+            memory: 512 * 1024,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::MemoryLimit);
+}
+
+#[tokio::test]
+async fn result_size_obeyed_and_violated() {
+    let m = wat(LIMITS);
+    // 64 KiB of zero bytes is within the limit (then fails as not-JSON, a task error).
+    let o = run(
+        &m,
+        "output_64k",
+        Limits {
+            max_output: 65_536,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::TaskError);
+    assert!(o.result.unwrap_err().message.contains("not valid JSON"));
+    let o = run(
+        &m,
+        "output_64k",
+        Limits {
+            max_output: 65_535,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::OutputLimit);
+}
+
+#[tokio::test]
+async fn stdout_obeyed_and_flood_violated() {
+    let m = wat(LIMITS);
+    let o = run(&m, "stdout_8k", limits()).await;
+    assert_ok(&o);
+    assert_eq!(o.stdout.len(), 8 * 1024);
+    let o = run(&m, "stdout_flood", limits()).await;
+    assert_kind(&o, ErrorKind::OutputLimit);
+    assert_eq!(
+        o.stdout.len() as u64,
+        limits().max_stdio,
+        "capture is bounded"
+    );
+    let o = run(
+        &m,
+        "stderr_flood",
+        Limits {
+            max_stdio: 4096,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::OutputLimit);
+    assert_eq!(o.stderr.len(), 4096);
+}
+
+#[tokio::test]
+async fn logs_obeyed_and_flood_violated() {
+    let m = wat(LIMITS);
+    let o = run(&m, "log_100", limits()).await;
+    assert_ok(&o);
+    assert_eq!(o.logs.len(), 100);
+    let o = run(&m, "log_flood", limits()).await;
+    assert_kind(&o, ErrorKind::OutputLimit);
+    assert!(o.logs.len() < 1000, "logs bounded: {}", o.logs.len());
+}
+
+#[tokio::test]
+async fn stack_overflow_is_a_trap() {
+    let m = wat(LIMITS);
+    let o = run(&m, "recurse", limits()).await;
+    assert_kind(&o, ErrorKind::Trap);
+    assert!(o.result.unwrap_err().message.contains("stack"));
+}
+
+#[tokio::test]
+async fn bad_pointers_trap_in_every_host_function() {
+    let m = wat(POINTERS);
+    for task in [
+        "input_read_end",
+        "input_read_negative",
+        "output_past_end",
+        "output_negative_len",
+        "output_wrap",
+        "fail_past_end",
+        "bad_input_past_end",
+        "log_past_end",
+        "log_negative_ptr",
+        "fd_write_past_end",
+    ] {
+        let o = run_with(&m, task, "[1,2,3,4,5,6,7,8,9]", limits()).await;
+        let k = kind(&o);
+        // A length over the result limit is refused as output_limit before the
+        // bounds check; everything else traps.
+        assert!(
+            k == Some(ErrorKind::Trap)
+                || (task == "output_wrap" && k == Some(ErrorKind::OutputLimit)),
+            "{task}: {:?}",
+            o.result
+        );
+    }
+    let o = run(&m, "in_bounds", limits()).await;
+    assert_eq!(o.result.unwrap(), serde_json::json!(7));
+}
+
+#[tokio::test]
+async fn invalid_modules_are_refused() {
+    let cases: &[(&str, Vec<u8>)] = &[
+        ("garbage", b"this is not wasm at all".to_vec()),
+        ("truncated", wat(BASIC)[..40].to_vec()),
+        (
+            "foreign import",
+            wat(include_str!("guests/invalid_foreign_import.wat")),
+        ),
+        (
+            "unknown wasq import",
+            wat(include_str!("guests/invalid_wasq_import.wat")),
+        ),
+        (
+            "wrong import type",
+            wat(include_str!("guests/invalid_import_type.wat")),
+        ),
+        (
+            "no memory",
+            wat(include_str!("guests/invalid_no_memory.wat")),
+        ),
+        (
+            "task with params",
+            wat(include_str!("guests/invalid_task_type.wat")),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let o = run(bytes, "run", limits()).await;
+        assert_kind(&o, ErrorKind::InvalidModule);
+        assert!(!o.result.unwrap_err().message.is_empty(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn missing_task_and_bad_input() {
+    let m = wat(BASIC);
+    assert_kind(&run(&m, "nope", limits()).await, ErrorKind::TaskNotFound);
+    assert_kind(
+        &run(&m, "../answer", limits()).await,
+        ErrorKind::TaskNotFound,
+    );
+    for args in ["{}", "[1,", "42", "", "[1] [2]"] {
+        assert_kind(
+            &run_with(&m, "echo", args, limits()).await,
+            ErrorKind::BadInput,
+        );
+    }
+    let big = format!("[\"{}\"]", "x".repeat(2048));
+    assert_kind(
+        &run_with(
+            &m,
+            "echo",
+            &big,
+            Limits {
+                max_args: 1024,
+                ..limits()
+            },
+        )
+        .await,
+        ErrorKind::BadInput,
+    );
+    assert_ok(
+        &run_with(
+            &m,
+            "echo",
+            &big,
+            Limits {
+                max_args: 4096,
+                ..limits()
+            },
+        )
+        .await,
+    );
+}
+
+/// WAT for a module with `n` small functions, each with a body of `ops` drops.
+fn many_functions(n: usize, ops: usize) -> Vec<u8> {
+    let mut s = String::from("(module (memory (export \"memory\") 1)\n");
+    let body = "(drop (i32.const 1))".repeat(ops);
+    for i in 0..n {
+        s.push_str(&format!("(func $f{i} {body})\n"));
+    }
+    s.push_str("(func (export \"task.run\")))");
+    wat(&s)
+}
+
+#[tokio::test]
+async fn costly_to_compile_modules_are_refused() {
+    // Hundreds of thousands of functions: over the function cap, refused
+    // before compiling (so fast and cheap).
+    let m = many_functions(200_000, 1);
+    let started = std::time::Instant::now();
+    let o = run(&m, "run", limits()).await;
+    assert_kind(&o, ErrorKind::InvalidModule);
+    assert!(o.result.unwrap_err().message.contains("functions"));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // One huge body: over the per-function cap.
+    let m = many_functions(1, 400_000);
+    let o = run(&m, "run", limits()).await;
+    assert_kind(&o, ErrorKind::InvalidModule);
+    assert!(o.result.unwrap_err().message.contains("body"));
+    // Within the caps, a module of many functions compiles and runs.
+    let m = many_functions(2_000, 10);
+    assert_ok(&run(&m, "run", limits()).await);
+}
+
+#[tokio::test]
+async fn compile_time_is_capped() {
+    let sb = Sandbox::new(SandboxConfig {
+        pool_size: 2,
+        compile_timeout: Duration::from_millis(1),
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let err = sb.load_bytes(many_functions(20_000, 20)).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidModule);
+    assert!(err.message.contains("longer than"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn integrity_is_checked_before_compiling() {
+    let m = wat(BASIC);
+    let wrong = ModuleHash::of(b"something else");
+    let err = sandbox()
+        .load(wrong, || async { Ok(m.clone()) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Integrity);
+}
+
+#[tokio::test]
+async fn revocation_stops_spinning_and_sleeping_guests() {
+    let m = sandbox().load_bytes(wat(LIMITS)).await.unwrap();
+    for task in ["spin", "sleep_forever"] {
+        let cancel = Cancel::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c.cancel();
+        });
+        let lim = Limits {
+            fuel: u64::MAX,
+            ..limits()
+        };
+        let o = sandbox().run(&m, task, b"[]", &lim, &cancel).await;
+        assert_kind(&o, ErrorKind::Revoked);
+        assert!(o.duration < Duration::from_secs(5));
+    }
+}
+
+#[tokio::test]
+async fn the_host_survives_hostile_calls() {
+    let hostile = wat(LIMITS);
+    let good = wat(BASIC);
+    for task in [
+        "spin",
+        "grow_forever",
+        "stdout_flood",
+        "recurse",
+        "log_flood",
+    ] {
+        let lim = Limits {
+            timeout: Duration::from_millis(200),
+            fuel: 50_000_000,
+            ..limits()
+        };
+        assert!(run(&hostile, task, lim).await.result.is_err());
+        let o = run(&good, "answer", limits()).await;
+        assert_eq!(o.result.unwrap(), serde_json::json!(42), "after {task}");
+    }
+}
+
+#[tokio::test]
+async fn many_concurrent_calls_share_one_sandbox() {
+    let m = sandbox().load_bytes(wat(BASIC)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            let args = format!("[{i}]");
+            sandbox()
+                .run(
+                    &m,
+                    "echo",
+                    args.as_bytes(),
+                    &Limits::default(),
+                    &Cancel::new(),
+                )
+                .await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap().result.unwrap(), serde_json::json!([i]));
+    }
+}
+
+#[tokio::test]
+async fn disk_cache_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SandboxConfig {
+        pool_size: 2,
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..SandboxConfig::default()
+    };
+    let m = wat(BASIC);
+    {
+        let sb = Sandbox::new(config.clone()).unwrap();
+        sb.load_bytes(m.clone()).await.unwrap();
+        assert_eq!(sb.cache_stats().compiled, 1);
+        sb.load_bytes(m.clone()).await.unwrap();
+        assert_eq!(sb.cache_stats().hits, 1);
+    }
+    let sb = Sandbox::new(config).unwrap();
+    let module = sb.load_bytes(m).await.unwrap();
+    let stats = sb.cache_stats();
+    assert_eq!((stats.compiled, stats.disk_hits), (0, 1));
+    let o = sb
+        .run(&module, "answer", b"[]", &Limits::default(), &Cancel::new())
+        .await;
+    assert_eq!(o.result.unwrap(), serde_json::json!(42));
+}

@@ -1,7 +1,12 @@
 //! The subcommands of `wasq`, one file each, and the flag groups they share.
 
+mod demo;
 mod exec;
+mod host;
 mod inspect;
+mod module;
+mod result;
+mod submit;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -34,6 +39,20 @@ enum Command {
     Exec(exec::ExecCommand),
     /// Show a module's hash, size, tasks and imports without running it.
     Inspect(inspect::InspectCommand),
+    /// Run a worker host (`wasq host run`).
+    Host(host::HostCommand),
+    /// Queue a call; print its id, or its result with --wait.
+    Submit(submit::SubmitCommand),
+    /// Print a call's result envelope.
+    Result(result::ResultCommand),
+    /// Print a call's state.
+    Status(result::StatusCommand),
+    /// Revoke a queued or running call.
+    Revoke(result::RevokeCommand),
+    /// The content-addressed module store: push, ls, tag.
+    Module(module::ModuleCommand),
+    /// The whole pipeline on the embedded broker (or --redis), with the example tasks.
+    Demo(demo::DemoCommand),
 }
 
 impl Cli {
@@ -42,6 +61,13 @@ impl Cli {
         match self.command {
             Command::Exec(c) => c.run().await,
             Command::Inspect(c) => c.run().await,
+            Command::Host(c) => c.run().await,
+            Command::Submit(c) => c.run().await,
+            Command::Result(c) => c.run().await,
+            Command::Status(c) => c.run().await,
+            Command::Revoke(c) => c.run().await,
+            Command::Module(c) => c.run().await,
+            Command::Demo(c) => c.run().await,
         }
     }
 }
@@ -74,6 +100,24 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
         }
     }
     EXIT_USAGE
+}
+
+/// Where the Redis broker is.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL; `rediss://` for TLS, `redis://user:password@host:port/db` for ACLs
+    #[arg(long = "redis", value_name = "URL", env = "WASQ_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    url: String,
+    /// Prefix of every key, so deployments can share a server
+    #[arg(long, value_name = "PREFIX", env = "WASQ_PREFIX", default_value = "wasq", global = true)]
+    prefix: String,
+}
+
+impl RedisArgs {
+    /// Connects to Redis.
+    pub async fn connect(&self, config: wasq_broker::BrokerConfig) -> anyhow::Result<wasq_broker::RedisBroker> {
+        Ok(wasq_broker::RedisBroker::connect(&self.url, &self.prefix, config).await?)
+    }
 }
 
 /// The limits a call may ask for (`exec`, `submit`).

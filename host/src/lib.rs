@@ -9,14 +9,20 @@
 //! - `sandbox/run`: one call in a fresh `Store`: the `wasq` host functions, limits,
 //!   and the classification of failures into envelope kinds.
 //! - `sandbox/stdio`: bounded capture of stdout and stderr.
+//! - `worker`: the loop of `wasq host run` ([`Worker`], [`WorkerConfig`]): claim,
+//!   run, publish; heartbeats, revocation checks, graceful shutdown.
 
 #![deny(missing_docs)]
 
 mod sandbox;
+mod worker;
 
 pub use sandbox::{
     CacheStats, CallState, Cancel, DEFAULT_CACHE_CAPACITY, DEFAULT_COMPILE_TIMEOUT,
     DEFAULT_MAX_CODE_BYTES, DEFAULT_MAX_FUNCTION_BYTES, DEFAULT_MAX_FUNCTIONS, DEFAULT_POOL_SIZE,
     DEFAULT_TICK, LoadedModule, ModuleReport, RunOutcome, Sandbox, SandboxConfig, SandboxError,
     SetupError, WASM_STACK, default_host_name, inspect,
+};
+pub use worker::{
+    DEFAULT_CLAIM_BLOCK, DEFAULT_GRACE, DEFAULT_REVOKE_CHECK, Worker, WorkerConfig, WorkerStats,
 };

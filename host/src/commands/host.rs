@@ -1,0 +1,200 @@
+//! `wasq host run`: a worker host.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasq_broker::{BrokerConfig, DEFAULT_MAX_DELIVERIES, Limits, is_valid_queue_name};
+use wasq_host::{Sandbox, SandboxConfig, Worker, WorkerConfig, WorkerStats};
+
+use super::{RedisArgs, UsageError, parse_secs};
+
+/// Run a worker host.
+#[derive(Debug, Args)]
+pub struct HostCommand {
+    #[command(subcommand)]
+    command: HostSubcommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum HostSubcommand {
+    /// Take calls from the queues, run them in the sandbox, publish results.
+    /// Stops on SIGINT/SIGTERM: finishes running calls (up to --grace), hands
+    /// the rest back to their queue, exits 0.
+    Run(HostRunCommand),
+}
+
+impl HostCommand {
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            HostSubcommand::Run(c) => c.run().await,
+        }
+    }
+}
+
+/// The operator's maximum limits: calls may ask for less, never more.
+#[derive(Debug, Clone, Args)]
+pub struct HostLimitsArgs {
+    /// Most fuel a call may use
+    #[arg(long, value_name = "N", default_value_t = wasq_broker::DEFAULT_FUEL)]
+    fuel: u64,
+    /// Most memory (bytes) a call may use
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MEMORY)]
+    memory: u64,
+    /// Longest wall time (seconds) a call may take
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    timeout: Duration,
+    /// Largest result (bytes)
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_OUTPUT)]
+    max_output: u64,
+    /// Largest captured stdout, and stderr (bytes each)
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_STDIO)]
+    max_stdio: u64,
+    /// Largest total of log messages (bytes)
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_LOGS)]
+    max_logs: u64,
+    /// Largest args (bytes)
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_ARGS)]
+    max_args: u64,
+    /// Largest module (bytes)
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_MODULE)]
+    max_module: u64,
+}
+
+impl HostLimitsArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            fuel: self.fuel,
+            memory: self.memory,
+            timeout: self.timeout,
+            max_output: self.max_output,
+            max_stdio: self.max_stdio,
+            max_logs: self.max_logs,
+            max_args: self.max_args,
+        }
+    }
+}
+
+/// Flags of `wasq host run`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  wasq host run --concurrency 32
+  WASQ_REDIS_URL=rediss://user:pass@redis.internal:6380 wasq host run --queue fast --queue slow")]
+pub struct HostRunCommand {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Queue to consume (repeatable)
+    #[arg(long = "queue", value_name = "NAME", default_value = wasq_broker::DEFAULT_QUEUE)]
+    queues: Vec<String>,
+    /// Calls run at once (sleeping calls hold no thread)
+    #[arg(long, value_name = "N", default_value_t = 16, env = "WASQ_CONCURRENCY")]
+    concurrency: usize,
+    #[command(flatten)]
+    limits: HostLimitsArgs,
+    /// Directory for compiled modules, so a restarted host starts warm
+    #[arg(long, value_name = "DIR", env = "WASQ_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Host lease (seconds): calls of a host silent this long are reclaimed
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    lease: Duration,
+    /// Deliveries of one call before it fails as `lost` and is dead-lettered
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_DELIVERIES)]
+    max_deliveries: u32,
+    /// How long results are kept (seconds); 0 keeps them forever
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "86400", env = "WASQ_RESULT_TTL")]
+    result_ttl: Duration,
+    /// On shutdown, how long running calls may finish (seconds)
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    grace: Duration,
+    /// Serve `GET /health` here: 200 while the consume loop turns, 503 when it stalls
+    #[arg(long, value_name = "ADDR")]
+    health: Option<SocketAddr>,
+}
+
+impl HostRunCommand {
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        for q in &self.queues {
+            if !is_valid_queue_name(q) {
+                return Err(UsageError(format!("invalid queue name {q:?}: use 1-64 of [A-Za-z0-9_.-]")).into());
+            }
+        }
+        let broker_config = BrokerConfig {
+            lease: self.lease,
+            max_deliveries: self.max_deliveries,
+            result_ttl: self.result_ttl,
+            max_module: self.limits.max_module,
+            ..BrokerConfig::default()
+        };
+        let broker = Arc::new(self.redis.connect(broker_config).await?);
+        let concurrency = self.concurrency.max(1);
+        let sandbox = Sandbox::new(SandboxConfig {
+            limits: self.limits.limits(),
+            max_module: self.limits.max_module,
+            pool_size: u32::try_from(concurrency).unwrap_or(u32::MAX).saturating_add(4),
+            cache_dir: self.cache_dir.clone(),
+            ..SandboxConfig::default()
+        })?;
+        let mut config = WorkerConfig::new(self.queues.clone(), concurrency, self.lease);
+        config.grace = self.grace;
+        let worker = Worker::new(broker, sandbox, config);
+        if let Some(addr) = self.health {
+            let stats = worker.stats();
+            let stall = worker.config().claim_block * 3 + Duration::from_secs(5);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for health checks on {addr}"))?;
+            tokio::spawn(serve_health(listener, stats, stall));
+        }
+        worker.run(shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}
+
+/// A minimal HTTP responder for load balancers and orchestrators.
+async fn serve_health(listener: tokio::net::TcpListener, stats: Arc<WorkerStats>, stall: Duration) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
+            let healthy = stats.healthy(stall);
+            let (status, body) = if healthy { ("200 OK", "ok\n") } else { ("503 Service Unavailable", "stalled\n") };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(reply.as_bytes()).await;
+        });
+    }
+}

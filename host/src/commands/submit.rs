@@ -1,0 +1,140 @@
+//! `wasq submit`: queue a call.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::value::RawValue;
+use wasq_broker::{
+    Broker, BrokerConfig, Call, ErrorKind, ModuleHash, RetryPolicy, TaskError, is_valid_queue_name,
+    is_valid_task_name, new_call_id, now_ms,
+};
+
+use super::{EXIT_FAILED, LimitsArgs, RedisArgs, UsageError, parse_secs, print_envelope, read_module};
+
+/// Queue a call of TASK in MODULE and print its id (or, with --wait, its result).
+#[derive(Debug, Args)]
+#[command(after_help = "\
+MODULE is a .wasm/.wat path (uploaded first if the cluster lacks it),
+sha256:HEX, or a name given with `wasq module tag` (NAME or NAME@VERSION).
+
+Examples:
+  wasq submit target/tasks/examples.wasm add '[4, 5]' --wait
+  wasq submit examples@1.0 fib '[30]' --retries 3 --queue cpu
+  wasq submit sha256:9f2c… long_processing '[\"report\"]' --countdown 60")]
+pub struct SubmitCommand {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The module: a file path, sha256:HEX, or a name
+    module: String,
+    /// The task to call
+    task: String,
+    /// The arguments as a JSON array
+    #[arg(default_value = "[]")]
+    args: String,
+    #[command(flatten)]
+    limits: LimitsArgs,
+    /// Retries after a `task_error`, with exponential backoff and jitter
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
+    /// The queue to submit to
+    #[arg(long, value_name = "NAME", default_value = wasq_broker::DEFAULT_QUEUE)]
+    queue: String,
+    /// Run no sooner than this many seconds from now
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    countdown: Option<Duration>,
+    /// Wait for the result and print it (exit status as `wasq exec`)
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds (with --wait)
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, requires = "wait")]
+    wait_timeout: Option<Duration>,
+    /// Print exactly one JSON envelope on stdout (with --wait)
+    #[arg(long)]
+    json: bool,
+}
+
+/// Resolves a module reference to a stored hash: uploads a file if needed.
+pub async fn resolve_module<B: Broker>(broker: &B, module: &str) -> anyhow::Result<Result<ModuleHash, TaskError>> {
+    let path = Path::new(module);
+    if path.is_file() {
+        let bytes = read_module(path)?;
+        let hash = ModuleHash::of(&bytes);
+        if !broker.has_module(&hash).await? {
+            broker.put_module(&bytes).await?;
+        }
+        return Ok(Ok(hash));
+    }
+    if module.starts_with("sha256:") {
+        let hash: ModuleHash = module.parse().map_err(|e| UsageError(format!("{e}")))?;
+        if !broker.has_module(&hash).await? {
+            return Ok(Err(TaskError::new(ErrorKind::ModuleNotFound, format!("no module {hash} is stored"))));
+        }
+        return Ok(Ok(hash));
+    }
+    if module.ends_with(".wasm") || module.ends_with(".wat") || module.contains('/') {
+        return Err(UsageError(format!("cannot read module file {module}: no such file")).into());
+    }
+    match broker.resolve(module).await? {
+        Some(hash) => Ok(Ok(hash)),
+        None => Ok(Err(TaskError::new(
+            ErrorKind::ModuleNotFound,
+            format!("no module named {module:?} (see `wasq module ls`)"),
+        ))),
+    }
+}
+
+/// Checks that `args` is a JSON array, for a usage error before anything is queued.
+pub fn parse_args(args: &str) -> anyhow::Result<Box<RawValue>> {
+    let raw: Box<RawValue> = serde_json::from_str(args)
+        .map_err(|e| UsageError(format!("ARGS_JSON is not valid JSON: {e}")))?;
+    if !raw.get().trim_start().starts_with('[') {
+        return Err(UsageError(format!("ARGS_JSON must be a JSON array, like [4, 5]; got {}", raw.get())).into());
+    }
+    Ok(raw)
+}
+
+impl SubmitCommand {
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if !is_valid_task_name(&self.task) {
+            return Err(UsageError(format!("invalid task name {:?}", self.task)).into());
+        }
+        if !is_valid_queue_name(&self.queue) {
+            return Err(UsageError(format!("invalid queue name {:?}", self.queue)).into());
+        }
+        let args = parse_args(&self.args)?;
+        let broker = self.redis.connect(BrokerConfig::default()).await?;
+        let hash = match resolve_module(&broker, &self.module).await? {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: {}: {}", e.kind, e.message);
+                return Ok(ExitCode::from(EXIT_FAILED));
+            }
+        };
+        let call = Call {
+            id: new_call_id(),
+            module: hash,
+            task: self.task.clone(),
+            args,
+            limits: self.limits.to_call_limits(),
+            attempt: 1,
+            submitted_ms: now_ms(),
+            retry: self.retries.map(RetryPolicy::new),
+            queue: self.queue.clone(),
+        };
+        broker.submit(std::slice::from_ref(&call), self.countdown).await?;
+        if !self.wait {
+            println!("{}", call.id);
+            return Ok(ExitCode::SUCCESS);
+        }
+        match broker.wait(&call.id, self.wait_timeout).await? {
+            Some(env) => Ok(print_envelope(&env, self.json)),
+            None => {
+                eprintln!("error: no result for {} within the wait timeout (the call is still queued or running)", call.id);
+                Ok(ExitCode::from(EXIT_FAILED))
+            }
+        }
+    }
+}

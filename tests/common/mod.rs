@@ -1,0 +1,95 @@
+//! Helpers shared by the end-to-end tests: the real `wasq` binary, the
+//! compiled example tasks, and processes that are killed when dropped.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+/// The `wasq` binary cargo built for these tests.
+pub fn wasq_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wasq"))
+}
+
+/// A `wasq` command with a clean environment for wasq's own variables.
+pub fn wasq() -> Command {
+    let mut cmd = Command::new(wasq_bin());
+    for var in ["WASQ_REDIS_URL", "WASQ_PREFIX", "WASQ_CONCURRENCY", "WASQ_CACHE_DIR", "WASQ_RESULT_TTL"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A compiled task module from `target/tasks/` (built by `make tasks`).
+pub fn task_module(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join("tasks")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the task modules first with `make tasks` \
+         (needs `rustup target add wasm32-wasip1`)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command to completion, capturing output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("cannot run wasq")
+}
+
+/// Describes an output for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The single JSON envelope a `--json` command printed.
+pub fn envelope(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON envelope ({e})\n{}", describe(out)))
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Sends SIGKILL now.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait for host")
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log());
+        }
+    }
+}

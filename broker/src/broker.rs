@@ -50,9 +50,30 @@ pub enum StartOutcome {
     /// The call was revoked; the broker already recorded the `revoked` envelope
     /// and acknowledged the entry. Do not run it.
     Revoked,
-    /// The call already has a final result (a duplicate delivery) or the token
-    /// is stale; the entry is acknowledged. Do not run it.
+    /// Do not run it. Either the call already has a final result (a duplicate
+    /// delivery; the entry is acknowledged), or this delivery is stale: the
+    /// entry was reclaimed by another host after this host's lease lapsed, and
+    /// is left alone because it is no longer this host's to acknowledge.
     Skip,
+}
+
+/// A queue entry that was taken out of circulation: garbage that is not a
+/// call, or a call whose every delivery's host died (failed as `lost`).
+/// Kept in a capped dead-letter stream for an operator to inspect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The call id, if the entry had a recognisable one; empty otherwise.
+    pub id: String,
+    /// The queue the entry was in.
+    pub queue: String,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// The entry's call JSON as found (garbage is truncated to a few KiB).
+    pub call: String,
+    /// How many times it had been delivered.
+    pub deliveries: u32,
+    /// When it was dead-lettered, ms since the Unix epoch.
+    pub ts_ms: u64,
 }
 
 /// What a host announces about itself.
@@ -266,4 +287,114 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Hosts whose lease is live, with their latest stats.
     fn hosts(&self) -> impl Future<Output = Result<Vec<(HostInfo, HostStats)>>> + Send;
+
+    /// The newest `limit` dead letters, newest first.
+    fn dead_letters(&self, limit: usize) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+}
+
+/// A shared broker is a broker: hosts and clients in one process can hold
+/// one `Arc<RedisBroker>` (or `Arc<LocalBroker>`) between them.
+impl<B: Broker> Broker for std::sync::Arc<B> {
+    fn put_module(&self, bytes: &[u8]) -> impl Future<Output = Result<(ModuleHash, bool)>> + Send {
+        (**self).put_module(bytes)
+    }
+    fn has_module(&self, hash: &ModuleHash) -> impl Future<Output = Result<bool>> + Send {
+        (**self).has_module(hash)
+    }
+    fn get_module(
+        &self,
+        hash: &ModuleHash,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send {
+        (**self).get_module(hash)
+    }
+    fn tag(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        hash: &ModuleHash,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).tag(name, version, hash)
+    }
+    fn resolve(&self, name: &str) -> impl Future<Output = Result<Option<ModuleHash>>> + Send {
+        (**self).resolve(name)
+    }
+    fn list_modules(&self) -> impl Future<Output = Result<Vec<ModuleInfo>>> + Send {
+        (**self).list_modules()
+    }
+    fn submit(
+        &self,
+        calls: &[Call],
+        countdown: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).submit(calls, countdown)
+    }
+    fn status(&self, id: &str) -> impl Future<Output = Result<Option<Envelope>>> + Send {
+        (**self).status(id)
+    }
+    fn wait(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Option<Envelope>>> + Send {
+        (**self).wait(id, timeout)
+    }
+    fn revoke(&self, id: &str) -> impl Future<Output = Result<bool>> + Send {
+        (**self).revoke(id)
+    }
+    fn is_revoked(&self, id: &str) -> impl Future<Output = Result<bool>> + Send {
+        (**self).is_revoked(id)
+    }
+    fn register_host(&self, info: &HostInfo) -> impl Future<Output = Result<()>> + Send {
+        (**self).register_host(info)
+    }
+    fn heartbeat(
+        &self,
+        host_id: &str,
+        stats: &HostStats,
+        running: &[Delivery],
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).heartbeat(host_id, stats, running)
+    }
+    fn deregister_host(&self, host_id: &str) -> impl Future<Output = Result<()>> + Send {
+        (**self).deregister_host(host_id)
+    }
+    fn claim(
+        &self,
+        host_id: &str,
+        queues: &[String],
+        max: usize,
+        block: Duration,
+    ) -> impl Future<Output = Result<Vec<Delivery>>> + Send {
+        (**self).claim(host_id, queues, max, block)
+    }
+    fn start(
+        &self,
+        delivery: &Delivery,
+        host_id: &str,
+    ) -> impl Future<Output = Result<StartOutcome>> + Send {
+        (**self).start(delivery, host_id)
+    }
+    fn complete(
+        &self,
+        done: &[(Delivery, Envelope)],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send {
+        (**self).complete(done)
+    }
+    fn retry(
+        &self,
+        delivery: &Delivery,
+        last: &Envelope,
+        delay: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        (**self).retry(delivery, last, delay)
+    }
+    fn release(&self, delivery: &Delivery) -> impl Future<Output = Result<bool>> + Send {
+        (**self).release(delivery)
+    }
+    fn hosts(&self) -> impl Future<Output = Result<Vec<(HostInfo, HostStats)>>> + Send {
+        (**self).hosts()
+    }
+    fn dead_letters(&self, limit: usize) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send {
+        (**self).dead_letters(limit)
+    }
 }

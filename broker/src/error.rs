@@ -1,6 +1,10 @@
 //! The broker's error type.
 
 /// What can go wrong talking to a broker.
+///
+/// Callers decide with [`Error::is_transient`]: only [`Error::Unavailable`] is
+/// worth retrying as is. Everything else needs a different request, different
+/// configuration, or an operator's look at the data.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The backend could not be reached or answered with an I/O error. Worth
@@ -27,6 +31,16 @@ pub enum Error {
     /// Data read back from the backend is not what wasq wrote.
     #[error("malformed data in broker: {0}")]
     Malformed(String),
+    /// A call that cannot be submitted as given: args that are not a JSON
+    /// array, an invalid task name or call id. Fix the call; retrying the
+    /// same one fails the same way.
+    #[error("invalid call: {0}")]
+    InvalidCall(String),
+    /// The backend refused the request for a reason that retrying will not
+    /// fix: bad credentials, missing ACL permissions, an invalid URL, a script
+    /// error. The message says which.
+    #[error("broker error: {0}")]
+    Backend(String),
 }
 
 impl Error {

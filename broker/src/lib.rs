@@ -1,24 +1,42 @@
 //! wasq's broker layer: the types every part of wasq agrees on, the [`Broker`]
-//! trait, and its two implementations.
+//! trait, its two implementations and the client API on top.
 //!
 //! # Layout
 //! - `types`: module hashes, [`Call`], [`Limits`], the result [`Envelope`], [`ErrorKind`].
 //! - `broker`: the [`Broker`] trait, [`Delivery`], host records, [`BrokerConfig`].
 //! - `error`: [`Error`], which says whether a failure is worth retrying.
+//! - `redis`: [`RedisBroker`], the production broker (its docs have the key
+//!   layout), with its Lua scripts in `redis/*.lua`.
+//! - `local`: [`LocalBroker`], the same semantics in process memory, for the
+//!   demo, embedding and tests.
+//! - `client`: [`Client`] (async) and [`BlockingClient`] (a call reads like a
+//!   function call), [`ModuleRef`], [`CallError`].
+//! - `testing` (feature `test-util`): [`testing::RedisServer`], a throwaway
+//!   `redis-server` per test.
 
 mod broker;
+mod client;
 mod error;
+mod local;
+mod redis;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod types;
 
 pub use broker::{
     Broker, BrokerConfig, DEFAULT_DEAD_LETTER_CAP, DEFAULT_LEASE, DEFAULT_MAX_DELIVERIES,
-    DEFAULT_RESULT_TTL, Delivery, HostInfo, HostStats, ModuleInfo, StartOutcome,
+    DEFAULT_RESULT_TTL, DeadLetter, Delivery, HostInfo, HostStats, ModuleInfo, StartOutcome,
 };
+#[doc(hidden)]
+pub use client::{__doc_adder_host, __doc_adder_host_thread};
+pub use client::{BlockingClient, CallBuilder, CallError, Client, ModuleRef, encode_args};
 pub use error::{Error, Result};
+pub use local::LocalBroker;
+pub use redis::RedisBroker;
 pub use types::{
     Call, CallLimits, DEFAULT_BACKOFF, DEFAULT_FUEL, DEFAULT_MAX_ARGS, DEFAULT_MAX_BACKOFF,
     DEFAULT_MAX_LOGS, DEFAULT_MAX_MODULE, DEFAULT_MAX_OUTPUT, DEFAULT_MAX_STDIO, DEFAULT_MEMORY,
     DEFAULT_QUEUE, DEFAULT_TIMEOUT, Envelope, ErrorKind, Limits, LogLine, ModuleHash,
-    ParseHashError, RetryPolicy, State, TaskError, is_valid_queue_name, is_valid_task_name,
-    new_call_id, now_ms,
+    ParseHashError, RetryPolicy, State, TaskError, is_valid_call_id, is_valid_module_name,
+    is_valid_queue_name, is_valid_task_name, new_call_id, now_ms,
 };

@@ -472,6 +472,26 @@ pub fn is_valid_task_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Whether `id` can be a call id: 1–128 of `[A-Za-z0-9_-]` (a ULID from
+/// [`new_call_id`] always is). Ids become part of keys, so nothing else is
+/// accepted.
+pub fn is_valid_call_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+}
+
+/// Whether `name` can name a module (or a module version): 1–128 of
+/// `[A-Za-z0-9_.-]`. `@` separates a name from its version and is therefore
+/// not part of either.
+pub fn is_valid_module_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// Whether `name` is a valid queue name: 1–64 of `[A-Za-z0-9_.-]`. Queue names
 /// become part of Redis keys, so braces and colons are kept out.
 pub fn is_valid_queue_name(name: &str) -> bool {

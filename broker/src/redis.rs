@@ -1,0 +1,1576 @@
+//! [`RedisBroker`]: the production broker, on Redis 7.0 or newer.
+//!
+//! # Key layout
+//!
+//! Every key starts with the prefix `P` given to [`RedisBroker::connect`]. The
+//! keys of one queue share the hash tag `{q:NAME}`. (Scripts touch a queue's
+//! keys together with per-call keys, so on Redis Cluster put the whole
+//! deployment in one slot with a prefix that is itself a hash tag, like
+//! `{wasq}`.)
+//!
+//! | key | type | holds | bounded by |
+//! | --- | --- | --- | --- |
+//! | `P:module:HEX` | string | module bytes, written once (`SET NX`) | the operator (modules are never deleted) |
+//! | `P:names` | hash | `name` and `name@version` → module hex | the operator |
+//! | `P:{q:NAME}:stream` | stream, group `hosts` | field `call`: call JSON, one entry per queued call | entries are `XDEL`ed right after `XACK` |
+//! | `P:{q:NAME}:delayed` | sorted set | call JSON scored by due time (ms, Redis clock): countdowns and retries | promoted into the stream when due |
+//! | `P:call:ID` | hash | `state` (`queued`/`running`/`retrying`), `queue`, `attempt`, `token`, `host`, `entry`, `deliveries`, `last` (envelope of the failed attempt) | TTL: result TTL (+ delay); after the final result only a marker `state=done`, `token` for at most an hour |
+//! | `P:result:ID` | string | the final envelope JSON | TTL: result TTL (none if zero) |
+//! | `P:wake:ID` | stream, `MAXLEN 1` | one entry once the result exists; waiters `XREAD BLOCK` on it | TTL: 5 minutes |
+//! | `P:revoked:ID` | string | `1` when the call was revoked | TTL: result TTL |
+//! | `P:host:ID` | hash | `info`, `stats` (JSON) of a live host | TTL: the lease, renewed by heartbeats |
+//! | `P:hosts` | sorted set | host ids scored by when their record can go | trimmed on every heartbeat and listing |
+//! | `P:dead` | stream | dead letters: `entry`, `queue`, `id`, `reason`, `call`, `deliveries`, `ts` | `MAXLEN ~` dead-letter cap |
+//! | `P:events` | stream | `type`, `id`, `queue`, `task`, `host`, `ts` of every transition | `MAXLEN ~ 10000` |
+//!
+//! # How a call moves
+//!
+//! `submit` runs one script per call (pipelined): `XADD` to the stream, or
+//! `ZADD` to the delayed set with a countdown, and the state hash, in one
+//! step. `claim` runs, per queue, a script that promotes due delayed calls,
+//! reclaims entries idle for longer than the lease (`XPENDING IDLE` +
+//! `XCLAIM`, which counts a delivery) and reads new entries (`XREADGROUP >`),
+//! all without blocking; only when that finds nothing does it block in
+//! `XREADGROUP ... BLOCK` on a dedicated connection, for at most half a lease
+//! (so reclaiming keeps happening) and never past the next delayed call.
+//!
+//! A delivery is its stream entry plus its delivery count: `XREADGROUP` starts
+//! the count at 1, every reclaim adds 1, and the host's heartbeat refreshes
+//! its entries with `XCLAIM ... JUSTID`, which resets the idle time without
+//! counting. Every script that acts for a delivery first checks that the entry
+//! is still pending with that count (nobody reclaimed it), and `complete` and
+//! `retry` also check the call's token, recorded by `start`. So a host whose
+//! lease lapsed can neither publish nor acknowledge what is no longer its own.
+//!
+//! Waiting never polls: publishing a result adds an entry to `P:wake:ID`; a
+//! waiter checks for the result, then `XREAD BLOCK`s on that stream from id 0.
+//! `XREAD` does not consume, so every waiter wakes, and an entry added between
+//! the check and the block is seen at once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Cmd, RedisError, ToRedisArgs, Value};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::broker::{
+    Broker, BrokerConfig, DeadLetter, Delivery, HostInfo, HostStats, ModuleInfo, StartOutcome,
+};
+use crate::error::{Error, Result};
+use crate::types::{
+    Call, Envelope, ErrorKind, ModuleHash, State, TaskError, is_valid_call_id,
+    is_valid_module_name, is_valid_queue_name, is_valid_task_name, now_ms,
+};
+
+mod reply;
+
+use reply::{as_array, as_bytes, as_int, as_string, stream_entries};
+
+/// The consumer group of every work stream.
+const GROUP: &str = "hosts";
+/// How long a wake-up stays for waiters that checked just before it came.
+const WAKE_TTL: Duration = Duration::from_secs(300);
+/// How long the "published by this token" marker stays (capped by the result TTL).
+const MARKER_TTL: Duration = Duration::from_secs(3600);
+/// Longest single `XREAD BLOCK` of a waiter: a long wait renews its block
+/// this often, so a silently dead connection is noticed.
+const WAIT_CHUNK: Duration = Duration::from_secs(60);
+/// Delayed calls promoted per queue per claim.
+const MAX_PROMOTE: usize = 1000;
+/// Bytes of a garbage entry kept in its dead letter.
+const GARBAGE_KEEP: usize = 4096;
+/// Idle connections kept for blocking commands.
+const BLOCKING_POOL: usize = 16;
+/// How long a single request may take before the connection counts as dead.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Lua script: `common.lua` followed by the script's own body.
+struct Lua {
+    name: &'static str,
+    script: redis::Script,
+    source: String,
+}
+
+impl Lua {
+    fn new(name: &'static str, body: &str) -> Self {
+        let source = format!("{}\n{}", include_str!("redis/common.lua"), body);
+        Self {
+            name,
+            script: redis::Script::new(&source),
+            source,
+        }
+    }
+}
+
+struct Scripts {
+    submit: Lua,
+    claim: Lua,
+    start: Lua,
+    complete: Lua,
+    retry: Lua,
+    release: Lua,
+    heartbeat: Lua,
+    bury: Lua,
+    revoke: Lua,
+    drop_consumer: Lua,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    submit: Lua::new("submit", include_str!("redis/submit.lua")),
+    claim: Lua::new("claim", include_str!("redis/claim.lua")),
+    start: Lua::new("start", include_str!("redis/start.lua")),
+    complete: Lua::new("complete", include_str!("redis/complete.lua")),
+    retry: Lua::new("retry", include_str!("redis/retry.lua")),
+    release: Lua::new("release", include_str!("redis/release.lua")),
+    heartbeat: Lua::new("heartbeat", include_str!("redis/heartbeat.lua")),
+    bury: Lua::new("bury", include_str!("redis/bury.lua")),
+    revoke: Lua::new("revoke", include_str!("redis/revoke.lua")),
+    drop_consumer: Lua::new("drop_consumer", include_str!("redis/drop_consumer.lua")),
+});
+
+/// One command of a pipeline; scripts remember which script they run so a
+/// `NOSCRIPT` (after a server restart) can load it and run them again.
+struct Op {
+    cmd: Cmd,
+    lua: Option<&'static Lua>,
+}
+
+impl Op {
+    fn cmd(cmd: Cmd) -> Self {
+        Self { cmd, lua: None }
+    }
+
+    fn eval(lua: &'static Lua) -> EvalBuilder {
+        EvalBuilder {
+            lua,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+struct EvalBuilder {
+    lua: &'static Lua,
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+impl EvalBuilder {
+    fn key(mut self, key: String) -> Self {
+        self.keys.push(key);
+        self
+    }
+
+    fn arg(mut self, arg: impl ToRedisArgs) -> Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    fn build(self) -> Op {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.lua.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        Op {
+            cmd,
+            lua: Some(self.lua),
+        }
+    }
+}
+
+/// The key names of one deployment.
+#[derive(Debug, Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn module(&self, hash: &ModuleHash) -> String {
+        format!("{}:module:{}", self.prefix, hash.to_hex())
+    }
+    fn module_pattern(&self) -> String {
+        let mut pattern = String::with_capacity(self.prefix.len() + 10);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push_str(":module:*");
+        pattern
+    }
+    fn names(&self) -> String {
+        format!("{}:names", self.prefix)
+    }
+    fn stream(&self, queue: &str) -> String {
+        format!("{}:{{q:{queue}}}:stream", self.prefix)
+    }
+    fn delayed(&self, queue: &str) -> String {
+        format!("{}:{{q:{queue}}}:delayed", self.prefix)
+    }
+    fn call(&self, id: &str) -> String {
+        format!("{}:call:{id}", self.prefix)
+    }
+    fn result(&self, id: &str) -> String {
+        format!("{}:result:{id}", self.prefix)
+    }
+    fn wake(&self, id: &str) -> String {
+        format!("{}:wake:{id}", self.prefix)
+    }
+    fn revoked(&self, id: &str) -> String {
+        format!("{}:revoked:{id}", self.prefix)
+    }
+    fn host(&self, id: &str) -> String {
+        format!("{}:host:{id}", self.prefix)
+    }
+    fn hosts(&self) -> String {
+        format!("{}:hosts", self.prefix)
+    }
+    fn dead(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+    fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+}
+
+/// Connections for blocking commands (`XREADGROUP BLOCK`, `XREAD BLOCK`),
+/// one per blocked caller so nobody else waits behind them. A connection
+/// whose command did not finish (an error, a cancelled future) is dropped,
+/// which closes it and unblocks it on the server.
+struct BlockingPool {
+    client: Client,
+    idle: Mutex<Vec<MultiplexedConnection>>,
+}
+
+impl BlockingPool {
+    async fn get(&self) -> std::result::Result<MultiplexedConnection, RedisError> {
+        if let Some(conn) = lock(&self.idle).pop() {
+            return Ok(conn);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    fn put_back(&self, conn: MultiplexedConnection) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < BLOCKING_POOL {
+            idle.push(conn);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The production broker: Redis Streams with one consumer group, Lua scripts
+/// for every state change (see the module docs for the key layout).
+///
+/// Cheap to share behind an `Arc`; all methods take `&self`. Normal commands
+/// go through one auto-reconnecting multiplexed connection; blocking commands
+/// get connections of their own.
+///
+/// ```no_run
+/// # async fn demo() -> wasq_broker::Result<()> {
+/// use wasq_broker::{Broker, BrokerConfig, RedisBroker};
+///
+/// let broker = RedisBroker::connect("redis://127.0.0.1:6379", "wasq", BrokerConfig::default()).await?;
+/// let (hash, _new) = broker.put_module(b"\0asm\x01\0\0\0").await?;
+/// broker.tag("empty", Some("1.0"), &hash).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct RedisBroker {
+    conn: ConnectionManager,
+    blocking: BlockingPool,
+    keys: Keys,
+    config: BrokerConfig,
+    /// The URL without its password, for error messages.
+    url: String,
+    /// Hosts registered through this broker, so heartbeats can rewrite their
+    /// record even after it expired.
+    registered: Mutex<HashMap<String, HostInfo>>,
+    /// When this broker last reclaimed idle entries and collected consumers.
+    last_reclaim: Mutex<Option<Instant>>,
+    last_gc: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("url", &self.url)
+            .field("prefix", &self.keys.prefix)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Connects to Redis at `url` (`redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS) and uses keys under `prefix`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] if the server cannot be reached (the message
+    /// names the URL without its password); [`Error::Backend`] for an invalid
+    /// URL, an empty prefix or rejected credentials.
+    pub async fn connect(url: &str, prefix: &str, config: BrokerConfig) -> Result<Self> {
+        let shown = redact_url(url);
+        if prefix.is_empty() {
+            return Err(Error::Backend("the key prefix must not be empty".into()));
+        }
+        let client = Client::open(url)
+            .map_err(|e| Error::Backend(format!("invalid redis url {shown}: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(1))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
+            .await
+            .map_err(|e| map_err(e, &format!("cannot connect to redis at {shown}")))?;
+        let broker = Self {
+            conn,
+            blocking: BlockingPool {
+                client,
+                idle: Mutex::new(Vec::new()),
+            },
+            keys: Keys {
+                prefix: prefix.to_string(),
+            },
+            config,
+            url: shown,
+            registered: Mutex::new(HashMap::new()),
+            last_reclaim: Mutex::new(None),
+            last_gc: Mutex::new(None),
+        };
+        Ok(broker)
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.keys.prefix
+    }
+
+    /// The tunables it was connected with.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    fn err(&self, e: RedisError, what: &str) -> Error {
+        map_err(e, &format!("{what} (redis at {})", self.url))
+    }
+
+    /// Runs one command.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd, what: &str) -> Result<T> {
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e, what))
+    }
+
+    /// Runs commands in one round trip; per command its reply or its error.
+    /// Scripts the server does not know (it restarted) are loaded and those
+    /// commands run again. A connection failure fails the whole batch.
+    async fn pipeline(&self, ops: &[Op], what: &str) -> Result<Vec<Result<Value>>> {
+        let mut out: Vec<Option<Result<Value>>> = (0..ops.len()).map(|_| None).collect();
+        let mut todo: Vec<usize> = (0..ops.len()).collect();
+        let mut conn = self.conn.clone();
+        for round in 0..2 {
+            if todo.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in &todo {
+                pipe.add_command(ops[i].cmd.clone());
+            }
+            let replies: Vec<Value> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.err(e, what))?;
+            if replies.len() != todo.len() {
+                return Err(Error::Malformed(format!(
+                    "{what}: {} replies to {} commands",
+                    replies.len(),
+                    todo.len()
+                )));
+            }
+            let mut again = Vec::new();
+            let mut load: BTreeMap<&'static str, &'static Lua> = BTreeMap::new();
+            for (&i, reply) in todo.iter().zip(replies) {
+                match reply {
+                    Value::ServerError(e)
+                        if round == 0
+                            && e.kind() == Some(redis::ServerErrorKind::NoScript)
+                            && ops[i].lua.is_some() =>
+                    {
+                        let lua = ops[i].lua.expect("checked above");
+                        load.insert(lua.name, lua);
+                        again.push(i);
+                    }
+                    Value::ServerError(e) => {
+                        out[i] = Some(Err(self.err(RedisError::from(e), what)));
+                    }
+                    v => out[i] = Some(Ok(v)),
+                }
+            }
+            for lua in load.values() {
+                debug!(script = lua.name, "loading script");
+                let _: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(&lua.source)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.err(e, "cannot load a script"))?;
+            }
+            todo = again;
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Backend(format!("{what}: script not loaded")))))
+            .collect())
+    }
+
+    /// Runs one script.
+    async fn eval(&self, op: Op, what: &str) -> Result<Value> {
+        self.pipeline(std::slice::from_ref(&op), what)
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Backend(format!("{what}: no reply"))))
+    }
+
+    fn result_ttl_ms(&self) -> u64 {
+        self.config.result_ttl.as_millis() as u64
+    }
+
+    fn marker_ttl_ms(&self) -> u64 {
+        let ttl = if self.config.result_ttl.is_zero() {
+            MARKER_TTL
+        } else {
+            self.config.result_ttl.min(MARKER_TTL)
+        };
+        (ttl.as_millis() as u64).max(1)
+    }
+
+    /// TTL of a pending state that waits `extra` before running.
+    fn state_ttl_ms(&self, extra: Duration) -> u64 {
+        if self.config.result_ttl.is_zero() {
+            0
+        } else {
+            (self.config.result_ttl + extra).as_millis() as u64
+        }
+    }
+
+    fn reclaim_interval(&self) -> Duration {
+        (self.config.lease / 4).clamp(Duration::from_millis(20), Duration::from_secs(2))
+    }
+
+    /// Whether it is time to look for idle entries again (and note that we do).
+    fn take_turn(slot: &Mutex<Option<Instant>>, every: Duration) -> bool {
+        let now = Instant::now();
+        let mut last = lock(slot);
+        match *last {
+            Some(t) if now.duration_since(t) < every => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
+    }
+
+    /// Consumers idle this long (and holding nothing) are forgotten.
+    fn consumer_gc_idle(&self) -> Duration {
+        (self.config.lease * 10).max(Duration::from_secs(300))
+    }
+
+    /// Turns a raw stream entry into a delivery, or buries it.
+    async fn accept_entry(
+        &self,
+        queue: &str,
+        entry_id: String,
+        fields: Vec<(String, Vec<u8>)>,
+        deliveries: u32,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
+        let raw = fields
+            .iter()
+            .find(|(f, _)| f == "call")
+            .map(|(_, v)| v.as_slice());
+        let parsed = match raw {
+            None => Err("entry has no `call` field".to_string()),
+            Some(raw) => serde_json::from_slice::<Call>(raw)
+                .map_err(|e| format!("`call` is not a valid call: {e}")),
+        };
+        match parsed {
+            Err(reason) => {
+                let raw = raw.unwrap_or_default();
+                let id = recognisable_id(raw);
+                warn!(queue, entry = %entry_id, call_id = id.as_deref().unwrap_or(""), %reason,
+                    "dead-lettering a garbage queue entry");
+                let envelope = id.as_ref().map(|id| {
+                    Envelope::failed(
+                        id.clone(),
+                        TaskError::new(
+                            ErrorKind::BadInput,
+                            format!("the queued call is malformed: {reason}"),
+                        ),
+                    )
+                });
+                let mut kept = String::from_utf8_lossy(raw).into_owned();
+                truncate_utf8(&mut kept, GARBAGE_KEEP);
+                self.bury(
+                    queue,
+                    &entry_id,
+                    deliveries,
+                    &reason,
+                    &kept,
+                    id.as_deref().unwrap_or(""),
+                    envelope.as_ref(),
+                    "dead",
+                )
+                .await
+            }
+            Ok(call) if deliveries > self.config.max_deliveries => {
+                let reason = format!(
+                    "delivered {} times, over the limit of {}: every host that took it stopped heartbeating",
+                    deliveries, self.config.max_deliveries
+                );
+                warn!(queue, call_id = %call.id, deliveries, "call lost: delivery limit reached");
+                let mut envelope =
+                    Envelope::failed(call.id.clone(), TaskError::new(ErrorKind::Lost, &reason));
+                envelope.attempt = call.attempt;
+                let raw = String::from_utf8_lossy(raw.unwrap_or_default()).into_owned();
+                self.bury(
+                    queue,
+                    &entry_id,
+                    deliveries,
+                    &reason,
+                    &raw,
+                    &call.id,
+                    Some(&envelope),
+                    "lost",
+                )
+                .await
+            }
+            Ok(call) => {
+                out.push(Delivery {
+                    call,
+                    queue: queue.to_string(),
+                    entry_id,
+                    token: new_token(),
+                    deliveries,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn bury(
+        &self,
+        queue: &str,
+        entry_id: &str,
+        deliveries: u32,
+        reason: &str,
+        raw: &str,
+        id: &str,
+        envelope: Option<&Envelope>,
+        event: &str,
+    ) -> Result<()> {
+        let envelope = match envelope {
+            Some(e) => serde_json::to_string(e).map_err(|e| Error::Backend(e.to_string()))?,
+            None => String::new(),
+        };
+        let op = Op::eval(&SCRIPTS.bury)
+            .key(self.keys.stream(queue))
+            .key(self.keys.dead())
+            .key(self.keys.result(id))
+            .key(self.keys.call(id))
+            .key(self.keys.wake(id))
+            .key(self.keys.events())
+            .arg(entry_id)
+            .arg(deliveries)
+            .arg(reason)
+            .arg(raw)
+            .arg(envelope)
+            .arg(self.result_ttl_ms())
+            .arg(self.marker_ttl_ms())
+            .arg(WAKE_TTL.as_millis() as u64)
+            .arg(self.config.dead_letter_cap.max(1))
+            .arg(id)
+            .arg(queue)
+            .arg(event)
+            .build();
+        self.eval(op, "cannot dead-letter a queue entry").await?;
+        Ok(())
+    }
+
+    /// One non-blocking pass over one queue: promote, reclaim, read.
+    /// Returns the time until its next delayed call is due.
+    async fn claim_queue(
+        &self,
+        host_id: &str,
+        queue: &str,
+        want: usize,
+        reclaim: bool,
+        gc: bool,
+        out: &mut Vec<Delivery>,
+    ) -> Result<Option<Duration>> {
+        let op = Op::eval(&SCRIPTS.claim)
+            .key(self.keys.stream(queue))
+            .key(self.keys.delayed(queue))
+            .arg(host_id)
+            .arg(want)
+            .arg(self.config.lease.as_millis().max(1) as u64)
+            .arg(if reclaim { "1" } else { "0" })
+            .arg(MAX_PROMOTE)
+            .arg(if gc {
+                self.consumer_gc_idle().as_millis() as u64
+            } else {
+                0
+            })
+            .build();
+        let reply = self.eval(op, "cannot claim calls").await?;
+        let bad = || Error::Malformed("unexpected reply of the claim script".into());
+        let parts = as_array(&reply).ok_or_else(bad)?;
+        let next_due = parts.first().and_then(as_int).ok_or_else(bad)?;
+        let entries = parts.get(1).and_then(as_array).ok_or_else(bad)?;
+        for e in entries {
+            let e = as_array(e).ok_or_else(bad)?;
+            let id = e.first().and_then(as_string).ok_or_else(bad)?;
+            let fields = e.get(1).map(reply::fields).unwrap_or_default();
+            let deliveries = e.get(2).and_then(as_int).ok_or_else(bad)?;
+            let deliveries = u32::try_from(deliveries).unwrap_or(u32::MAX);
+            self.accept_entry(queue, id, fields, deliveries, out)
+                .await?;
+        }
+        Ok(u64::try_from(next_due).ok().map(Duration::from_millis))
+    }
+
+    /// Blocks in `XREADGROUP` on all queues for new entries.
+    async fn block_for_new(
+        &self,
+        host_id: &str,
+        queues: &[String],
+        max: usize,
+        block: Duration,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
+        let block_ms = block.as_millis().max(1) as u64;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(host_id)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS");
+        for q in queues {
+            cmd.arg(self.keys.stream(q));
+        }
+        for _ in queues {
+            cmd.arg(">");
+        }
+        let what = "cannot read new calls";
+        let mut conn = self.blocking.get().await.map_err(|e| self.err(e, what))?;
+        conn.set_response_timeout(block + RESPONSE_TIMEOUT);
+        let reply: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e, what))?;
+        self.blocking.put_back(conn);
+        let by_key: HashMap<String, &String> =
+            queues.iter().map(|q| (self.keys.stream(q), q)).collect();
+        let mut got = Vec::new();
+        for (key, entries) in stream_entries(&reply)
+            .ok_or_else(|| Error::Malformed("unexpected reply of XREADGROUP".into()))?
+        {
+            let Some(queue) = by_key.get(&key) else {
+                continue;
+            };
+            for (id, fields) in entries {
+                self.accept_entry(queue, id, fields, 1, &mut got).await?;
+            }
+        }
+        // Several streams may each answer with up to `max`: hand back the surplus.
+        if got.len() > max {
+            for extra in got.split_off(max) {
+                self.release(&extra).await?;
+            }
+        }
+        out.extend(got);
+        Ok(())
+    }
+
+    /// Blocks until the wake-up stream of `id` has an entry or `block` passes.
+    async fn block_on_wake(&self, id: &str, block: Duration) -> Result<bool> {
+        let what = "cannot wait for a result";
+        let mut conn = self.blocking.get().await.map_err(|e| self.err(e, what))?;
+        conn.set_response_timeout(block + RESPONSE_TIMEOUT);
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(block.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(self.keys.wake(id))
+            .arg("0-0")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e, what))?;
+        self.blocking.put_back(conn);
+        Ok(!matches!(reply, Value::Nil))
+    }
+
+    fn pending_envelope(
+        &self,
+        id: &str,
+        state: &HashMap<String, Vec<u8>>,
+    ) -> Result<Option<Envelope>> {
+        let text = |f: &str| {
+            state
+                .get(f)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let Some(name) = text("state") else {
+            return Ok(None);
+        };
+        let attempt = text("attempt")
+            .and_then(|a| a.parse::<u32>().ok())
+            .unwrap_or(0);
+        let state = match name.as_str() {
+            "queued" => State::Queued,
+            "running" => State::Running,
+            "retrying" => State::Retrying,
+            // The final result expired before its marker: unknown.
+            "done" => return Ok(None),
+            other => {
+                return Err(Error::Malformed(format!(
+                    "call {id} has an unknown state {other:?}"
+                )));
+            }
+        };
+        if state == State::Retrying
+            && let Some(mut last) =
+                text("last").and_then(|l| serde_json::from_str::<Envelope>(&l).ok())
+        {
+            // The failed attempt's envelope (its attempt, its error), now retrying.
+            last.state = State::Retrying;
+            return Ok(Some(last));
+        }
+        let mut env = Envelope::pending(id, state);
+        env.attempt = attempt;
+        if state == State::Running {
+            env.host = text("host").unwrap_or_default();
+        }
+        Ok(Some(env))
+    }
+}
+
+impl Broker for RedisBroker {
+    async fn put_module(&self, bytes: &[u8]) -> Result<(ModuleHash, bool)> {
+        let size = bytes.len() as u64;
+        if size > self.config.max_module {
+            return Err(Error::ModuleTooLarge {
+                size,
+                limit: self.config.max_module,
+            });
+        }
+        let hash = ModuleHash::of(bytes);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.keys.module(&hash)).arg(bytes).arg("NX");
+        let reply: Value = self.query(&cmd, "cannot store a module").await?;
+        Ok((hash, !matches!(reply, Value::Nil)))
+    }
+
+    async fn has_module(&self, hash: &ModuleHash) -> Result<bool> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(self.keys.module(hash));
+        let n: i64 = self.query(&cmd, "cannot look up a module").await?;
+        Ok(n > 0)
+    }
+
+    async fn get_module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.keys.module(hash));
+        self.query(&cmd, "cannot read a module").await
+    }
+
+    async fn tag(&self, name: &str, version: Option<&str>, hash: &ModuleHash) -> Result<()> {
+        if !is_valid_module_name(name) {
+            return Err(Error::InvalidName(name.to_string()));
+        }
+        if let Some(v) = version
+            && !is_valid_module_name(v)
+        {
+            return Err(Error::InvalidName(v.to_string()));
+        }
+        if !self.has_module(hash).await? {
+            return Err(Error::ModuleNotFound(format!("sha256:{hash}")));
+        }
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.keys.names()).arg(name).arg(hash.to_hex());
+        if let Some(v) = version {
+            cmd.arg(format!("{name}@{v}")).arg(hash.to_hex());
+        }
+        let _: i64 = self.query(&cmd, "cannot tag a module").await?;
+        Ok(())
+    }
+
+    async fn resolve(&self, name: &str) -> Result<Option<ModuleHash>> {
+        check_module_ref(name)?;
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.keys.names()).arg(name);
+        let hex: Option<String> = self.query(&cmd, "cannot resolve a module name").await?;
+        hex.map(|h| {
+            h.parse()
+                .map_err(|_| Error::Malformed(format!("module name {name} points at {h:?}")))
+        })
+        .transpose()
+    }
+
+    async fn list_modules(&self) -> Result<Vec<ModuleInfo>> {
+        let prefix = format!("{}:module:", self.keys.prefix);
+        let mut hashes = HashSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(self.keys.module_pattern())
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = self.query(&cmd, "cannot list modules").await?;
+            for key in keys {
+                if let Some(h) = key.strip_prefix(&prefix).and_then(|h| h.parse().ok()) {
+                    hashes.insert(h);
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut hashes: Vec<ModuleHash> = hashes.into_iter().collect();
+        hashes.sort();
+        let mut ops: Vec<Op> = hashes
+            .iter()
+            .map(|h| {
+                let mut c = redis::cmd("STRLEN");
+                c.arg(self.keys.module(h));
+                Op::cmd(c)
+            })
+            .collect();
+        let mut names_cmd = redis::cmd("HGETALL");
+        names_cmd.arg(self.keys.names());
+        ops.push(Op::cmd(names_cmd));
+        let mut replies = self.pipeline(&ops, "cannot list modules").await?;
+        let names_reply = replies.pop().expect("one reply per command")?;
+        let mut names: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, hex) in reply::fields(&names_reply) {
+            names
+                .entry(String::from_utf8_lossy(&hex).into_owned())
+                .or_default()
+                .push(name);
+        }
+        let mut out = Vec::with_capacity(hashes.len());
+        for (hash, size) in hashes.into_iter().zip(replies) {
+            let size = size?;
+            let size = as_int(&size).unwrap_or(0);
+            let mut names = names.remove(&hash.to_hex()).unwrap_or_default();
+            names.sort();
+            out.push(ModuleInfo {
+                hash,
+                size: u64::try_from(size).unwrap_or(0),
+                names,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn submit(&self, calls: &[Call], countdown: Option<Duration>) -> Result<()> {
+        let mut ops = Vec::with_capacity(calls.len());
+        for call in calls {
+            check_call(call)?;
+            let json =
+                serde_json::to_string(call).map_err(|e| Error::InvalidCall(e.to_string()))?;
+            let countdown_ms: i64 = countdown.map_or(-1, |d| d.as_millis() as i64);
+            ops.push(
+                Op::eval(&SCRIPTS.submit)
+                    .key(self.keys.stream(&call.queue))
+                    .key(self.keys.delayed(&call.queue))
+                    .key(self.keys.call(&call.id))
+                    .key(self.keys.events())
+                    .arg(json)
+                    .arg(&call.id)
+                    .arg(&call.queue)
+                    .arg(call.attempt)
+                    .arg(self.state_ttl_ms(countdown.unwrap_or_default()))
+                    .arg(countdown_ms)
+                    .arg(&call.task)
+                    .build(),
+            );
+        }
+        for r in self.pipeline(&ops, "cannot submit calls").await? {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn status(&self, id: &str) -> Result<Option<Envelope>> {
+        if !is_valid_call_id(id) {
+            return Ok(None);
+        }
+        let mut get = redis::cmd("GET");
+        get.arg(self.keys.result(id));
+        let mut state = redis::cmd("HGETALL");
+        state.arg(self.keys.call(id));
+        let mut replies = self
+            .pipeline(
+                &[Op::cmd(get), Op::cmd(state)],
+                "cannot read a call's status",
+            )
+            .await?
+            .into_iter();
+        let result = replies.next().expect("two replies")?;
+        let state = replies.next().expect("two replies")?;
+        if let Some(bytes) = as_bytes(&result) {
+            let env: Envelope = serde_json::from_slice(bytes).map_err(|e| {
+                Error::Malformed(format!("the result of {id} is not an envelope: {e}"))
+            })?;
+            return Ok(Some(env));
+        }
+        let fields: HashMap<String, Vec<u8>> = reply::fields(&state).into_iter().collect();
+        self.pending_envelope(id, &fields)
+    }
+
+    async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<Option<Envelope>> {
+        match self.status(id).await? {
+            None => return Err(Error::UnknownCall(id.to_string())),
+            Some(env) if env.state.is_final() => return Ok(Some(env)),
+            Some(_) => {}
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let block = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(WAIT_CHUNK),
+                None => WAIT_CHUNK,
+            };
+            if block.is_zero() {
+                break;
+            }
+            if self.block_on_wake(id, block).await? {
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+        }
+        match self.status(id).await? {
+            Some(env) if env.state.is_final() => Ok(Some(env)),
+            Some(_) => Ok(None),
+            None => Err(Error::UnknownCall(id.to_string())),
+        }
+    }
+
+    async fn revoke(&self, id: &str) -> Result<bool> {
+        if !is_valid_call_id(id) {
+            return Ok(false);
+        }
+        let op = Op::eval(&SCRIPTS.revoke)
+            .key(self.keys.call(id))
+            .key(self.keys.result(id))
+            .key(self.keys.revoked(id))
+            .key(self.keys.wake(id))
+            .key(self.keys.events())
+            .arg(id)
+            .arg(self.result_ttl_ms())
+            .arg(self.marker_ttl_ms())
+            .arg(WAKE_TTL.as_millis() as u64)
+            .build();
+        let reply = self.eval(op, "cannot revoke a call").await?;
+        Ok(as_int(&reply) == Some(1))
+    }
+
+    async fn is_revoked(&self, id: &str) -> Result<bool> {
+        if !is_valid_call_id(id) {
+            return Ok(false);
+        }
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(self.keys.revoked(id));
+        let n: i64 = self.query(&cmd, "cannot check revocation").await?;
+        Ok(n > 0)
+    }
+
+    async fn register_host(&self, info: &HostInfo) -> Result<()> {
+        lock(&self.registered).insert(info.id.clone(), info.clone());
+        let stats = HostStats {
+            heartbeat_ms: now_ms(),
+            ..HostStats::default()
+        };
+        self.write_host(&info.id, Some(info), &stats).await
+    }
+
+    async fn heartbeat(
+        &self,
+        host_id: &str,
+        stats: &HostStats,
+        running: &[Delivery],
+    ) -> Result<()> {
+        let info = lock(&self.registered).get(host_id).cloned();
+        let mut ops = self.host_record_ops(host_id, info.as_ref(), stats)?;
+        let mut by_queue: BTreeMap<&str, Vec<&Delivery>> = BTreeMap::new();
+        for d in running {
+            by_queue.entry(d.queue.as_str()).or_default().push(d);
+        }
+        for (queue, deliveries) in &by_queue {
+            let mut op = Op::eval(&SCRIPTS.heartbeat)
+                .key(self.keys.stream(queue))
+                .arg(host_id);
+            for d in deliveries {
+                op = op.arg(&d.entry_id).arg(d.deliveries);
+            }
+            ops.push(op.build());
+        }
+        let replies = self.pipeline(&ops, "cannot send a heartbeat").await?;
+        for r in replies {
+            let v = r?;
+            if let Some(lost) = as_array(&v) {
+                for entry in lost.iter().filter_map(as_string) {
+                    warn!(host = host_id, entry = %entry,
+                        "a running call was reclaimed by another host (this host's lease lapsed)");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn deregister_host(&self, host_id: &str) -> Result<()> {
+        let info = lock(&self.registered).remove(host_id);
+        let mut del = redis::cmd("DEL");
+        del.arg(self.keys.host(host_id));
+        let mut zrem = redis::cmd("ZREM");
+        zrem.arg(self.keys.hosts()).arg(host_id);
+        let mut ops = vec![Op::cmd(del), Op::cmd(zrem)];
+        for q in info.map(|i| i.queues).unwrap_or_default() {
+            if is_valid_queue_name(&q) {
+                ops.push(
+                    Op::eval(&SCRIPTS.drop_consumer)
+                        .key(self.keys.stream(&q))
+                        .arg(host_id)
+                        .build(),
+                );
+            }
+        }
+        for r in self.pipeline(&ops, "cannot deregister a host").await? {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        host_id: &str,
+        queues: &[String],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>> {
+        for q in queues {
+            if !is_valid_queue_name(q) {
+                return Err(Error::InvalidName(q.clone()));
+            }
+        }
+        if max == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + block;
+        let mut out = Vec::new();
+        loop {
+            let reclaim = Self::take_turn(&self.last_reclaim, self.reclaim_interval());
+            let gc = reclaim && Self::take_turn(&self.last_gc, self.consumer_gc_idle() / 10);
+            let mut next_due: Option<Duration> = None;
+            for q in queues {
+                let want = max - out.len();
+                if want == 0 {
+                    break;
+                }
+                let due = self
+                    .claim_queue(host_id, q, want, reclaim, gc, &mut out)
+                    .await?;
+                next_due = match (next_due, due) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(out);
+            }
+            // Block for new entries, but wake up for the next delayed call and
+            // often enough to keep reclaiming the entries of dead hosts.
+            let mut wait = deadline - now;
+            wait = wait
+                .min(self.config.lease / 2)
+                .max(Duration::from_millis(1));
+            if let Some(due) = next_due {
+                if due.is_zero() {
+                    continue;
+                }
+                wait = wait.min(due);
+            }
+            self.block_for_new(host_id, queues, max, wait, &mut out)
+                .await?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn start(&self, delivery: &Delivery, host_id: &str) -> Result<StartOutcome> {
+        let call = &delivery.call;
+        let op = Op::eval(&SCRIPTS.start)
+            .key(self.keys.stream(&delivery.queue))
+            .key(self.keys.call(&call.id))
+            .key(self.keys.result(&call.id))
+            .key(self.keys.revoked(&call.id))
+            .key(self.keys.wake(&call.id))
+            .key(self.keys.events())
+            .arg(&delivery.entry_id)
+            .arg(delivery.deliveries)
+            .arg(&delivery.token)
+            .arg(host_id)
+            .arg(call.attempt)
+            .arg(&delivery.queue)
+            .arg(self.state_ttl_ms(Duration::ZERO))
+            .arg(self.marker_ttl_ms())
+            .arg(WAKE_TTL.as_millis() as u64)
+            .arg(&call.id)
+            .arg(&call.task)
+            .build();
+        let reply = self.eval(op, "cannot start a call").await?;
+        match as_string(&reply).as_deref() {
+            Some("run") => Ok(StartOutcome::Run),
+            Some("revoked") => Ok(StartOutcome::Revoked),
+            Some("skip") => Ok(StartOutcome::Skip),
+            Some("stale") => {
+                debug!(call_id = %call.id, entry = %delivery.entry_id, "stale delivery not started");
+                Ok(StartOutcome::Skip)
+            }
+            _ => Err(Error::Malformed(
+                "unexpected reply of the start script".into(),
+            )),
+        }
+    }
+
+    async fn complete(&self, done: &[(Delivery, Envelope)]) -> Result<Vec<bool>> {
+        let mut ops = Vec::with_capacity(done.len());
+        for (delivery, envelope) in done {
+            check_final(delivery, envelope)?;
+            let json =
+                serde_json::to_string(envelope).map_err(|e| Error::InvalidCall(e.to_string()))?;
+            let call = &delivery.call;
+            ops.push(
+                Op::eval(&SCRIPTS.complete)
+                    .key(self.keys.stream(&delivery.queue))
+                    .key(self.keys.call(&call.id))
+                    .key(self.keys.result(&call.id))
+                    .key(self.keys.wake(&call.id))
+                    .key(self.keys.events())
+                    .arg(&delivery.entry_id)
+                    .arg(delivery.deliveries)
+                    .arg(&delivery.token)
+                    .arg(json)
+                    .arg(self.result_ttl_ms())
+                    .arg(self.marker_ttl_ms())
+                    .arg(WAKE_TTL.as_millis() as u64)
+                    .arg(&call.id)
+                    .arg(envelope.state.as_str())
+                    .arg(&delivery.queue)
+                    .arg(&envelope.host)
+                    .arg(&call.task)
+                    .build(),
+            );
+        }
+        let replies = self.pipeline(&ops, "cannot publish results").await?;
+        let mut out = Vec::with_capacity(replies.len());
+        for ((delivery, _), r) in done.iter().zip(replies) {
+            match r {
+                Ok(v) => out.push(as_int(&v) == Some(1)),
+                Err(e) if !e.is_transient() => {
+                    // One call's bad data must not hide the others' outcome.
+                    warn!(call_id = %delivery.call.id, cause = %e, "result not published");
+                    out.push(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn retry(&self, delivery: &Delivery, last: &Envelope, delay: Duration) -> Result<bool> {
+        let mut next = delivery.call.clone();
+        next.attempt = next.attempt.saturating_add(1);
+        let next_json =
+            serde_json::to_string(&next).map_err(|e| Error::InvalidCall(e.to_string()))?;
+        let last_json =
+            serde_json::to_string(last).map_err(|e| Error::InvalidCall(e.to_string()))?;
+        let call = &delivery.call;
+        let op = Op::eval(&SCRIPTS.retry)
+            .key(self.keys.stream(&delivery.queue))
+            .key(self.keys.delayed(&delivery.queue))
+            .key(self.keys.call(&call.id))
+            .key(self.keys.events())
+            .arg(&delivery.entry_id)
+            .arg(delivery.deliveries)
+            .arg(&delivery.token)
+            .arg(next_json)
+            .arg(delay.as_millis() as u64)
+            .arg(last_json)
+            .arg(self.state_ttl_ms(delay))
+            .arg(next.attempt)
+            .arg(&call.id)
+            .arg(&delivery.queue)
+            .arg(&last.host)
+            .arg(&call.task)
+            .build();
+        let reply = self.eval(op, "cannot schedule a retry").await?;
+        Ok(as_int(&reply) == Some(1))
+    }
+
+    async fn release(&self, delivery: &Delivery) -> Result<bool> {
+        let call = &delivery.call;
+        let json = serde_json::to_string(call).map_err(|e| Error::InvalidCall(e.to_string()))?;
+        let op = Op::eval(&SCRIPTS.release)
+            .key(self.keys.stream(&delivery.queue))
+            .key(self.keys.call(&call.id))
+            .key(self.keys.result(&call.id))
+            .key(self.keys.events())
+            .arg(&delivery.entry_id)
+            .arg(delivery.deliveries)
+            .arg(&delivery.token)
+            .arg(json)
+            .arg(&call.id)
+            .arg(&delivery.queue)
+            .build();
+        let reply = self.eval(op, "cannot release a call").await?;
+        Ok(as_int(&reply) == Some(1))
+    }
+
+    async fn hosts(&self) -> Result<Vec<(HostInfo, HostStats)>> {
+        let mut trim = redis::cmd("ZREMRANGEBYSCORE");
+        trim.arg(self.keys.hosts()).arg("-inf").arg(now_ms());
+        let mut range = redis::cmd("ZRANGE");
+        range.arg(self.keys.hosts()).arg(0).arg(-1);
+        let replies = self
+            .pipeline(&[Op::cmd(trim), Op::cmd(range)], "cannot list hosts")
+            .await?;
+        let ids: Vec<String> = match replies.into_iter().nth(1) {
+            Some(Ok(v)) => as_array(&v)
+                .map(|a| a.iter().filter_map(as_string).collect())
+                .unwrap_or_default(),
+            Some(Err(e)) => return Err(e),
+            None => Vec::new(),
+        };
+        let ops: Vec<Op> = ids
+            .iter()
+            .map(|id| {
+                let mut c = redis::cmd("HMGET");
+                c.arg(self.keys.host(id)).arg("info").arg("stats");
+                Op::cmd(c)
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (id, r) in ids
+            .iter()
+            .zip(self.pipeline(&ops, "cannot list hosts").await?)
+        {
+            let v = r?;
+            let parts = as_array(&v).unwrap_or_default();
+            let info = parts.first().and_then(as_bytes);
+            let stats = parts.get(1).and_then(as_bytes);
+            let Some(stats) = stats else {
+                continue; // lease expired: the host is dead
+            };
+            let stats: HostStats = serde_json::from_slice(stats).unwrap_or_default();
+            let info = info
+                .and_then(|i| serde_json::from_slice::<HostInfo>(i).ok())
+                .unwrap_or_else(|| HostInfo {
+                    id: id.clone(),
+                    name: id.clone(),
+                    version: String::new(),
+                    queues: Vec::new(),
+                    concurrency: 0,
+                    started_ms: 0,
+                });
+            out.push((info, stats));
+        }
+        Ok(out)
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(self.keys.dead())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit);
+        let reply: Value = self.query(&cmd, "cannot read dead letters").await?;
+        let mut out = Vec::new();
+        for e in as_array(&reply).unwrap_or_default() {
+            let Some(parts) = as_array(e) else { continue };
+            let fields: HashMap<String, Vec<u8>> = parts
+                .get(1)
+                .map(reply::fields)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let text = |f: &str| {
+                fields
+                    .get(f)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            out.push(DeadLetter {
+                id: text("id"),
+                queue: text("queue"),
+                reason: text("reason"),
+                call: text("call"),
+                deliveries: text("deliveries").parse().unwrap_or(0),
+                ts_ms: text("ts").parse().unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl RedisBroker {
+    fn host_record_ops(
+        &self,
+        host_id: &str,
+        info: Option<&HostInfo>,
+        stats: &HostStats,
+    ) -> Result<Vec<Op>> {
+        let stats = HostStats {
+            heartbeat_ms: now_ms(),
+            ..stats.clone()
+        };
+        let key = self.keys.host(host_id);
+        let lease_ms = self.config.lease.as_millis().max(1) as u64;
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key)
+            .arg("stats")
+            .arg(serde_json::to_string(&stats).map_err(|e| Error::Backend(e.to_string()))?);
+        if let Some(info) = info {
+            hset.arg("info")
+                .arg(serde_json::to_string(info).map_err(|e| Error::Backend(e.to_string()))?);
+        }
+        let mut expire = redis::cmd("PEXPIRE");
+        expire.arg(&key).arg(lease_ms);
+        // The index only lists candidates; the record's TTL decides liveness.
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(self.keys.hosts())
+            .arg(now_ms() + 3 * lease_ms + 60_000)
+            .arg(host_id);
+        let mut trim = redis::cmd("ZREMRANGEBYSCORE");
+        trim.arg(self.keys.hosts()).arg("-inf").arg(now_ms());
+        Ok(vec![
+            Op::cmd(hset),
+            Op::cmd(expire),
+            Op::cmd(zadd),
+            Op::cmd(trim),
+        ])
+    }
+
+    async fn write_host(
+        &self,
+        host_id: &str,
+        info: Option<&HostInfo>,
+        stats: &HostStats,
+    ) -> Result<()> {
+        let ops = self.host_record_ops(host_id, info, stats)?;
+        for r in self.pipeline(&ops, "cannot register a host").await? {
+            r?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a call before it is queued.
+pub(crate) fn check_call(call: &Call) -> Result<()> {
+    if !is_valid_call_id(&call.id) {
+        return Err(Error::InvalidCall(format!(
+            "call id {:?} is not 1-128 of [A-Za-z0-9_-]",
+            call.id
+        )));
+    }
+    if !is_valid_task_name(&call.task) {
+        return Err(Error::InvalidCall(format!(
+            "task name {:?} is not [A-Za-z_][A-Za-z0-9_]*",
+            call.task
+        )));
+    }
+    if !is_valid_queue_name(&call.queue) {
+        return Err(Error::InvalidName(call.queue.clone()));
+    }
+    if !call.args.get().trim_start().starts_with('[') {
+        return Err(Error::InvalidCall(
+            "args must be a JSON array, like [4, 5]".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that an envelope can end this delivery's call.
+pub(crate) fn check_final(delivery: &Delivery, envelope: &Envelope) -> Result<()> {
+    if !envelope.state.is_final() {
+        return Err(Error::InvalidCall(format!(
+            "cannot complete call {} with a {} envelope",
+            delivery.call.id, envelope.state
+        )));
+    }
+    if envelope.id != delivery.call.id {
+        return Err(Error::InvalidCall(format!(
+            "envelope of call {} given for call {}",
+            envelope.id, delivery.call.id
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `name` or `name@version`.
+pub(crate) fn check_module_ref(name: &str) -> Result<()> {
+    let ok = match name.split_once('@') {
+        Some((n, v)) => is_valid_module_name(n) && is_valid_module_name(v),
+        None => is_valid_module_name(name),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
+}
+
+/// A fresh fencing token: 128 random bits.
+pub(crate) fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The id of a garbage call, if it has a usable one.
+pub(crate) fn recognisable_id(raw: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    let id = v.get("id")?.as_str()?;
+    is_valid_call_id(id).then(|| id.to_string())
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+/// Classifies a Redis error: connection trouble is [`Error::Unavailable`].
+fn map_err(e: RedisError, what: &str) -> Error {
+    use redis::ErrorKind as K;
+    use redis::ServerErrorKind as S;
+    let transient = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            K::Server(S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly)
+        );
+    if transient {
+        return Error::Unavailable(format!("{what}: {e}"));
+    }
+    let text = e.to_string();
+    if text.contains("WRONGTYPE") || matches!(e.kind(), K::Parse | K::UnexpectedReturnType) {
+        return Error::Malformed(format!("{what}: {text}"));
+    }
+    Error::Backend(format!("{what}: {text}"))
+}
+
+/// The URL with its password replaced by `***`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("redis://alice:s3cret@h:1/2"),
+            "redis://alice:***@h:1/2"
+        );
+        assert_eq!(redact_url("rediss://:s3cret@h"), "rediss://:***@h");
+        assert!(!redact_url("redis://a:p@ss@h").contains("p@ss"));
+    }
+
+    #[test]
+    fn queue_keys_share_a_hash_tag() {
+        let k = Keys {
+            prefix: "wasq".into(),
+        };
+        assert_eq!(k.stream("default"), "wasq:{q:default}:stream");
+        assert_eq!(k.delayed("default"), "wasq:{q:default}:delayed");
+        let k = Keys {
+            prefix: "a*b".into(),
+        };
+        assert_eq!(k.module_pattern(), "a\\*b:module:*");
+    }
+
+    #[test]
+    fn garbage_ids() {
+        assert_eq!(recognisable_id(br#"{"id":"abc"}"#).as_deref(), Some("abc"));
+        assert_eq!(recognisable_id(br#"{"id":"a b"}"#), None);
+        assert_eq!(recognisable_id(b"nope"), None);
+    }
+
+    #[test]
+    fn scripts_are_built() {
+        // Each script is the common helpers plus its body.
+        assert!(SCRIPTS.complete.source.contains("local function publish"));
+        assert!(SCRIPTS.complete.source.contains("first final result wins"));
+    }
+}

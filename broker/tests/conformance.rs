@@ -1,0 +1,1020 @@
+//! One conformance suite, run against both brokers.
+//!
+//! Every scenario is a generic `async fn(&B)`; the `conformance!` macro
+//! instantiates it twice: against a [`LocalBroker`] under paused tokio time
+//! (leases expire without real waiting) and against a [`RedisBroker`] on its
+//! own throwaway `redis-server` with a prefix of its own. Redis-only tests
+//! (garbage in Redis, TTLs, a server restart) are at the end.
+
+use std::time::Duration;
+
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio::time::{Instant, sleep};
+use wasq_broker::testing::{RedisServer, unique_prefix};
+use wasq_broker::{
+    Broker, BrokerConfig, Call, Delivery, Envelope, Error, ErrorKind, HostInfo, HostStats,
+    LocalBroker, ModuleHash, RedisBroker, RetryPolicy, StartOutcome, State, TaskError, new_call_id,
+    now_ms,
+};
+
+const LEASE: Duration = Duration::from_millis(400);
+const MAX_DELIVERIES: u32 = 3;
+const WASM: &[u8] = b"\0asm\x01\0\0\0";
+
+fn config() -> BrokerConfig {
+    BrokerConfig {
+        lease: LEASE,
+        max_deliveries: MAX_DELIVERIES,
+        result_ttl: Duration::from_secs(600),
+        max_module: 1024,
+        dead_letter_cap: 100,
+    }
+}
+
+fn queues() -> Vec<String> {
+    vec!["default".to_string()]
+}
+
+fn new_call(module: ModuleHash, args: &str) -> Call {
+    Call {
+        id: new_call_id(),
+        module,
+        task: "add".into(),
+        args: RawValue::from_string(args.to_string()).unwrap(),
+        limits: Default::default(),
+        attempt: 1,
+        submitted_ms: now_ms(),
+        retry: None,
+        queue: "default".into(),
+    }
+}
+
+async fn submit_one<B: Broker>(b: &B) -> Call {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let call = new_call(module, "[4, 5]");
+    b.submit(std::slice::from_ref(&call), None).await.unwrap();
+    call
+}
+
+/// Claims exactly one delivery within `block`.
+async fn claim_one<B: Broker>(b: &B, host: &str, block: Duration) -> Delivery {
+    let mut got = b.claim(host, &queues(), 1, block).await.unwrap();
+    assert_eq!(got.len(), 1, "{host} expected one delivery");
+    got.pop().unwrap()
+}
+
+fn succeeded(d: &Delivery, result: serde_json::Value, host: &str) -> Envelope {
+    let mut e = Envelope::pending(&d.call.id, State::Succeeded);
+    e.result = result;
+    e.attempt = d.call.attempt;
+    e.host = host.to_string();
+    e.fuel_used = 42;
+    e
+}
+
+fn task_failed(d: &Delivery, message: &str) -> Envelope {
+    let mut e = Envelope::failed(&d.call.id, TaskError::new(ErrorKind::TaskError, message));
+    e.attempt = d.call.attempt;
+    e
+}
+
+async fn state_of<B: Broker>(b: &B, id: &str) -> State {
+    b.status(id).await.unwrap().expect("known call").state
+}
+
+// ---- the scenarios ------------------------------------------------------------
+
+async fn round_trip<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    assert_eq!(state_of(b, &call.id).await, State::Queued);
+
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(d.call.id, call.id);
+    assert_eq!(d.call.args.get(), "[4, 5]");
+    assert_eq!(d.queue, "default");
+    assert_eq!(d.deliveries, 1);
+    assert_eq!(d.call.attempt, 1);
+    assert!(!d.token.is_empty());
+
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    let running = b.status(&call.id).await.unwrap().unwrap();
+    assert_eq!(running.state, State::Running);
+    assert_eq!(running.host, "h1");
+    assert_eq!(running.attempt, 1);
+
+    let env = succeeded(&d, json!(9), "h1/1");
+    assert_eq!(b.complete(&[(d, env.clone())]).await.unwrap(), vec![true]);
+    assert_eq!(b.status(&call.id).await.unwrap(), Some(env.clone()));
+    assert_eq!(
+        b.wait(&call.id, Some(Duration::from_secs(1)))
+            .await
+            .unwrap(),
+        Some(env)
+    );
+    // Nothing is left to claim.
+    assert!(
+        b.claim("h2", &queues(), 8, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn unknown_vs_queued<B: Broker>(b: &B) {
+    let unknown = new_call_id();
+    assert_eq!(b.status(&unknown).await.unwrap(), None);
+    assert!(matches!(
+        b.wait(&unknown, Some(Duration::from_millis(50))).await,
+        Err(Error::UnknownCall(_))
+    ));
+    assert!(!b.revoke(&unknown).await.unwrap());
+    let call = submit_one(b).await;
+    let status = b.status(&call.id).await.unwrap().unwrap();
+    assert_eq!(status.state, State::Queued);
+    assert_eq!(status.attempt, 1);
+    assert_eq!(status.id, call.id);
+}
+
+async fn first_final_result_wins<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let call = new_call(module, "[1, 1]");
+    // The same call queued twice (a client retrying its submit): two entries.
+    b.submit(&[call.clone(), call.clone()], None).await.unwrap();
+    let got = b
+        .claim("h1", &queues(), 2, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    let (d1, d2) = (got[0].clone(), got[1].clone());
+    assert_eq!(b.start(&d1, "h1").await.unwrap(), StartOutcome::Run);
+    let first = succeeded(&d1, json!(2), "h1");
+    assert_eq!(
+        b.complete(&[(d1.clone(), first.clone())]).await.unwrap(),
+        vec![true]
+    );
+    // Completing the same delivery again is accepted (idempotent) and changes nothing.
+    let again = succeeded(&d1, json!("other"), "h1");
+    assert_eq!(b.complete(&[(d1, again)]).await.unwrap(), vec![true]);
+    // The duplicate is skipped at start and cannot publish.
+    assert_eq!(b.start(&d2, "h1").await.unwrap(), StartOutcome::Skip);
+    let late = succeeded(&d2, json!(3), "h1");
+    assert_eq!(b.complete(&[(d2, late)]).await.unwrap(), vec![false]);
+    assert_eq!(b.status(&call.id).await.unwrap(), Some(first));
+    assert!(
+        b.claim("h1", &queues(), 8, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn stale_token_cannot_publish<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    let a = claim_one(b, "a", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&a, "a").await.unwrap(), StartOutcome::Run);
+    // Host a stops heartbeating; after the lease host b reclaims the call.
+    sleep(LEASE * 2).await;
+    let bd = claim_one(b, "b", LEASE * 5).await;
+    assert_eq!(bd.call.id, call.id);
+    assert_eq!(bd.deliveries, 2);
+    assert_ne!(bd.token, a.token);
+    // a wakes up: its heartbeat must not take the entry back, and nothing it
+    // does counts any more, before or after b starts.
+    b.heartbeat("a", &HostStats::default(), std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    let stale = succeeded(&a, json!("stale"), "a");
+    assert_eq!(
+        b.complete(&[(a.clone(), stale.clone())]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(b.start(&bd, "b").await.unwrap(), StartOutcome::Run);
+    assert_eq!(b.start(&a, "a").await.unwrap(), StartOutcome::Skip);
+    assert_eq!(
+        b.complete(&[(a.clone(), stale)]).await.unwrap(),
+        vec![false]
+    );
+    assert!(
+        !b.retry(&a, &task_failed(&a, "x"), Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert!(!b.release(&a).await.unwrap());
+    assert_eq!(state_of(b, &call.id).await, State::Running);
+
+    let good = succeeded(&bd, json!(9), "b");
+    assert_eq!(b.complete(&[(bd, good.clone())]).await.unwrap(), vec![true]);
+    assert_eq!(b.status(&call.id).await.unwrap(), Some(good));
+}
+
+async fn retry_goes_through_the_delayed_set<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let mut call = new_call(module, "[]");
+    call.retry = Some(RetryPolicy::new(2));
+    b.submit(std::slice::from_ref(&call), None).await.unwrap();
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    let failed = task_failed(&d, "flaky");
+    let delay = Duration::from_millis(600);
+    let t0 = Instant::now();
+    assert!(b.retry(&d, &failed, delay).await.unwrap());
+    // The last error shows while it waits.
+    let status = b.status(&call.id).await.unwrap().unwrap();
+    assert_eq!(status.state, State::Retrying);
+    assert_eq!(status.attempt, 1);
+    assert_eq!(status.error.as_ref().unwrap().message, "flaky");
+    // A stale repeat of the same delivery cannot schedule a second retry.
+    assert!(!b.retry(&d, &failed, delay).await.unwrap());
+    // Not before the delay...
+    assert!(
+        b.claim("h1", &queues(), 8, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // ...then back with attempt 2.
+    let d2 = claim_one(b, "h1", Duration::from_secs(5)).await;
+    assert!(
+        t0.elapsed() >= delay - Duration::from_millis(50),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(d2.call.id, call.id);
+    assert_eq!(d2.call.attempt, 2);
+    assert_eq!(d2.deliveries, 1);
+    assert_eq!(b.start(&d2, "h1").await.unwrap(), StartOutcome::Run);
+    let status = b.status(&call.id).await.unwrap().unwrap();
+    assert_eq!((status.state, status.attempt), (State::Running, 2));
+    let ok = succeeded(&d2, json!("ok"), "h1");
+    assert_eq!(b.complete(&[(d2, ok)]).await.unwrap(), vec![true]);
+    let done = b.status(&call.id).await.unwrap().unwrap();
+    assert_eq!((done.state, done.attempt), (State::Succeeded, 2));
+}
+
+async fn countdown_delays_a_call<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let call = new_call(module, "[]");
+    let countdown = Duration::from_millis(600);
+    let t0 = Instant::now();
+    b.submit(std::slice::from_ref(&call), Some(countdown))
+        .await
+        .unwrap();
+    assert_eq!(state_of(b, &call.id).await, State::Queued);
+    assert!(
+        b.claim("h1", &queues(), 8, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let d = claim_one(b, "h1", Duration::from_secs(5)).await;
+    assert!(
+        t0.elapsed() >= countdown - Duration::from_millis(50),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(d.call.id, call.id);
+}
+
+async fn delivery_limit_fails_as_lost<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(d.deliveries, 1);
+    // Every host that takes it dies without a heartbeat.
+    for n in 2..=MAX_DELIVERIES {
+        sleep(LEASE * 2).await;
+        let d = claim_one(b, &format!("h{n}"), LEASE * 5).await;
+        assert_eq!(d.deliveries, n);
+        assert_eq!(
+            b.start(&d, &format!("h{n}")).await.unwrap(),
+            StartOutcome::Run
+        );
+    }
+    sleep(LEASE * 2).await;
+    assert!(b.claim("h9", &queues(), 8, LEASE).await.unwrap().is_empty());
+    let env = b.status(&call.id).await.unwrap().unwrap();
+    assert_eq!(env.state, State::Failed);
+    assert_eq!(env.error.as_ref().unwrap().kind, ErrorKind::Lost);
+    assert_eq!(
+        b.wait(&call.id, Some(Duration::from_secs(1)))
+            .await
+            .unwrap(),
+        Some(env)
+    );
+    let dead = b.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, call.id);
+    assert_eq!(dead[0].queue, "default");
+    assert_eq!(dead[0].deliveries, MAX_DELIVERIES + 1);
+    assert!(dead[0].reason.contains("delivered"), "{}", dead[0].reason);
+    let kept: Call = serde_json::from_str(&dead[0].call).unwrap();
+    assert_eq!(kept.id, call.id);
+    // Gone from circulation.
+    sleep(LEASE * 2).await;
+    assert!(b.claim("h9", &queues(), 8, LEASE).await.unwrap().is_empty());
+}
+
+async fn dead_host_is_reclaimed_after_the_lease<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    let a = claim_one(b, "a", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&a, "a").await.unwrap(), StartOutcome::Run);
+    b.heartbeat("a", &HostStats::default(), std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    // Not yet: a's lease is live.
+    assert!(
+        b.claim("b", &queues(), 8, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // a dies; b gets the call once the lease has passed, not much later.
+    let t0 = Instant::now();
+    let bd = claim_one(b, "b", LEASE * 10).await;
+    assert!(t0.elapsed() >= LEASE / 2, "{:?}", t0.elapsed());
+    assert!(t0.elapsed() < LEASE * 4, "{:?}", t0.elapsed());
+    assert_eq!(bd.call.id, call.id);
+    assert_eq!(bd.deliveries, 2);
+    assert_eq!(b.start(&bd, "b").await.unwrap(), StartOutcome::Run);
+    let env = succeeded(&bd, json!(9), "b");
+    assert_eq!(b.complete(&[(bd, env)]).await.unwrap(), vec![true]);
+}
+
+async fn live_host_is_never_reclaimed<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    let a = claim_one(b, "a", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&a, "a").await.unwrap(), StartOutcome::Run);
+    // A long task: a heartbeats for four leases while b keeps trying to claim.
+    let end = Instant::now() + LEASE * 4;
+    while Instant::now() < end {
+        b.heartbeat("a", &HostStats::default(), std::slice::from_ref(&a))
+            .await
+            .unwrap();
+        let got = b.claim("b", &queues(), 8, LEASE / 4).await.unwrap();
+        assert!(got.is_empty(), "a live host's call was reclaimed");
+    }
+    let env = succeeded(&a, json!(9), "a");
+    assert_eq!(b.complete(&[(a, env)]).await.unwrap(), vec![true]);
+    assert_eq!(state_of(b, &call.id).await, State::Succeeded);
+}
+
+async fn revoke_a_queued_call<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    assert!(b.revoke(&call.id).await.unwrap());
+    assert!(b.is_revoked(&call.id).await.unwrap());
+    // Final at once, without a host.
+    let env = b
+        .wait(&call.id, Some(Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(env.state, State::Revoked);
+    assert_eq!(env.error.as_ref().unwrap().kind, ErrorKind::Revoked);
+    // A host that claims it does not run it.
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Revoked);
+    assert!(!b.revoke(&call.id).await.unwrap(), "already final");
+    assert!(
+        b.claim("h1", &queues(), 8, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn revoke_a_running_call<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    assert!(!b.is_revoked(&call.id).await.unwrap());
+    assert!(b.revoke(&call.id).await.unwrap());
+    // The host notices and ends it; until then it runs.
+    assert_eq!(state_of(b, &call.id).await, State::Running);
+    assert!(b.is_revoked(&call.id).await.unwrap());
+    let mut env = Envelope::failed(
+        &call.id,
+        TaskError::new(ErrorKind::Revoked, "revoked while running"),
+    );
+    env.attempt = 1;
+    assert_eq!(b.complete(&[(d, env)]).await.unwrap(), vec![true]);
+    assert_eq!(state_of(b, &call.id).await, State::Revoked);
+}
+
+async fn several_waiters_all_wake<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    let env = succeeded(&d, json!(9), "h1");
+    let wait = || b.wait(&call.id, Some(Duration::from_secs(10)));
+    let t0 = Instant::now();
+    let (w1, w2, w3, done) = tokio::join!(wait(), wait(), wait(), async {
+        sleep(Duration::from_millis(200)).await;
+        b.complete(&[(d.clone(), env.clone())]).await.unwrap()
+    });
+    assert_eq!(done, vec![true]);
+    for w in [w1, w2, w3] {
+        assert_eq!(w.unwrap(), Some(env.clone()));
+    }
+    // Woken by the publication, not by their timeout.
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+async fn wait_times_out<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    let t0 = Instant::now();
+    let timeout = Duration::from_millis(300);
+    assert_eq!(b.wait(&call.id, Some(timeout)).await.unwrap(), None);
+    assert!(t0.elapsed() >= timeout, "{:?}", t0.elapsed());
+    assert_eq!(b.wait(&call.id, Some(Duration::ZERO)).await.unwrap(), None);
+}
+
+async fn release_requeues_at_once<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let started = new_call(module, "[1]");
+    let unstarted = new_call(module, "[2]");
+    b.submit(&[started.clone(), unstarted.clone()], None)
+        .await
+        .unwrap();
+    let got = b
+        .claim("a", &queues(), 2, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(b.start(&got[0], "a").await.unwrap(), StartOutcome::Run);
+    // Graceful shutdown: both go back, started or not.
+    assert!(b.release(&got[0]).await.unwrap());
+    assert!(b.release(&got[1]).await.unwrap());
+    assert!(!b.release(&got[0]).await.unwrap(), "released twice");
+    assert_eq!(state_of(b, &started.id).await, State::Queued);
+    let again = b.claim("b", &queues(), 8, Duration::ZERO).await.unwrap();
+    let mut ids: Vec<&str> = again.iter().map(|d| d.call.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want = vec![started.id.as_str(), unstarted.id.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    assert!(
+        again
+            .iter()
+            .all(|d| d.deliveries == 1 && d.call.attempt == 1)
+    );
+    // The released delivery can no longer publish.
+    let stale = succeeded(&got[0], json!(0), "a");
+    assert_eq!(
+        b.complete(&[(got[0].clone(), stale)]).await.unwrap(),
+        vec![false]
+    );
+}
+
+async fn modules<B: Broker>(b: &B) {
+    let other = b"\0asm\x01\0\0\0\x00".to_vec();
+    let (h, new) = b.put_module(WASM).await.unwrap();
+    assert!(new);
+    assert_eq!(h, ModuleHash::of(WASM));
+    assert_eq!(b.put_module(WASM).await.unwrap(), (h, false));
+    assert!(b.has_module(&h).await.unwrap());
+    assert_eq!(b.get_module(&h).await.unwrap().as_deref(), Some(WASM));
+    let missing = ModuleHash::of(b"missing");
+    assert!(!b.has_module(&missing).await.unwrap());
+    assert_eq!(b.get_module(&missing).await.unwrap(), None);
+
+    b.tag("math", Some("1.0"), &h).await.unwrap();
+    assert_eq!(b.resolve("math").await.unwrap(), Some(h));
+    assert_eq!(b.resolve("math@1.0").await.unwrap(), Some(h));
+    assert_eq!(b.resolve("math@2.0").await.unwrap(), None);
+    assert_eq!(b.resolve("nope").await.unwrap(), None);
+    let (h2, _) = b.put_module(&other).await.unwrap();
+    b.tag("math", Some("2.0"), &h2).await.unwrap();
+    assert_eq!(b.resolve("math").await.unwrap(), Some(h2), "latest wins");
+    assert_eq!(b.resolve("math@1.0").await.unwrap(), Some(h));
+    assert!(matches!(
+        b.tag("ghost", None, &missing).await,
+        Err(Error::ModuleNotFound(_))
+    ));
+    assert!(matches!(
+        b.tag("a b", None, &h).await,
+        Err(Error::InvalidName(_))
+    ));
+    assert!(matches!(
+        b.tag("a", Some("1@2"), &h).await,
+        Err(Error::InvalidName(_))
+    ));
+    assert!(matches!(b.resolve("a b").await, Err(Error::InvalidName(_))));
+
+    let list = b.list_modules().await.unwrap();
+    assert_eq!(list.len(), 2);
+    let first = list.iter().find(|m| m.hash == h).unwrap();
+    assert_eq!(first.size, WASM.len() as u64);
+    assert_eq!(first.names, vec!["math@1.0".to_string()]);
+    let second = list.iter().find(|m| m.hash == h2).unwrap();
+    assert_eq!(
+        second.names,
+        vec!["math".to_string(), "math@2.0".to_string()]
+    );
+
+    let big = vec![0u8; 1025];
+    assert!(matches!(
+        b.put_module(&big).await,
+        Err(Error::ModuleTooLarge {
+            size: 1025,
+            limit: 1024
+        })
+    ));
+    assert!(!b.has_module(&ModuleHash::of(&big)).await.unwrap());
+}
+
+async fn claim_returns_at_most_max<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let calls: Vec<Call> = (0..5)
+        .map(|i| new_call(module, &format!("[{i}]")))
+        .collect();
+    b.submit(&calls, None).await.unwrap();
+    let first = b
+        .claim("h1", &queues(), 2, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = b
+        .claim("h1", &queues(), 10, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 3);
+    let mut all: Vec<String> = first
+        .iter()
+        .chain(&rest)
+        .map(|d| d.call.id.clone())
+        .collect();
+    all.sort();
+    let mut want: Vec<String> = calls.iter().map(|c| c.id.clone()).collect();
+    want.sort();
+    assert_eq!(all, want, "each call delivered exactly once, in any order");
+    assert!(
+        b.claim("h1", &queues(), 0, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn claim_blocks_until_a_call_arrives<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let call = new_call(module, "[]");
+    let t0 = Instant::now();
+    let qs = queues();
+    let (got, ()) = tokio::join!(b.claim("h1", &qs, 4, Duration::from_secs(10)), async {
+        sleep(Duration::from_millis(150)).await;
+        b.submit(std::slice::from_ref(&call), None).await.unwrap();
+    });
+    let got = got.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].call.id, call.id);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+async fn queues_are_separate<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let mut fast = new_call(module, "[]");
+    fast.queue = "fast".into();
+    let slow = new_call(module, "[]");
+    b.submit(&[fast.clone(), slow.clone()], None).await.unwrap();
+    let got = b
+        .claim("h1", &["fast".to_string()], 8, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].call.id.as_str(), got[0].queue.as_str()),
+        (fast.id.as_str(), "fast")
+    );
+    let both = ["fast".to_string(), "default".to_string()];
+    let got = b
+        .claim("h1", &both, 8, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].call.id, slow.id);
+    assert!(matches!(
+        b.claim("h1", &["a:b".to_string()], 1, Duration::ZERO).await,
+        Err(Error::InvalidName(_))
+    ));
+}
+
+async fn invalid_calls_are_refused<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let mut not_array = new_call(module, "{\"a\": 1}");
+    assert!(matches!(
+        b.submit(std::slice::from_ref(&not_array), None).await,
+        Err(Error::InvalidCall(_))
+    ));
+    not_array.args = RawValue::from_string("[1]".into()).unwrap();
+    not_array.task = "no-dashes".into();
+    assert!(matches!(
+        b.submit(std::slice::from_ref(&not_array), None).await,
+        Err(Error::InvalidCall(_))
+    ));
+    let mut bad_id = new_call(module, "[]");
+    bad_id.id = "has space".into();
+    assert!(matches!(
+        b.submit(std::slice::from_ref(&bad_id), None).await,
+        Err(Error::InvalidCall(_))
+    ));
+    // A non-final envelope cannot complete a call.
+    let call = submit_one(b).await;
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    let pending = Envelope::pending(&call.id, State::Running);
+    assert!(matches!(
+        b.complete(&[(d, pending)]).await,
+        Err(Error::InvalidCall(_))
+    ));
+}
+
+async fn hosts_age_out<B: Broker>(b: &B) {
+    let info = |id: &str| HostInfo {
+        id: id.into(),
+        name: "box".into(),
+        version: "0.1.0".into(),
+        queues: queues(),
+        concurrency: 4,
+        started_ms: now_ms(),
+    };
+    b.register_host(&info("a")).await.unwrap();
+    b.register_host(&info("b")).await.unwrap();
+    let mut ids: Vec<String> = b
+        .hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(i, _)| i.id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a", "b"]);
+    // a heartbeats, b does not.
+    let end = Instant::now() + LEASE * 2;
+    let stats = HostStats {
+        in_flight: 1,
+        done: 7,
+        ..HostStats::default()
+    };
+    while Instant::now() < end {
+        b.heartbeat("a", &stats, &[]).await.unwrap();
+        sleep(LEASE / 4).await;
+    }
+    let live = b.hosts().await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].0.id, "a");
+    assert_eq!(live[0].0.concurrency, 4);
+    assert_eq!(live[0].0.queues, queues());
+    assert_eq!(live[0].1.done, 7);
+    assert!(live[0].1.heartbeat_ms > 0);
+    b.deregister_host("a").await.unwrap();
+    assert!(b.hosts().await.unwrap().is_empty());
+}
+
+// ---- instantiation ------------------------------------------------------------
+
+async fn redis_broker(server: &RedisServer, test: &str, config: BrokerConfig) -> RedisBroker {
+    RedisBroker::connect(&server.url(), &unique_prefix(test), config)
+        .await
+        .expect("connect to the test redis-server")
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_local {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    let broker = wasq_broker::LocalBroker::new(super::config());
+                    super::$name(&broker).await;
+                }
+            )*
+        }
+        mod on_redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let server = wasq_broker::testing::RedisServer::start();
+                    let broker =
+                        super::redis_broker(&server, stringify!($name), super::config()).await;
+                    super::$name(&broker).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    round_trip,
+    unknown_vs_queued,
+    first_final_result_wins,
+    stale_token_cannot_publish,
+    retry_goes_through_the_delayed_set,
+    countdown_delays_a_call,
+    delivery_limit_fails_as_lost,
+    dead_host_is_reclaimed_after_the_lease,
+    live_host_is_never_reclaimed,
+    revoke_a_queued_call,
+    revoke_a_running_call,
+    several_waiters_all_wake,
+    wait_times_out,
+    release_requeues_at_once,
+    modules,
+    claim_returns_at_most_max,
+    claim_blocks_until_a_call_arrives,
+    queues_are_separate,
+    invalid_calls_are_refused,
+    hosts_age_out,
+);
+
+/// The Arc blanket impl forwards (compile-time check plus one call).
+#[tokio::test(start_paused = true)]
+async fn arc_of_a_broker_is_a_broker() {
+    let broker = std::sync::Arc::new(LocalBroker::new(config()));
+    round_trip(&broker).await;
+}
+
+// ---- Redis only -----------------------------------------------------------------
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn redis_garbage_entries_are_dead_lettered() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("garbage");
+    let b = RedisBroker::connect(&server.url(), &prefix, config())
+        .await
+        .unwrap();
+    let mut conn = raw(&server).await;
+    let stream = format!("{prefix}:{{q:default}}:stream");
+    let garbage_id = new_call_id();
+    for fields in [
+        vec![("foo", "bar".to_string())],
+        vec![("call", "not json".to_string())],
+        vec![("call", format!("{{\"id\":\"{garbage_id}\",\"bogus\":1}}"))],
+        vec![("call", "[1,2]".to_string())],
+    ] {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(&fields)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let good = submit_one(&b).await;
+    let got = b
+        .claim("h1", &queues(), 10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "only the good call is delivered");
+    assert_eq!(got[0].call.id, good.id);
+
+    let dead = b.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 4);
+    assert!(dead.iter().any(|d| d.reason.contains("no `call` field")));
+    assert!(dead.iter().all(|d| d.queue == "default"));
+    assert_eq!(dead.iter().filter(|d| d.id == garbage_id).count(), 1);
+    // The garbage with a recognisable id got a failed envelope.
+    let env = b.status(&garbage_id).await.unwrap().unwrap();
+    assert_eq!(env.state, State::Failed);
+    assert_eq!(env.error.unwrap().kind, ErrorKind::BadInput);
+
+    assert_eq!(b.start(&got[0], "h1").await.unwrap(), StartOutcome::Run);
+    let env = succeeded(&got[0], json!(9), "h1");
+    assert_eq!(
+        b.complete(&[(got[0].clone(), env)]).await.unwrap(),
+        vec![true]
+    );
+    // Only acknowledged entries were removed; nothing is left behind.
+    let len: i64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 0);
+}
+
+#[tokio::test]
+async fn redis_garbage_at_the_result_key() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("garbage_result");
+    let b = RedisBroker::connect(&server.url(), &prefix, config())
+        .await
+        .unwrap();
+    let mut conn = raw(&server).await;
+    let call = submit_one(&b).await;
+    let result_key = format!("{prefix}:result:{}", call.id);
+    let _: i64 = redis::cmd("HSET")
+        .arg(&result_key)
+        .arg("x")
+        .arg("y")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(b.status(&call.id).await, Err(Error::Malformed(_))));
+    // A host still runs the call and its result replaces the garbage.
+    let d = claim_one(&b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    let env = succeeded(&d, json!(9), "h1");
+    assert_eq!(b.complete(&[(d, env.clone())]).await.unwrap(), vec![true]);
+    assert_eq!(b.status(&call.id).await.unwrap(), Some(env));
+
+    // A string that is not an envelope is an error too, never a panic.
+    let _: () = redis::cmd("SET")
+        .arg(&result_key)
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(b.status(&call.id).await, Err(Error::Malformed(_))));
+    assert!(matches!(
+        b.wait(&call.id, Some(Duration::from_millis(10))).await,
+        Err(Error::Malformed(_))
+    ));
+}
+
+#[tokio::test]
+async fn redis_result_ttl_is_applied() {
+    let server = RedisServer::start();
+    let mut conn = raw(&server).await;
+    for (ttl, expect_expiry) in [(Duration::from_secs(60), true), (Duration::ZERO, false)] {
+        let prefix = unique_prefix("ttl");
+        let cfg = BrokerConfig {
+            result_ttl: ttl,
+            ..config()
+        };
+        let b = RedisBroker::connect(&server.url(), &prefix, cfg)
+            .await
+            .unwrap();
+        let call = submit_one(&b).await;
+        let d = claim_one(&b, "h1", Duration::from_secs(2)).await;
+        assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+        let env = succeeded(&d, json!(9), "h1");
+        assert_eq!(b.complete(&[(d, env)]).await.unwrap(), vec![true]);
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{prefix}:result:{}", call.id))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if expect_expiry {
+            assert!(pttl > 50_000 && pttl <= 60_000, "pttl {pttl}");
+        } else {
+            assert_eq!(pttl, -1, "result_ttl 0 keeps results");
+        }
+        // The rest is bounded either way.
+        for key in [
+            format!("{prefix}:wake:{}", call.id),
+            format!("{prefix}:call:{}", call.id),
+        ] {
+            let pttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(pttl > 0, "{key} has no TTL ({pttl})");
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_survives_a_restart() {
+    let mut server = RedisServer::start();
+    let b = redis_broker(&server, "restart", config()).await;
+    let module = b.put_module(WASM).await.unwrap().0;
+    let running = new_call(module, "[1]");
+    let queued = new_call(module, "[2]");
+    b.submit(std::slice::from_ref(&running), None)
+        .await
+        .unwrap();
+    let d = claim_one(&b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(d.call.id, running.id);
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    b.submit(std::slice::from_ref(&queued), None).await.unwrap();
+
+    server.stop();
+    // Every kind of request fails as transient while the server is down.
+    assert!(matches!(
+        b.status(&queued.id).await,
+        Err(Error::Unavailable(_))
+    ));
+    assert!(matches!(
+        b.claim("h1", &queues(), 1, Duration::from_millis(100))
+            .await,
+        Err(Error::Unavailable(_))
+    ));
+    assert!(matches!(
+        b.submit(std::slice::from_ref(&new_call(module, "[]")), None)
+            .await,
+        Err(Error::Unavailable(_))
+    ));
+    assert!(matches!(
+        b.wait(&queued.id, Some(Duration::from_millis(100))).await,
+        Err(Error::Unavailable(_))
+    ));
+    let err = b.has_module(&module).await.unwrap_err();
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+
+    server.restart();
+    // The broker recovers by itself (scripts are reloaded) and nothing was lost.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match b.status(&queued.id).await {
+            Ok(s) => break s,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("broker did not recover: {e}"),
+        }
+    };
+    assert_eq!(status.unwrap().state, State::Queued);
+    assert_eq!(state_of(&b, &running.id).await, State::Running);
+    // h1 lived through the outage and heartbeats again before anyone
+    // reclaims its call (idle time in Redis includes the downtime).
+    b.heartbeat("h1", &HostStats::default(), std::slice::from_ref(&d))
+        .await
+        .unwrap();
+    let again = b
+        .claim("h2", &queues(), 8, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].call.id, queued.id);
+    // The call that was running when the server died is still owned by h1,
+    // who may finish it...
+    let env = succeeded(&d, json!(1), "h1");
+    assert_eq!(b.complete(&[(d, env)]).await.unwrap(), vec![true]);
+    assert_eq!(state_of(&b, &running.id).await, State::Succeeded);
+    assert!(b.get_module(&module).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn redis_errors_name_the_server_but_not_the_password() {
+    let server = RedisServer::start();
+    let port = server.port();
+    drop(server);
+    let url = format!("redis://alice:hunter2@127.0.0.1:{port}");
+    let err = RedisBroker::connect(&url, "p", config()).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn redis_set_nx_never_overwrites_a_module() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("nx");
+    let b = RedisBroker::connect(&server.url(), &prefix, config())
+        .await
+        .unwrap();
+    let mut conn = raw(&server).await;
+    let hash = ModuleHash::of(WASM);
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:module:{hash}"))
+        .arg("tampered")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(b.put_module(WASM).await.unwrap(), (hash, false));
+    // Stored bytes are returned unverified; hosts check the hash.
+    assert_eq!(b.get_module(&hash).await.unwrap().unwrap(), b"tampered");
+}
+
+#[tokio::test]
+async fn redis_events_are_recorded() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("events");
+    let b = RedisBroker::connect(&server.url(), &prefix, config())
+        .await
+        .unwrap();
+    let call = submit_one(&b).await;
+    let d = claim_one(&b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    let env = succeeded(&d, json!(9), "h1");
+    b.complete(&[(d, env)]).await.unwrap();
+    let mut conn = raw(&server).await;
+    let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:events"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let types: Vec<String> = reply
+        .iter()
+        .map(|(_, f)| f.iter().find(|(k, _)| k == "type").unwrap().1.clone())
+        .collect();
+    assert_eq!(types, vec!["submitted", "started", "succeeded"]);
+    assert!(
+        reply
+            .iter()
+            .all(|(_, f)| f.contains(&("id".to_string(), call.id.clone())))
+    );
+}

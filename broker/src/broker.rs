@@ -197,6 +197,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Queues calls (on each call's `queue`) in one round trip. With
     /// `countdown`, they wait in the delayed set first. Each gets state
     /// `queued` immediately, so `status` knows the id.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidCall`] (args not a JSON array, a bad task name
+    /// or call id) or [`crate::Error::InvalidName`] (queue) before anything
+    /// is queued; backend errors.
     fn submit(
         &self,
         calls: &[Call],
@@ -220,9 +225,12 @@ pub trait Broker: Send + Sync + 'static {
         timeout: Option<Duration>,
     ) -> impl Future<Output = Result<Option<Envelope>>> + Send;
 
-    /// Revokes a call: if queued it never starts; if running, the host running
-    /// it notices (see [`Broker::is_revoked`]) and ends it as `revoked`.
-    /// Returns false if the call is unknown or already final.
+    /// Revokes a call: if queued (or delayed, or waiting to retry) it never
+    /// starts: its `revoked` envelope is published at once, so waiters wake,
+    /// and a host that claims it later gets [`StartOutcome::Revoked`]. If
+    /// running, the host running it notices (see [`Broker::is_revoked`]) and
+    /// ends it as `revoked`. Returns false if the call is unknown or already
+    /// final.
     fn revoke(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
 
     /// Whether a call has been revoked (hosts check this while running).
@@ -234,7 +242,12 @@ pub trait Broker: Send + Sync + 'static {
     fn register_host(&self, info: &HostInfo) -> impl Future<Output = Result<()>> + Send;
 
     /// Renews the host's lease, publishes its stats, and keeps the entries it
-    /// is running fresh so no one reclaims them.
+    /// is running fresh so no one reclaims them. `running` must hold every
+    /// delivery the host has claimed and not yet completed, retried or
+    /// released, started or not: an entry left out for longer than the lease
+    /// is reclaimed by another host. Send it well within the lease (a third).
+    /// Deliveries that were already reclaimed by someone else are left alone
+    /// (and logged): a heartbeat never takes a call back.
     fn heartbeat(
         &self,
         host_id: &str,
@@ -249,6 +262,11 @@ pub trait Broker: Send + Sync + 'static {
     /// arrive. On the way it promotes due delayed calls and reclaims calls of
     /// hosts whose lease expired (failing as `lost`, and dead-lettering, any
     /// past the delivery limit). Garbage entries are dead-lettered and logged.
+    /// Earlier queues in `queues` are served first. Returns early (possibly
+    /// empty) as soon as it has something; `block` zero never waits.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidName`] for a bad queue name; backend errors.
     fn claim(
         &self,
         host_id: &str,
@@ -257,8 +275,10 @@ pub trait Broker: Send + Sync + 'static {
         block: Duration,
     ) -> impl Future<Output = Result<Vec<Delivery>>> + Send;
 
-    /// Marks a claimed call running (records host and attempt), unless it was
-    /// revoked or already finished.
+    /// Marks a claimed call running (records host, attempt and this
+    /// delivery's token), unless it was revoked or already finished, or the
+    /// delivery is stale. Call it before running, and before `complete` or
+    /// `retry`, which only accept the token recorded here. Safe to repeat.
     fn start(
         &self,
         delivery: &Delivery,
@@ -268,6 +288,17 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes final envelopes and acknowledges their entries, atomically per
     /// call and pipelined across calls. The first final result wins; a stale
     /// token publishes nothing. Returns, per envelope, whether it was accepted.
+    ///
+    /// Idempotent: completing the same delivery again (say, after a
+    /// connection error hid the first answer) returns true again without
+    /// changing the stored result. A delivery whose entry was reclaimed by
+    /// another host, or whose token `start` did not record, is refused and
+    /// its entry left to its owner.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidCall`] if an envelope is not final or belongs to
+    /// another call; backend errors. A batch may be partly applied when a
+    /// connection error is returned: repeat it.
     fn complete(
         &self,
         done: &[(Delivery, Envelope)],
@@ -275,6 +306,7 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Records a failed attempt (state `retrying`, the envelope kept as the
     /// last error) and schedules attempt + 1 after `delay` in the delayed set.
+    /// Token-checked like `complete`; false if the delivery is stale.
     fn retry(
         &self,
         delivery: &Delivery,
@@ -282,7 +314,10 @@ pub trait Broker: Send + Sync + 'static {
         delay: Duration,
     ) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Hands a claimed call back to its queue at once (graceful shutdown).
+    /// Hands a claimed call back to its queue at once (graceful shutdown), as
+    /// a new entry with the same attempt and a fresh delivery count. Works for
+    /// deliveries that were never started. False if the delivery is stale or
+    /// the call already has a final result.
     fn release(&self, delivery: &Delivery) -> impl Future<Output = Result<bool>> + Send;
 
     /// Hosts whose lease is live, with their latest stats.

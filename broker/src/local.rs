@@ -67,7 +67,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct LocalBroker {
     inner: Mutex<Inner>,
     config: BrokerConfig,
@@ -77,7 +76,6 @@ pub struct LocalBroker {
     results: Notify,
 }
 
-#[derive(Debug)]
 struct Inner {
     modules: HashMap<ModuleHash, Arc<[u8]>>,
     names: BTreeMap<String, ModuleHash>,
@@ -134,6 +132,14 @@ struct HostRecord {
     info: HostInfo,
     stats: HostStats,
     lease_until: Instant,
+}
+
+impl std::fmt::Debug for LocalBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBroker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 fn live(expires: Option<Instant>, now: Instant) -> bool {

@@ -250,10 +250,7 @@ struct BlockingPool {
 }
 
 impl BlockingPool {
-    async fn get(&self) -> std::result::Result<MultiplexedConnection, RedisError> {
-        if let Some(conn) = lock(&self.idle).pop() {
-            return Ok(conn);
-        }
+    async fn connect(&self) -> std::result::Result<MultiplexedConnection, RedisError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
@@ -262,11 +259,30 @@ impl BlockingPool {
             .await
     }
 
-    fn put_back(&self, conn: MultiplexedConnection) {
+    /// Runs one blocking command that may take up to `block`. An idle
+    /// connection from the pool that turns out dead (the server restarted
+    /// since) is replaced by a fresh one, once.
+    async fn query(&self, cmd: &Cmd, block: Duration) -> std::result::Result<Value, RedisError> {
+        let pooled = lock(&self.idle).pop();
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        conn.set_response_timeout(block + RESPONSE_TIMEOUT);
+        let reply = match cmd.query_async(&mut conn).await {
+            Err(e) if reused && (e.is_io_error() || e.is_connection_dropped()) => {
+                conn = self.connect().await?;
+                conn.set_response_timeout(block + RESPONSE_TIMEOUT);
+                cmd.query_async(&mut conn).await?
+            }
+            r => r?,
+        };
         let mut idle = lock(&self.idle);
         if idle.len() < BLOCKING_POOL {
             idle.push(conn);
         }
+        Ok(reply)
     }
 }
 
@@ -684,14 +700,11 @@ impl RedisBroker {
         for _ in queues {
             cmd.arg(">");
         }
-        let what = "cannot read new calls";
-        let mut conn = self.blocking.get().await.map_err(|e| self.err(e, what))?;
-        conn.set_response_timeout(block + RESPONSE_TIMEOUT);
-        let reply: Value = cmd
-            .query_async(&mut conn)
+        let reply = self
+            .blocking
+            .query(&cmd, block)
             .await
-            .map_err(|e| self.err(e, what))?;
-        self.blocking.put_back(conn);
+            .map_err(|e| self.err(e, "cannot read new calls"))?;
         let by_key: HashMap<String, &String> =
             queues.iter().map(|q| (self.keys.stream(q), q)).collect();
         let mut got = Vec::new();
@@ -717,21 +730,19 @@ impl RedisBroker {
 
     /// Blocks until the wake-up stream of `id` has an entry or `block` passes.
     async fn block_on_wake(&self, id: &str, block: Duration) -> Result<bool> {
-        let what = "cannot wait for a result";
-        let mut conn = self.blocking.get().await.map_err(|e| self.err(e, what))?;
-        conn.set_response_timeout(block + RESPONSE_TIMEOUT);
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
             .arg(1)
             .arg("BLOCK")
             .arg(block.as_millis().max(1) as u64)
             .arg("STREAMS")
             .arg(self.keys.wake(id))
-            .arg("0-0")
-            .query_async(&mut conn)
+            .arg("0-0");
+        let reply = self
+            .blocking
+            .query(&cmd, block)
             .await
-            .map_err(|e| self.err(e, what))?;
-        self.blocking.put_back(conn);
+            .map_err(|e| self.err(e, "cannot wait for a result"))?;
         Ok(!matches!(reply, Value::Nil))
     }
 
@@ -1096,13 +1107,19 @@ impl Broker for RedisBroker {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
+        let mut seen = HashSet::new();
+        let queues: Vec<String> = queues
+            .iter()
+            .filter(|q| seen.insert(q.as_str()))
+            .cloned()
+            .collect();
         let deadline = Instant::now() + block;
         let mut out = Vec::new();
         loop {
             let reclaim = Self::take_turn(&self.last_reclaim, self.reclaim_interval());
             let gc = reclaim && Self::take_turn(&self.last_gc, self.consumer_gc_idle() / 10);
             let mut next_due: Option<Duration> = None;
-            for q in queues {
+            for q in &queues {
                 let want = max - out.len();
                 if want == 0 {
                     break;
@@ -1129,12 +1146,9 @@ impl Broker for RedisBroker {
                 .min(self.config.lease / 2)
                 .max(Duration::from_millis(1));
             if let Some(due) = next_due {
-                if due.is_zero() {
-                    continue;
-                }
-                wait = wait.min(due);
+                wait = wait.min(due.max(Duration::from_millis(1)));
             }
-            self.block_for_new(host_id, queues, max, wait, &mut out)
+            self.block_for_new(host_id, &queues, max, wait, &mut out)
                 .await?;
             if !out.is_empty() {
                 return Ok(out);

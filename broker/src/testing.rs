@@ -36,6 +36,7 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -45,6 +46,18 @@ impl RedisServer {
     /// If `redis-server` is not installed or does not come up: this is a test
     /// helper, and a test without its server cannot run.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`], with extra `redis-server` arguments, for
+    /// example `["--requirepass", "secret"]` or an ACL user
+    /// (`["--user", "alice", "on", ">pw", "~*", "&*", "+@all"]`). Readiness
+    /// is still detected without credentials (a `NOAUTH` answer counts).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let dir = tempfile::Builder::new()
             .prefix("wasq-redis-")
             .tempdir()
@@ -52,12 +65,13 @@ impl RedisServer {
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match spawn(port, dir.path()) {
+            match spawn(port, dir.path(), &extra) {
                 Ok(child) => {
                     return Self {
                         child: Some(child),
                         port,
                         dir,
+                        extra,
                     };
                 }
                 Err(e) => last_error = e,
@@ -106,7 +120,7 @@ impl RedisServer {
         self.stop();
         let deadline = Instant::now() + START_DEADLINE;
         loop {
-            match spawn(self.port, self.dir.path()) {
+            match spawn(self.port, self.dir.path(), &self.extra) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -156,7 +170,7 @@ fn free_port() -> u16 {
 
 /// Spawns `redis-server` on `port` and waits until it answers `PING`; an
 /// error (with the server's log) if it exits or stays silent.
-fn spawn(port: u16, dir: &Path) -> Result<Child, String> {
+fn spawn(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
     let log: PathBuf = dir.join("redis.log");
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string()])
@@ -170,6 +184,7 @@ fn spawn(port: u16, dir: &Path) -> Result<Child, String> {
         .args(["--protected-mode", "yes"])
         .arg("--logfile")
         .arg(&log)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -197,8 +212,9 @@ fn spawn(port: u16, dir: &Path) -> Result<Child, String> {
     }
 }
 
-/// Whether a server on `port` answers `PING` with `+PONG` (a loading server
-/// answers `-LOADING`, which is not ready yet).
+/// Whether a server on `port` is ready: `PING` answered with `+PONG`, or
+/// with `-NOAUTH` when it wants a password (a loading server answers
+/// `-LOADING`, which is not ready yet).
 fn ping(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
@@ -216,5 +232,5 @@ fn ping(port: u16) -> bool {
             Ok(n) => got += n,
         }
     }
-    buf.starts_with(b"+PONG")
+    buf.starts_with(b"+PONG") || buf.starts_with(b"-NOAUTH")
 }

@@ -1018,3 +1018,37 @@ async fn redis_events_are_recorded() {
             .all(|(_, f)| f.contains(&("id".to_string(), call.id.clone())))
     );
 }
+
+#[tokio::test]
+async fn redis_credentials_in_the_url() {
+    let server = RedisServer::start_with(&[
+        "--user", "default", "off", // no anonymous access
+        "--user", "alice", "on", ">s3cret", "~*", "&*", "+@all",
+    ]);
+    let port = server.port();
+    let good = format!("redis://alice:s3cret@127.0.0.1:{port}");
+    let b = RedisBroker::connect(&good, &unique_prefix("acl"), config())
+        .await
+        .unwrap();
+    round_trip(&b).await;
+    // Blocking commands use their own connections, with the same credentials.
+    let call = submit_one(&b).await;
+    assert_eq!(
+        b.wait(&call.id, Some(Duration::from_millis(50)))
+            .await
+            .unwrap(),
+        None
+    );
+
+    let bad = format!("redis://alice:n0tthis@127.0.0.1:{port}");
+    let err = RedisBroker::connect(&bad, "p", config()).await.unwrap_err();
+    assert!(
+        !err.is_transient(),
+        "bad credentials are not worth retrying: {err}"
+    );
+    assert!(!err.to_string().contains("n0tthis"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+}

@@ -79,12 +79,21 @@ impl Cluster {
         self.broker.put_module(&bytes).await.unwrap().0
     }
 
+    /// Waits for a final envelope, as a client would: retrying while Redis
+    /// is unreachable (the connection comes back by itself).
     async fn wait(&self, id: &str, secs: u64) -> Envelope {
-        self.broker
-            .wait(id, Some(Duration::from_secs(secs)))
-            .await
-            .expect("wait")
-            .unwrap_or_else(|| panic!("no result for {id} within {secs} s"))
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.broker.wait(id, Some(left)).await {
+                Ok(Some(env)) => return env,
+                Ok(None) => panic!("no result for {id} within {secs} s"),
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("wait for {id}: {e}"),
+            }
+        }
     }
 
     /// Polls (across process boundaries, with a deadline) until `id` is in `state`.
@@ -241,6 +250,8 @@ async fn hosts_ride_out_a_redis_restart() {
     let calls: Vec<Call> = (0..40).map(|i| call(hash, "long_processing", json!([format!("r{i}"), 0.1]))).collect();
     c.broker.submit(&calls, None).await.unwrap();
     c.wait_state(&calls[0].id, State::Succeeded, 30).await;
+    let last = c.broker.status(&calls[39].id).await.unwrap().unwrap();
+    assert!(!last.state.is_final(), "the outage must hit work in progress");
     c.redis.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.redis.restart();
@@ -310,7 +321,7 @@ async fn garbage_in_redis_and_a_tampered_module() {
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
 
     // Garbage entries in the work stream: dead-lettered, the host goes on.
-    let stream = wasq_broker::redis_keys::stream(&c.prefix, "default");
+    let stream = format!("{}:{{q:default}}:stream", c.prefix);
     let _: String = redis::cmd("XADD").arg(&stream).arg("*").arg("call").arg("{not json").query_async(&mut con).await.unwrap();
     let _: String = redis::cmd("XADD").arg(&stream).arg("*").arg("nothing").arg("here").query_async(&mut con).await.unwrap();
     let _: String = redis::cmd("XADD").arg(&stream).arg("*").arg("call").arg(r#"{"id":"x","module":"zz"}"#).query_async(&mut con).await.unwrap();
@@ -323,7 +334,7 @@ async fn garbage_in_redis_and_a_tampered_module() {
     // A tampered module: stored bytes no longer hash to their key.
     let bytes = std::fs::read(task_module("hostile")).unwrap();
     let (victim, _) = c.broker.put_module(&bytes).await.unwrap();
-    let key = wasq_broker::redis_keys::module(&c.prefix, &victim);
+    let key = format!("{}:module:{}", c.prefix, victim.to_hex());
     let mut tampered = bytes.clone();
     let n = tampered.len();
     tampered[n - 1] ^= 0xff;

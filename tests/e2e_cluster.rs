@@ -397,3 +397,29 @@ async fn graceful_shutdown_finishes_or_hands_back_calls() {
         assert!(c.hosts[d].log().contains(&cl.id));
     }
 }
+
+#[test]
+fn the_demo_runs_on_the_embedded_broker_and_on_redis() {
+    let examples = task_module("examples");
+    let out = run(wasq().args(["demo", "--module"]).arg(&examples));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("add[4,5] = 9"), "{text}");
+    assert!(text.contains("every call behaved as expected"), "{text}");
+
+    let redis = RedisServer::start();
+    let out = run(wasq().args(["demo", "--redis", &redis.url(), "--module"]).arg(&examples));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("every call behaved as expected"));
+}
+
+#[test]
+fn an_unreachable_broker_exits_3() {
+    // A port nothing listens on: bind, note, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let out = run(wasq().args(["submit", "--redis", &url, "sha256:0000000000000000000000000000000000000000000000000000000000000000", "add"]));
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let out = run(wasq().args(["status", "--redis", &url, "01ABC"]));
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+}

@@ -1,5 +1,6 @@
 //! The subcommands of `wasq`, one file each, and the flag groups they share.
 
+mod bench;
 mod demo;
 mod exec;
 mod host;
@@ -53,6 +54,8 @@ enum Command {
     Module(module::ModuleCommand),
     /// The whole pipeline on the embedded broker (or --redis), with the example tasks.
     Demo(demo::DemoCommand),
+    /// Measure throughput, latency, cold start, sandbox costs and memory against a Redis server.
+    Bench(bench::BenchCommand),
 }
 
 impl Cli {
@@ -68,16 +71,18 @@ impl Cli {
             Command::Revoke(c) => c.run().await,
             Command::Module(c) => c.run().await,
             Command::Demo(c) => c.run().await,
+            Command::Bench(c) => c.run().await,
         }
     }
 }
 
-/// Installs the stderr subscriber: `RUST_LOG` filters (default `warn`), ANSI
-/// colours only on a terminal.
+/// Installs the stderr subscriber: `RUST_LOG` filters (default `warn`, with
+/// guest log lines, target `wasq::guest`, off: they are in the envelopes),
+/// ANSI colours only on a terminal.
 pub fn init_tracing() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,wasq::guest=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -371,7 +371,7 @@ async fn execute<B: Broker>(
         Ok(m) => sandbox.run(&m, &call.task, call.args.get().as_bytes(), &limits, &cancel).await,
         Err(e) => RunOutcome::failed(e),
     };
-    let env = outcome.into_envelope(call.id.clone(), call.attempt, sandbox.config().host_name.clone());
+    let env = outcome.into_envelope(call.id.clone(), call.attempt, host_id.clone());
     stats.fuel_used.fetch_add(env.fuel_used, Ordering::Relaxed);
     finish_slot();
 

@@ -33,13 +33,20 @@ impl Cluster {
                 .await
                 .expect("connect"),
         );
-        Self { redis, prefix, hosts: Vec::new(), dir: tempfile::tempdir().unwrap(), broker }
+        Self {
+            redis,
+            prefix,
+            hosts: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+            broker,
+        }
     }
 
     /// A `wasq` command pointed at this cluster.
     fn cli(&self) -> Command {
         let mut cmd = wasq();
-        cmd.env("WASQ_REDIS_URL", self.redis.url()).env("WASQ_PREFIX", &self.prefix);
+        cmd.env("WASQ_REDIS_URL", self.redis.url())
+            .env("WASQ_PREFIX", &self.prefix);
         cmd
     }
 
@@ -57,7 +64,11 @@ impl Cluster {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start host");
-        self.hosts.push(Proc { child, name: format!("host{i}"), log });
+        self.hosts.push(Proc {
+            child,
+            name: format!("host{i}"),
+            log,
+        });
         i
     }
 
@@ -69,7 +80,10 @@ impl Cluster {
             if live >= n {
                 return;
             }
-            assert!(Instant::now() < deadline, "only {live} of {n} hosts came online");
+            assert!(
+                Instant::now() < deadline,
+                "only {live} of {n} hosts came online"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -100,10 +114,10 @@ impl Cluster {
     async fn wait_state(&self, id: &str, state: State, secs: u64) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            if let Ok(Some(env)) = self.broker.status(id).await {
-                if env.state == state {
-                    return;
-                }
+            if let Ok(Some(env)) = self.broker.status(id).await
+                && env.state == state
+            {
+                return;
             }
             assert!(Instant::now() < deadline, "{id} never reached {state}");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -114,7 +128,12 @@ impl Cluster {
     fn starts_of(&self, id: &str) -> usize {
         self.hosts
             .iter()
-            .map(|h| h.log().lines().filter(|l| l.contains("call started") && l.contains(id)).count())
+            .map(|h| {
+                h.log()
+                    .lines()
+                    .filter(|l| l.contains("call started") && l.contains(id))
+                    .count()
+            })
             .sum()
     }
 }
@@ -142,7 +161,11 @@ async fn cluster_runs_calls_from_the_cli_and_the_rust_api() {
     c.wait_hosts(3).await;
 
     // Upload and name the module with the CLI.
-    let out = run(c.cli().args(["module", "push"]).arg(task_module("examples")).args(["--tag", "examples@1.0"]));
+    let out = run(c
+        .cli()
+        .args(["module", "push"])
+        .arg(task_module("examples"))
+        .args(["--tag", "examples@1.0"]));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let hash: ModuleHash = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     let out = run(c.cli().args(["module", "ls", "--json"]));
@@ -150,20 +173,47 @@ async fn cluster_runs_calls_from_the_cli_and_the_rust_api() {
     assert!(listed.to_string().contains(&hash.to_hex()), "{listed}");
 
     // By name, with --wait.
-    let out = run(c.cli().args(["submit", "examples@1.0", "add", "[4, 5]", "--wait", "--json"]));
+    let out = run(c.cli().args([
+        "submit",
+        "examples@1.0",
+        "add",
+        "[4, 5]",
+        "--wait",
+        "--json",
+    ]));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let env = envelope(&out);
     assert_eq!(env["result"], json!(9));
     assert!(env["host"].as_str().unwrap().contains('/'));
     // By hash and by path.
-    let out = run(c.cli().args(["submit", &format!("sha256:{hash}"), "fib", "[10]", "--wait", "--json"]));
+    let out = run(c.cli().args([
+        "submit",
+        &format!("sha256:{hash}"),
+        "fib",
+        "[10]",
+        "--wait",
+        "--json",
+    ]));
     assert_eq!(envelope(&out)["result"], json!(55), "{}", describe(&out));
-    let out = run(c.cli().arg("submit").arg(task_module("examples")).args(["add", "[1, 1]", "--wait"]));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{}", describe(&out));
+    let out = run(c
+        .cli()
+        .arg("submit")
+        .arg(task_module("examples"))
+        .args(["add", "[1, 1]", "--wait"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2",
+        "{}",
+        describe(&out)
+    );
     // A name that does not resolve.
     let out = run(c.cli().args(["submit", "nosuchmodule", "add", "[1, 1]"]));
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("module_not_found"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("module_not_found"),
+        "{}",
+        describe(&out)
+    );
     // Args that are not an array never reach the queue.
     let out = run(c.cli().args(["submit", "examples", "add", "{\"x\": 1}"]));
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
@@ -171,9 +221,14 @@ async fn cluster_runs_calls_from_the_cli_and_the_rust_api() {
     // Many calls from the CLI without waiting, then collected by id.
     let mut ids = Vec::new();
     for i in 0..20 {
-        let out = run(c.cli().args(["submit", "examples", "add", &format!("[{i}, {i}]")]));
+        let out = run(c
+            .cli()
+            .args(["submit", "examples", "add", &format!("[{i}, {i}]")]));
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-        ids.push((String::from_utf8_lossy(&out.stdout).trim().to_string(), 2 * i));
+        ids.push((
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            2 * i,
+        ));
     }
     for (id, want) in &ids {
         let out = run(c.cli().args(["result", id, "--wait", "--json"]));
@@ -191,7 +246,10 @@ async fn cluster_runs_calls_from_the_cli_and_the_rust_api() {
         assert_eq!(env.result, json!(i + 1), "{env:?}");
         hosts_seen.insert(env.host.clone());
     }
-    assert!(hosts_seen.len() >= 2, "work spread over hosts: {hosts_seen:?}");
+    assert!(
+        hosts_seen.len() >= 2,
+        "work spread over hosts: {hosts_seen:?}"
+    );
     for cl in &calls {
         assert_eq!(c.starts_of(&cl.id), 1, "{} ran exactly once", cl.id);
     }
@@ -210,7 +268,9 @@ async fn a_killed_hosts_calls_finish_on_another_host() {
     let hash = c.upload("examples").await;
     let a = c.host(&["--concurrency", "4", "--lease", "1"]);
     c.wait_hosts(1).await;
-    let calls: Vec<Call> = (0..4).map(|i| call(hash, "long_processing", json!([format!("job{i}"), 5.0]))).collect();
+    let calls: Vec<Call> = (0..4)
+        .map(|i| call(hash, "long_processing", json!([format!("job{i}"), 5.0])))
+        .collect();
     c.broker.submit(&calls, None).await.unwrap();
     for cl in &calls {
         c.wait_state(&cl.id, State::Running, 30).await;
@@ -220,7 +280,10 @@ async fn a_killed_hosts_calls_finish_on_another_host() {
     for cl in &calls {
         let env = c.wait(&cl.id, 60).await;
         assert_eq!(env.state, State::Succeeded, "{env:?}");
-        assert!(c.hosts[b].log().contains(&cl.id), "finished on the new host");
+        assert!(
+            c.hosts[b].log().contains(&cl.id),
+            "finished on the new host"
+        );
         // Once on the killed host (that attempt died), once on the new one.
         assert_eq!(c.starts_of(&cl.id), 2);
     }
@@ -234,7 +297,10 @@ async fn a_call_longer_than_the_lease_on_a_live_host_runs_once() {
     c.host(&["--lease", "0.6", "--concurrency", "2"]);
     c.wait_hosts(2).await;
     let cl = call(hash, "long_processing", json!(["slow", 3.0]));
-    c.broker.submit(std::slice::from_ref(&cl), None).await.unwrap();
+    c.broker
+        .submit(std::slice::from_ref(&cl), None)
+        .await
+        .unwrap();
     let env = c.wait(&cl.id, 30).await;
     assert_eq!(env.state, State::Succeeded, "{env:?}");
     assert_eq!(c.starts_of(&cl.id), 1, "ran once despite lasting 5 leases");
@@ -247,11 +313,16 @@ async fn hosts_ride_out_a_redis_restart() {
     c.host(&["--concurrency", "4"]);
     c.host(&["--concurrency", "4"]);
     c.wait_hosts(2).await;
-    let calls: Vec<Call> = (0..40).map(|i| call(hash, "long_processing", json!([format!("r{i}"), 0.1]))).collect();
+    let calls: Vec<Call> = (0..40)
+        .map(|i| call(hash, "long_processing", json!([format!("r{i}"), 0.1])))
+        .collect();
     c.broker.submit(&calls, None).await.unwrap();
     c.wait_state(&calls[0].id, State::Succeeded, 30).await;
     let last = c.broker.status(&calls[39].id).await.unwrap().unwrap();
-    assert!(!last.state.is_final(), "the outage must hit work in progress");
+    assert!(
+        !last.state.is_final(),
+        "the outage must hit work in progress"
+    );
     c.redis.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.redis.restart();
@@ -261,7 +332,10 @@ async fn hosts_ride_out_a_redis_restart() {
     }
     // And new work still flows.
     let cl = call(hash, "add", json!([2, 2]));
-    c.broker.submit(std::slice::from_ref(&cl), None).await.unwrap();
+    c.broker
+        .submit(std::slice::from_ref(&cl), None)
+        .await
+        .unwrap();
     assert_eq!(c.wait(&cl.id, 30).await.result, json!(4));
 }
 
@@ -274,24 +348,53 @@ async fn retries_countdown_and_result_ttl() {
     let examples = task_module("examples");
 
     // Always failing: retried, then failed with the last attempt's error.
-    let out = run(c.cli().arg("submit").arg(&examples).args(["process_file", r#"["f.txt", "a b", 100]"#, "--retries", "2", "--wait", "--json"]));
+    let out = run(c.cli().arg("submit").arg(&examples).args([
+        "process_file",
+        r#"["f.txt", "a b", 100]"#,
+        "--retries",
+        "2",
+        "--wait",
+        "--json",
+    ]));
     let env = envelope(&out);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert_eq!(env["error"]["kind"], "task_error");
     assert_eq!(env["attempt"], 3, "{env:#}");
     // Never failing: one attempt.
-    let out = run(c.cli().arg("submit").arg(&examples).args(["process_file", r#"["f.txt", "a b", 0]"#, "--retries", "2", "--wait", "--json"]));
+    let out = run(c.cli().arg("submit").arg(&examples).args([
+        "process_file",
+        r#"["f.txt", "a b", 0]"#,
+        "--retries",
+        "2",
+        "--wait",
+        "--json",
+    ]));
     assert_eq!(envelope(&out)["attempt"], 1, "{}", describe(&out));
     // Failing without asking for retries: one attempt.
-    let out = run(c.cli().arg("submit").arg(&examples).args(["process_file", r#"["f.txt", "a b", 100]"#, "--wait", "--json"]));
+    let out = run(c.cli().arg("submit").arg(&examples).args([
+        "process_file",
+        r#"["f.txt", "a b", 100]"#,
+        "--wait",
+        "--json",
+    ]));
     assert_eq!(envelope(&out)["attempt"], 1, "{}", describe(&out));
 
     // Countdown: queued first, not run before its time.
     let started = Instant::now();
-    let out = run(c.cli().arg("submit").arg(&examples).args(["add", "[1, 2]", "--countdown", "1.5"]));
+    let out =
+        run(c
+            .cli()
+            .arg("submit")
+            .arg(&examples)
+            .args(["add", "[1, 2]", "--countdown", "1.5"]));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let out = run(c.cli().args(["status", &id]));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "queued", "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "queued",
+        "{}",
+        describe(&out)
+    );
     let env = c.wait(&id, 30).await;
     assert_eq!(env.result, json!(3));
     assert!(started.elapsed() >= Duration::from_millis(1500));
@@ -322,11 +425,35 @@ async fn garbage_in_redis_and_a_tampered_module() {
 
     // Garbage entries in the work stream: dead-lettered, the host goes on.
     let stream = format!("{}:{{q:default}}:stream", c.prefix);
-    let _: String = redis::cmd("XADD").arg(&stream).arg("*").arg("call").arg("{not json").query_async(&mut con).await.unwrap();
-    let _: String = redis::cmd("XADD").arg(&stream).arg("*").arg("nothing").arg("here").query_async(&mut con).await.unwrap();
-    let _: String = redis::cmd("XADD").arg(&stream).arg("*").arg("call").arg(r#"{"id":"x","module":"zz"}"#).query_async(&mut con).await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("call")
+        .arg("{not json")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("nothing")
+        .arg("here")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("call")
+        .arg(r#"{"id":"x","module":"zz"}"#)
+        .query_async(&mut con)
+        .await
+        .unwrap();
     let cl = call(hash, "add", json!([20, 22]));
-    c.broker.submit(std::slice::from_ref(&cl), None).await.unwrap();
+    c.broker
+        .submit(std::slice::from_ref(&cl), None)
+        .await
+        .unwrap();
     assert_eq!(c.wait(&cl.id, 30).await.result, json!(42));
     let dead = c.broker.dead_letters(10).await.unwrap();
     assert!(dead.len() >= 3, "garbage dead-lettered: {dead:?}");
@@ -338,22 +465,44 @@ async fn garbage_in_redis_and_a_tampered_module() {
     let mut tampered = bytes.clone();
     let n = tampered.len();
     tampered[n - 1] ^= 0xff;
-    let _: () = redis::cmd("SET").arg(&key).arg(tampered).query_async(&mut con).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(tampered)
+        .query_async(&mut con)
+        .await
+        .unwrap();
     let cl = call(victim, "args", json!([]));
-    c.broker.submit(std::slice::from_ref(&cl), None).await.unwrap();
+    c.broker
+        .submit(std::slice::from_ref(&cl), None)
+        .await
+        .unwrap();
     let env = c.wait(&cl.id, 30).await;
-    assert_eq!(env.error.as_ref().map(|e| e.kind), Some(wasq_broker::ErrorKind::Integrity), "{env:?}");
+    assert_eq!(
+        env.error.as_ref().map(|e| e.kind),
+        Some(wasq_broker::ErrorKind::Integrity),
+        "{env:?}"
+    );
 
     // A module that is not stored at all.
     let missing = ModuleHash::of(b"never uploaded");
     let cl = call(missing, "add", json!([1, 2]));
-    c.broker.submit(std::slice::from_ref(&cl), None).await.unwrap();
+    c.broker
+        .submit(std::slice::from_ref(&cl), None)
+        .await
+        .unwrap();
     let env = c.wait(&cl.id, 30).await;
-    assert_eq!(env.error.as_ref().map(|e| e.kind), Some(wasq_broker::ErrorKind::ModuleNotFound), "{env:?}");
+    assert_eq!(
+        env.error.as_ref().map(|e| e.kind),
+        Some(wasq_broker::ErrorKind::ModuleNotFound),
+        "{env:?}"
+    );
 
     // The host is still healthy and working.
     let cl = call(hash, "add", json!([1, 1]));
-    c.broker.submit(std::slice::from_ref(&cl), None).await.unwrap();
+    c.broker
+        .submit(std::slice::from_ref(&cl), None)
+        .await
+        .unwrap();
     assert_eq!(c.wait(&cl.id, 30).await.result, json!(2));
 }
 
@@ -365,7 +514,9 @@ async fn graceful_shutdown_finishes_or_hands_back_calls() {
     // A long grace: running calls finish on the stopping host.
     let a = c.host(&["--concurrency", "2", "--grace", "20"]);
     c.wait_hosts(1).await;
-    let calls: Vec<Call> = (0..2).map(|i| call(hash, "long_processing", json!([format!("g{i}"), 1.0]))).collect();
+    let calls: Vec<Call> = (0..2)
+        .map(|i| call(hash, "long_processing", json!([format!("g{i}"), 1.0])))
+        .collect();
     c.broker.submit(&calls, None).await.unwrap();
     for cl in &calls {
         c.wait_state(&cl.id, State::Running, 30).await;
@@ -374,13 +525,19 @@ async fn graceful_shutdown_finishes_or_hands_back_calls() {
     assert!(status.success(), "host exits 0 on SIGTERM: {status:?}");
     for cl in &calls {
         let env = c.broker.status(&cl.id).await.unwrap().unwrap();
-        assert_eq!(env.state, State::Succeeded, "finished before exiting: {env:?}");
+        assert_eq!(
+            env.state,
+            State::Succeeded,
+            "finished before exiting: {env:?}"
+        );
     }
 
     // A short grace: what cannot finish is handed back and another host runs it.
     let b = c.host(&["--concurrency", "2", "--grace", "0.2"]);
     c.wait_hosts(1).await;
-    let calls: Vec<Call> = (0..2).map(|i| call(hash, "long_processing", json!([format!("h{i}"), 2.0]))).collect();
+    let calls: Vec<Call> = (0..2)
+        .map(|i| call(hash, "long_processing", json!([format!("h{i}"), 2.0])))
+        .collect();
     c.broker.submit(&calls, None).await.unwrap();
     for cl in &calls {
         c.wait_state(&cl.id, State::Running, 30).await;
@@ -389,7 +546,11 @@ async fn graceful_shutdown_finishes_or_hands_back_calls() {
     let status = c.hosts[b].terminate();
     assert!(status.success(), "host exits 0 on SIGTERM: {status:?}");
     assert!(stopped_at.elapsed() < Duration::from_secs(10));
-    assert!(c.hosts[b].log().contains("released"), "{}", c.hosts[b].log());
+    assert!(
+        c.hosts[b].log().contains("released"),
+        "{}",
+        c.hosts[b].log()
+    );
     let d = c.host(&["--concurrency", "2"]);
     for cl in &calls {
         let env = c.wait(&cl.id, 30).await;
@@ -408,7 +569,9 @@ fn the_demo_runs_on_the_embedded_broker_and_on_redis() {
     assert!(text.contains("every call behaved as expected"), "{text}");
 
     let redis = RedisServer::start();
-    let out = run(wasq().args(["demo", "--redis", &redis.url(), "--module"]).arg(&examples));
+    let out = run(wasq()
+        .args(["demo", "--redis", &redis.url(), "--module"])
+        .arg(&examples));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("every call behaved as expected"));
 }
@@ -416,9 +579,19 @@ fn the_demo_runs_on_the_embedded_broker_and_on_redis() {
 #[test]
 fn an_unreachable_broker_exits_3() {
     // A port nothing listens on: bind, note, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("redis://127.0.0.1:{port}");
-    let out = run(wasq().args(["submit", "--redis", &url, "sha256:0000000000000000000000000000000000000000000000000000000000000000", "add"]));
+    let out = run(wasq().args([
+        "submit",
+        "--redis",
+        &url,
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "add",
+    ]));
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     let out = run(wasq().args(["status", "--redis", &url, "01ABC"]));
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));

@@ -33,7 +33,10 @@ fn examples_run_through_exec() {
     let (env, _) = exec("examples", "fib", "[20]", &[]);
     assert_eq!(env["result"], json!(6765));
     let (env, _) = exec("examples", "sha256", r#"["abc"]"#, &[]);
-    assert_eq!(env["result"], json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+    assert_eq!(
+        env["result"],
+        json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    );
     let (env, _) = exec("examples", "word_count", r#"["a b a"]"#, &[]);
     assert_eq!(env["result"], json!({"a": 2, "b": 1}));
     let (env, _) = exec("examples", "long_processing", r#"["x", 0.05]"#, &[]);
@@ -44,12 +47,18 @@ fn examples_run_through_exec() {
 
 #[test]
 fn human_output_and_exit_codes() {
-    let out = run(wasq().arg("exec").arg(task_module("examples")).args(["add", "[1, 2]"]));
+    let out = run(wasq()
+        .arg("exec")
+        .arg(task_module("examples"))
+        .args(["add", "[1, 2]"]));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
     assert!(String::from_utf8_lossy(&out.stderr).contains("succeeded"));
 
-    let out = run(wasq().arg("exec").arg(task_module("examples")).args(["add", "[1]"]));
+    let out = run(wasq()
+        .arg("exec")
+        .arg(task_module("examples"))
+        .args(["add", "[1]"]));
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad_input"));
 
@@ -58,7 +67,12 @@ fn human_output_and_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read module"));
 
     let out = run(wasq().args(["exec"]));
-    assert_eq!(out.status.code(), Some(2), "usage error: {}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "usage error: {}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -66,7 +80,10 @@ fn typed_arguments_are_checked_by_the_sdk() {
     let (env, code) = exec("examples", "add", r#"[4, "five"]"#, &[]);
     assert_eq!(code, 1);
     assert_kind(&env, "bad_input");
-    assert!(env["error"]["message"].as_str().unwrap().contains('y'), "names the parameter: {env:#}");
+    assert!(
+        env["error"]["message"].as_str().unwrap().contains('y'),
+        "names the parameter: {env:#}"
+    );
     let (env, _) = exec("examples", "add", "[1, 2, 3]", &[]);
     assert_kind(&env, "bad_input");
     let (env, _) = exec("examples", "add", r#"{"x": 1}"#, &[]);
@@ -80,7 +97,13 @@ fn panics_report_their_message() {
     let (env, code) = exec("hostile", "panic_now", r#"["the answer is not 42"]"#, &[]);
     assert_eq!(code, 1);
     assert_kind(&env, "task_error");
-    assert!(env["error"]["message"].as_str().unwrap().contains("the answer is not 42"), "{env:#}");
+    assert!(
+        env["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the answer is not 42"),
+        "{env:#}"
+    );
 }
 
 #[test]
@@ -89,7 +112,10 @@ fn the_guest_sees_no_files_env_or_network() {
         let (env, _) = exec("hostile", "read_file", &json!([path]).to_string(), &[]);
         let text = env.to_string();
         assert!(!text.contains("root:"), "read {path}: {env:#}");
-        assert!(env["state"] == "failed" || env["result"].as_str().is_none_or(|s| s.is_empty()), "{env:#}");
+        assert!(
+            env["state"] == "failed" || env["result"].as_str().is_none_or(|s| s.is_empty()),
+            "{env:#}"
+        );
         let (env, _) = exec("hostile", "list_dir", &json!([path]).to_string(), &[]);
         assert!(!env.to_string().contains("Cargo"), "listed {path}: {env:#}");
     }
@@ -103,7 +129,10 @@ fn the_guest_sees_no_files_env_or_network() {
     let (env, _) = exec("hostile", "args", "[]", &[]);
     assert_eq!(env["result"], json!(["args"]), "{env:#}");
     let (env, _) = exec("hostile", "connect", r#"["127.0.0.1:22"]"#, &[]);
-    assert!(!env.to_string().to_lowercase().contains("connected"), "{env:#}");
+    assert!(
+        !env.to_string().to_lowercase().contains("connected"),
+        "{env:#}"
+    );
     let (env, _) = exec("hostile", "stdin", "[]", &[]);
     assert_eq!(env["result"], json!(""), "{env:#}");
     let (env, _) = exec("hostile", "now_and_random", "[]", &[]);
@@ -114,7 +143,12 @@ fn the_guest_sees_no_files_env_or_network() {
 fn limits_hold_for_rust_guests() {
     let (env, _) = exec("hostile", "spin", "[]", &["--fuel", "5000000"]);
     assert_kind(&env, "fuel_exhausted");
-    let (env, _) = exec("hostile", "spin", "[]", &["--timeout", "0.3", "--fuel", "100000000000000"]);
+    let (env, _) = exec(
+        "hostile",
+        "spin",
+        "[]",
+        &["--timeout", "0.3", "--fuel", "100000000000000"],
+    );
     assert_kind(&env, "timeout");
     let (env, _) = exec("hostile", "sleep_forever", "[]", &["--timeout", "0.3"]);
     assert_kind(&env, "timeout");
@@ -144,19 +178,39 @@ fn limits_hold_for_rust_guests() {
 
 #[test]
 fn inspect_lists_tasks_and_imports() {
-    let out = run(wasq().arg("inspect").arg(task_module("examples")).arg("--json"));
+    let out = run(wasq()
+        .arg("inspect")
+        .arg(task_module("examples"))
+        .arg("--json"));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let tasks: Vec<&str> = report["tasks"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-    for t in ["add", "fib", "long_processing", "process_file", "sha256", "word_count"] {
+    let tasks: Vec<&str> = report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for t in [
+        "add",
+        "fib",
+        "long_processing",
+        "process_file",
+        "sha256",
+        "word_count",
+    ] {
         assert!(tasks.contains(&t), "{t} in {tasks:?}");
     }
     assert_eq!(report["sha256"].as_str().unwrap().len(), 64);
     assert!(report["size"].as_u64().unwrap() > 1000);
     for import in report["imports"].as_array().unwrap() {
         let i = import.as_str().unwrap();
-        assert!(i.starts_with("wasq.") || i.starts_with("wasi_snapshot_preview1."), "{i}");
+        assert!(
+            i.starts_with("wasq.") || i.starts_with("wasi_snapshot_preview1."),
+            "{i}"
+        );
     }
-    let out = run(wasq().args(["inspect", "Cargo.toml"]).current_dir(env!("CARGO_MANIFEST_DIR")));
+    let out = run(wasq()
+        .args(["inspect", "Cargo.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR")));
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }

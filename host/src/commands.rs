@@ -98,10 +98,10 @@ pub struct UsageError(pub String);
 /// The exit status for an error that ended a command.
 pub fn exit_code_of(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<wasq_broker::Error>() {
-            if e.is_transient() {
-                return EXIT_UNREACHABLE;
-            }
+        if let Some(e) = cause.downcast_ref::<wasq_broker::Error>()
+            && e.is_transient()
+        {
+            return EXIT_UNREACHABLE;
         }
     }
     EXIT_USAGE
@@ -111,16 +111,31 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL; `rediss://` for TLS, `redis://user:password@host:port/db` for ACLs
-    #[arg(long = "redis", value_name = "URL", env = "WASQ_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    #[arg(
+        long = "redis",
+        value_name = "URL",
+        env = "WASQ_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
     url: String,
     /// Prefix of every key, so deployments can share a server
-    #[arg(long, value_name = "PREFIX", env = "WASQ_PREFIX", default_value = "wasq", global = true)]
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "WASQ_PREFIX",
+        default_value = "wasq",
+        global = true
+    )]
     prefix: String,
 }
 
 impl RedisArgs {
     /// Connects to Redis.
-    pub async fn connect(&self, config: wasq_broker::BrokerConfig) -> anyhow::Result<wasq_broker::RedisBroker> {
+    pub async fn connect(
+        &self,
+        config: wasq_broker::BrokerConfig,
+    ) -> anyhow::Result<wasq_broker::RedisBroker> {
         Ok(wasq_broker::RedisBroker::connect(&self.url, &self.prefix, config).await?)
     }
 }

@@ -59,11 +59,7 @@ impl WorkerConfig {
     /// the heartbeat is a third of `lease`.
     pub fn new(queues: Vec<String>, concurrency: usize, lease: Duration) -> Self {
         Self {
-            host_id: format!(
-                "{}-{:04x}",
-                crate::default_host_name(),
-                rand_u16()
-            ),
+            host_id: format!("{}-{:04x}", crate::default_host_name(), rand_u16()),
             queues,
             concurrency: concurrency.max(1),
             claim_block: DEFAULT_CLAIM_BLOCK,
@@ -160,7 +156,10 @@ impl<B: Broker> Worker<B> {
     /// # Errors
     /// Only if the host cannot register at all before shutdown; every later
     /// broker error is retried.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> wasq_broker::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> wasq_broker::Result<()> {
         let info = HostInfo {
             id: self.config.host_id.clone(),
             name: self.sandbox.config().host_name.clone(),
@@ -187,7 +186,11 @@ impl<B: Broker> Worker<B> {
         info!(host = %self.config.host_id, queues = ?self.config.queues, concurrency = self.config.concurrency, "host online");
 
         let (done_tx, done_rx) = mpsc::unbounded_channel::<(Delivery, Envelope)>();
-        let publisher = tokio::spawn(publish_loop(self.broker.clone(), done_rx, self.running.clone()));
+        let publisher = tokio::spawn(publish_loop(
+            self.broker.clone(),
+            done_rx,
+            self.running.clone(),
+        ));
         let heartbeat = tokio::spawn(heartbeat_loop(
             self.broker.clone(),
             self.config.clone(),
@@ -200,7 +203,10 @@ impl<B: Broker> Worker<B> {
         loop {
             self.stats.last_loop_ms.store(now_ms(), Ordering::Relaxed);
             while tasks.try_join_next().is_some() {}
-            let free = self.config.concurrency.saturating_sub(self.stats.in_flight.load(Ordering::SeqCst));
+            let free = self
+                .config
+                .concurrency
+                .saturating_sub(self.stats.in_flight.load(Ordering::SeqCst));
             if free == 0 {
                 tokio::select! {
                     () = &mut shutdown => break,
@@ -269,10 +275,13 @@ impl<B: Broker> Worker<B> {
         // Interrupt and hand back what is left, so another host takes it at once.
         let left: Vec<Delivery> = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            running.drain().map(|(_, r)| {
-                r.cancel.cancel();
-                r.delivery
-            }).collect()
+            running
+                .drain()
+                .map(|(_, r)| {
+                    r.cancel.cancel();
+                    r.delivery
+                })
+                .collect()
         };
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
@@ -282,7 +291,9 @@ impl<B: Broker> Worker<B> {
                     self.stats.released.fetch_add(1, Ordering::Relaxed);
                     info!(call_id = %d.call.id, "released unfinished call to its queue");
                 }
-                Err(e) => warn!(call_id = %d.call.id, cause = %e, "cannot release call; it will be reclaimed after the lease"),
+                Err(e) => {
+                    warn!(call_id = %d.call.id, cause = %e, "cannot release call; it will be reclaimed after the lease")
+                }
             }
         }
         drop(done_tx);
@@ -312,7 +323,10 @@ async fn execute<B: Broker>(
     done: mpsc::UnboundedSender<(Delivery, Envelope)>,
 ) {
     let forget = |running: &Mutex<HashMap<String, Running>>| {
-        running.lock().unwrap_or_else(|e| e.into_inner()).remove(&delivery.token);
+        running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&delivery.token);
     };
     let finish_slot = || {
         stats.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -352,7 +366,10 @@ async fn execute<B: Broker>(
                 )),
                 Err(e) => {
                     broker_down.store(true, Ordering::Relaxed);
-                    Err(TaskError::new(ErrorKind::ModuleNotFound, format!("cannot fetch module: {e}")))
+                    Err(TaskError::new(
+                        ErrorKind::ModuleNotFound,
+                        format!("cannot fetch module: {e}"),
+                    ))
                 }
             }
         })
@@ -368,34 +385,39 @@ async fn execute<B: Broker>(
         return;
     }
     let outcome = match module {
-        Ok(m) => sandbox.run(&m, &call.task, call.args.get().as_bytes(), &limits, &cancel).await,
+        Ok(m) => {
+            sandbox
+                .run(&m, &call.task, call.args.get().as_bytes(), &limits, &cancel)
+                .await
+        }
         Err(e) => RunOutcome::failed(e),
     };
     let env = outcome.into_envelope(call.id.clone(), call.attempt, host_id.clone());
     stats.fuel_used.fetch_add(env.fuel_used, Ordering::Relaxed);
     finish_slot();
 
-    if let (Some(err), Some(policy)) = (&env.error, &call.retry) {
-        if err.kind.is_retryable() && call.attempt <= policy.retries {
-            let delay = policy.delay(call.attempt + 1);
-            let mut backoff = Backoff::new();
-            loop {
-                match broker.retry(&delivery, &env, delay).await {
-                    Ok(_) => break,
-                    Err(e) if e.is_transient() => {
-                        stats.broker_errors.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(backoff.next()).await;
-                    }
-                    Err(e) => {
-                        warn!(cause = %e, "cannot schedule retry");
-                        break;
-                    }
+    if let (Some(err), Some(policy)) = (&env.error, &call.retry)
+        && err.kind.is_retryable()
+        && call.attempt <= policy.retries
+    {
+        let delay = policy.delay(call.attempt + 1);
+        let mut backoff = Backoff::new();
+        loop {
+            match broker.retry(&delivery, &env, delay).await {
+                Ok(_) => break,
+                Err(e) if e.is_transient() => {
+                    stats.broker_errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff.next()).await;
+                }
+                Err(e) => {
+                    warn!(cause = %e, "cannot schedule retry");
+                    break;
                 }
             }
-            info!(kind = %err.kind, next_attempt = call.attempt + 1, ?delay, "task failed; retrying");
-            forget(&running);
-            return;
         }
+        info!(kind = %err.kind, next_attempt = call.attempt + 1, ?delay, "task failed; retrying");
+        forget(&running);
+        return;
     }
     stats.done.fetch_add(1, Ordering::Relaxed);
     if !env.succeeded() {
@@ -492,7 +514,9 @@ struct Backoff {
 
 impl Backoff {
     fn new() -> Self {
-        Self { next: Duration::from_millis(50) }
+        Self {
+            next: Duration::from_millis(50),
+        }
     }
 
     fn reset(&mut self) {

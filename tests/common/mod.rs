@@ -14,7 +14,13 @@ pub fn wasq_bin() -> PathBuf {
 /// A `wasq` command with a clean environment for wasq's own variables.
 pub fn wasq() -> Command {
     let mut cmd = Command::new(wasq_bin());
-    for var in ["WASQ_REDIS_URL", "WASQ_PREFIX", "WASQ_CONCURRENCY", "WASQ_CACHE_DIR", "WASQ_RESULT_TTL"] {
+    for var in [
+        "WASQ_REDIS_URL",
+        "WASQ_PREFIX",
+        "WASQ_CONCURRENCY",
+        "WASQ_CACHE_DIR",
+        "WASQ_RESULT_TTL",
+    ] {
         cmd.env_remove(var);
     }
     cmd

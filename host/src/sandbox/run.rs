@@ -359,7 +359,10 @@ pub(crate) async fn run(
     };
     let mut store = Store::new(sandbox.engine(), state);
     store.limiter(|s| &mut s.limiter);
-    let _ = store.set_fuel(limits.fuel);
+    // wasmtime counts fuel in an i64 and saturates near u64::MAX; a budget
+    // of 2^63 is forever anyway, and keeps `fuel_used` exact.
+    let fuel = limits.fuel.min(i64::MAX as u64);
+    let _ = store.set_fuel(fuel);
     let started = Instant::now();
     let deadline = started + limits.timeout;
     let timeout = limits.timeout;
@@ -384,17 +387,22 @@ pub(crate) async fn run(
         let func = instance.get_typed_func::<(), ()>(&mut store, &format!("task.{task}"))?;
         func.call_async(&mut store, ()).await
     };
-    // The epoch callback stops running wasm; these stop a guest parked in an
-    // async host call (a WASI sleep), which no epoch can interrupt.
+    // The epoch callback stops running wasm (and keeps the fuel count exact);
+    // these stop a guest parked in an async host call (a WASI sleep), which no
+    // epoch can interrupt, a few ticks later.
+    let backstop = deadline + sandbox.config().tick * 4;
     let ended: wasmtime::Result<()> = tokio::select! {
-        r = tokio::time::timeout_at(deadline.into(), call) => match r {
+        r = tokio::time::timeout_at(backstop.into(), call) => match r {
             Ok(r) => r,
             Err(_) => Err(wasmtime::Error::new(SandboxError::Timeout(timeout))),
         },
         () = cancel.cancelled() => Err(wasmtime::Error::new(SandboxError::Revoked)),
     };
     let duration = started.elapsed();
-    let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    // Compiled code keeps its fuel count in a register and writes it back at
+    // calls, so a run interrupted inside a tight loop reports the fuel used up
+    // to its last call out of wasm.
+    let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     let state = store.into_data();
     let result = match ended {
         Ok(()) => finish(state.output, state.failure),

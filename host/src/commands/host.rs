@@ -123,7 +123,10 @@ impl HostRunCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         for q in &self.queues {
             if !is_valid_queue_name(q) {
-                return Err(UsageError(format!("invalid queue name {q:?}: use 1-64 of [A-Za-z0-9_.-]")).into());
+                return Err(UsageError(format!(
+                    "invalid queue name {q:?}: use 1-64 of [A-Za-z0-9_.-]"
+                ))
+                .into());
             }
         }
         let broker_config = BrokerConfig {
@@ -138,7 +141,9 @@ impl HostRunCommand {
         let sandbox = Sandbox::new(SandboxConfig {
             limits: self.limits.limits(),
             max_module: self.limits.max_module,
-            pool_size: u32::try_from(concurrency).unwrap_or(u32::MAX).saturating_add(4),
+            pool_size: u32::try_from(concurrency)
+                .unwrap_or(u32::MAX)
+                .saturating_add(4),
             cache_dir: self.cache_dir.clone(),
             ..SandboxConfig::default()
         })?;
@@ -163,13 +168,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -183,13 +189,19 @@ pub async fn shutdown_signal() {
 /// A minimal HTTP responder for load balancers and orchestrators.
 async fn serve_health(listener: tokio::net::TcpListener, stats: Arc<WorkerStats>, stall: Duration) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
         let stats = stats.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
             let healthy = stats.healthy(stall);
-            let (status, body) = if healthy { ("200 OK", "ok\n") } else { ("503 Service Unavailable", "stalled\n") };
+            let (status, body) = if healthy {
+                ("200 OK", "ok\n")
+            } else {
+                ("503 Service Unavailable", "stalled\n")
+            };
             let reply = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()

@@ -57,7 +57,11 @@ impl ModuleCommand {
             ModuleSubcommand::Push { file, tag } => {
                 let bytes = read_module(&file)?;
                 wasq_host::inspect(&bytes, &wasq_host::SandboxConfig::default()).map_err(|e| {
-                    UsageError(format!("{} is not a valid task module: {}", file.display(), e.message))
+                    UsageError(format!(
+                        "{} is not a valid task module: {}",
+                        file.display(),
+                        e.message
+                    ))
                 })?;
                 let (hash, new) = broker.put_module(&bytes).await?;
                 if let Some(tag) = tag {
@@ -73,7 +77,12 @@ impl ModuleCommand {
                     println!("{}", serde_json::to_string(&modules)?);
                 } else {
                     for m in modules {
-                        println!("sha256:{}  {:>9} bytes  {}", m.hash, m.size, m.names.join(", "));
+                        println!(
+                            "sha256:{}  {:>9} bytes  {}",
+                            m.hash,
+                            m.size,
+                            m.names.join(", ")
+                        );
                     }
                 }
             }

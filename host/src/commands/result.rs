@@ -41,10 +41,16 @@ impl ResultCommand {
                 Err(e) => return Err(e.into()),
             }
         } else {
-            broker.status(&self.id).await?.ok_or_else(|| unknown(&self.id))?
+            broker
+                .status(&self.id)
+                .await?
+                .ok_or_else(|| unknown(&self.id))?
         };
         if !env.state.is_final() && !self.json {
-            eprintln!("call {} is {} (attempt {}); use --wait to wait for it", env.id, env.state, env.attempt);
+            eprintln!(
+                "call {} is {} (attempt {}); use --wait to wait for it",
+                env.id, env.state, env.attempt
+            );
             return Ok(ExitCode::from(EXIT_FAILED));
         }
         Ok(print_envelope(&env, self.json))
@@ -52,7 +58,10 @@ impl ResultCommand {
 }
 
 fn unknown(id: &str) -> anyhow::Error {
-    UsageError(format!("unknown call id {id} (never submitted, or its result expired)")).into()
+    UsageError(format!(
+        "unknown call id {id} (never submitted, or its result expired)"
+    ))
+    .into()
 }
 
 /// Print a call's state: queued, running, retrying, succeeded, failed, revoked.
@@ -71,7 +80,10 @@ impl StatusCommand {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let broker = self.redis.connect(BrokerConfig::default()).await?;
-        let env = broker.status(&self.id).await?.ok_or_else(|| unknown(&self.id))?;
+        let env = broker
+            .status(&self.id)
+            .await?
+            .ok_or_else(|| unknown(&self.id))?;
         if self.json {
             println!("{}", serde_json::to_string(&env)?);
         } else {

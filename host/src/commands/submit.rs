@@ -11,7 +11,9 @@ use wasq_broker::{
     is_valid_task_name, new_call_id, now_ms,
 };
 
-use super::{EXIT_FAILED, LimitsArgs, RedisArgs, UsageError, parse_secs, print_envelope, read_module};
+use super::{
+    EXIT_FAILED, LimitsArgs, RedisArgs, UsageError, parse_secs, print_envelope, read_module,
+};
 
 /// Queue a call of TASK in MODULE and print its id (or, with --wait, its result).
 #[derive(Debug, Args)]
@@ -56,7 +58,10 @@ pub struct SubmitCommand {
 }
 
 /// Resolves a module reference to a stored hash: uploads a file if needed.
-pub async fn resolve_module<B: Broker>(broker: &B, module: &str) -> anyhow::Result<Result<ModuleHash, TaskError>> {
+pub async fn resolve_module<B: Broker>(
+    broker: &B,
+    module: &str,
+) -> anyhow::Result<Result<ModuleHash, TaskError>> {
     let path = Path::new(module);
     if path.is_file() {
         let bytes = read_module(path)?;
@@ -69,7 +74,10 @@ pub async fn resolve_module<B: Broker>(broker: &B, module: &str) -> anyhow::Resu
     if module.starts_with("sha256:") {
         let hash: ModuleHash = module.parse().map_err(|e| UsageError(format!("{e}")))?;
         if !broker.has_module(&hash).await? {
-            return Ok(Err(TaskError::new(ErrorKind::ModuleNotFound, format!("no module {hash} is stored"))));
+            return Ok(Err(TaskError::new(
+                ErrorKind::ModuleNotFound,
+                format!("no module {hash} is stored"),
+            )));
         }
         return Ok(Ok(hash));
     }
@@ -90,7 +98,11 @@ pub fn parse_args(args: &str) -> anyhow::Result<Box<RawValue>> {
     let raw: Box<RawValue> = serde_json::from_str(args)
         .map_err(|e| UsageError(format!("ARGS_JSON is not valid JSON: {e}")))?;
     if !raw.get().trim_start().starts_with('[') {
-        return Err(UsageError(format!("ARGS_JSON must be a JSON array, like [4, 5]; got {}", raw.get())).into());
+        return Err(UsageError(format!(
+            "ARGS_JSON must be a JSON array, like [4, 5]; got {}",
+            raw.get()
+        ))
+        .into());
     }
     Ok(raw)
 }
@@ -124,7 +136,9 @@ impl SubmitCommand {
             retry: self.retries.map(RetryPolicy::new),
             queue: self.queue.clone(),
         };
-        broker.submit(std::slice::from_ref(&call), self.countdown).await?;
+        broker
+            .submit(std::slice::from_ref(&call), self.countdown)
+            .await?;
         if !self.wait {
             println!("{}", call.id);
             return Ok(ExitCode::SUCCESS);
@@ -132,7 +146,10 @@ impl SubmitCommand {
         match broker.wait(&call.id, self.wait_timeout).await? {
             Some(env) => Ok(print_envelope(&env, self.json)),
             None => {
-                eprintln!("error: no result for {} within the wait timeout (the call is still queued or running)", call.id);
+                eprintln!(
+                    "error: no result for {} within the wait timeout (the call is still queued or running)",
+                    call.id
+                );
                 Ok(ExitCode::from(EXIT_FAILED))
             }
         }

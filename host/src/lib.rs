@@ -11,9 +11,12 @@
 //! - `sandbox/stdio`: bounded capture of stdout and stderr.
 //! - `worker`: the loop of `wasq host run` ([`Worker`], [`WorkerConfig`]): claim,
 //!   run, publish; heartbeats, revocation checks, graceful shutdown.
+//! - `bench`: the benchmarks behind `wasq bench` and `make bench` (public as a
+//!   module: its many report types stay out of the crate root).
 
 #![deny(missing_docs)]
 
+pub mod bench;
 mod sandbox;
 mod worker;
 

@@ -1,0 +1,310 @@
+//! Sandbox benchmarks without a broker: compiling and deserializing a
+//! module, warm instantiate + call, and CPU-bound work against native code
+//! and against plain wasmtime engines with less instrumentation.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use wasq_broker::Limits;
+
+use super::native;
+use super::plain::{Instrumentation, PlainEngine};
+use super::report::{CpuBound, SandboxCost, WarmCall};
+use super::stats::{median, process_cpu};
+use crate::{Cancel, LoadedModule, Sandbox, SandboxConfig};
+
+/// A sandbox as a host builds it, with `pool_size` slots, larger args (for
+/// the sha256 benchmark) and an optional disk cache.
+///
+/// # Errors
+/// If the sandbox cannot be built.
+pub fn bench_sandbox(pool_size: u32, cache_dir: Option<&Path>) -> anyhow::Result<Sandbox> {
+    Ok(Sandbox::new(SandboxConfig {
+        limits: Limits {
+            max_args: 64 * 1024 * 1024,
+            ..Limits::default()
+        },
+        pool_size,
+        cache_dir: cache_dir.map(Path::to_path_buf),
+        ..SandboxConfig::default()
+    })?)
+}
+
+/// Loads a module into a fresh sandbox (a compile, or a read from the disk
+/// cache at `cache_dir`); returns the time `load_bytes` took.
+///
+/// # Errors
+/// If the module does not load, or did not load the expected way.
+pub async fn timed_load(
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+    expect_disk_hit: bool,
+) -> anyhow::Result<Duration> {
+    let sandbox = bench_sandbox(4, cache_dir)?;
+    let started = Instant::now();
+    sandbox
+        .load_bytes(wasm.to_vec())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load the module: {e}"))?;
+    let took = started.elapsed();
+    let stats = sandbox.cache_stats();
+    if expect_disk_hit {
+        ensure!(
+            stats.disk_hits == 1,
+            "expected a disk-cache hit, got {stats:?}"
+        );
+    } else {
+        ensure!(stats.compiled == 1, "expected a compile, got {stats:?}");
+    }
+    Ok(took)
+}
+
+/// Compile and deserialize times of `wasm` in ms, `reps` times each.
+///
+/// # Errors
+/// If loading fails or the cache directory cannot be made.
+pub async fn compile_and_deserialize(
+    wasm: &[u8],
+    reps: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let dir = scratch_dir("load")?;
+    let mut compile = Vec::new();
+    let mut deserialize = Vec::new();
+    for _ in 0..reps.max(1) {
+        let _ = std::fs::remove_dir_all(&dir);
+        compile.push(timed_load(wasm, Some(&dir), false).await?.as_secs_f64() * 1e3);
+        deserialize.push(timed_load(wasm, Some(&dir), true).await?.as_secs_f64() * 1e3);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((compile, deserialize))
+}
+
+/// A fresh directory under the system temp dir, unique to this process.
+///
+/// # Errors
+/// If it cannot be created.
+pub fn scratch_dir(what: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wasq-bench-{}-{what}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// `calls` warm runs of `task` one after another; host CPU and wall per call.
+///
+/// # Errors
+/// If a run fails or returns something else than `expected`.
+pub async fn warm_calls(
+    sandbox: &Sandbox,
+    module: &LoadedModule,
+    task: &str,
+    args: &[u8],
+    expected: &serde_json::Value,
+    calls: usize,
+) -> anyhow::Result<WarmCall> {
+    let limits = *sandbox.limits();
+    let cancel = Cancel::new();
+    // Warm up: the first instantiations fault in the pool's slots.
+    for _ in 0..100 {
+        sandbox.run(module, task, args, &limits, &cancel).await;
+    }
+    let cpu0 = process_cpu();
+    let started = Instant::now();
+    let mut failed = 0usize;
+    for _ in 0..calls {
+        let outcome = sandbox.run(module, task, args, &limits, &cancel).await;
+        match &outcome.result {
+            Ok(v) if v == expected => {}
+            Ok(v) => bail!("{task} returned {v}, expected {expected}"),
+            Err(_) => failed += 1,
+        }
+    }
+    let wall = started.elapsed();
+    let cpu = match (cpu0, process_cpu()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => wall,
+    };
+    ensure!(
+        failed == 0,
+        "{failed} of {calls} warm calls of {task} failed"
+    );
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / calls.max(1) as f64;
+    Ok(WarmCall {
+        task: task.to_string(),
+        calls,
+        cpu_us_per_call: per(cpu),
+        wall_us_per_call: per(wall),
+    })
+}
+
+/// One CPU-bound task, `reps` times on each engine, medians in ms.
+///
+/// # Errors
+/// If any run fails or disagrees with the native result.
+#[allow(clippy::too_many_arguments)]
+async fn cpu_bound(
+    wasm: &[u8],
+    sandbox: &Sandbox,
+    module: &LoadedModule,
+    label: String,
+    task: &str,
+    args: &[u8],
+    native_run: &dyn Fn() -> String,
+    accelerated: Option<&dyn Fn() -> String>,
+    reps: usize,
+) -> anyhow::Result<CpuBound> {
+    let reps = reps.max(1);
+    let time_native = |f: &dyn Fn() -> String| {
+        let mut out = String::new();
+        let samples: Vec<f64> = (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                out = f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        (median(&samples).unwrap_or(f64::NAN), out)
+    };
+    let (native_ms, expected) = time_native(native_run);
+    let native_accelerated_ms = accelerated.map(|f| time_native(f).0);
+    let expected: serde_json::Value = serde_json::from_str(&expected)?;
+
+    let limits = *sandbox.limits();
+    let cancel = Cancel::new();
+    let mut samples = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let outcome = sandbox.run(module, task, args, &limits, &cancel).await;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+        match outcome.result {
+            Ok(v) if v == expected => {}
+            Ok(v) => bail!("sandboxed {task} returned {v}, natively {expected}"),
+            Err(e) => bail!("sandboxed {task} failed: {e}"),
+        }
+    }
+    let sandbox_ms = median(&samples).unwrap_or(f64::NAN);
+
+    let mut plain = [0.0f64; 3];
+    for (slot, (fuel, epochs)) in [(false, false), (false, true), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let engine = PlainEngine::new(wasm, Instrumentation { fuel, epochs })?;
+        let mut samples = Vec::new();
+        for _ in 0..reps {
+            let (out, took) = engine.run(task, args).await?;
+            let v: serde_json::Value = serde_json::from_slice(&out)?;
+            ensure!(
+                v == expected,
+                "plain {task} returned {v}, natively {expected}"
+            );
+            samples.push(took.as_secs_f64() * 1e3);
+        }
+        plain[slot] = median(&samples).unwrap_or(f64::NAN);
+    }
+    Ok(CpuBound {
+        task: label,
+        native_ms,
+        sandbox_ms,
+        wasm_plain_ms: plain[0],
+        wasm_epochs_ms: plain[1],
+        wasm_fuel_epochs_ms: plain[2],
+        sandbox_vs_native: sandbox_ms / native_ms,
+        fuel_cost: plain[2] / plain[1],
+        epoch_cost: plain[1] / plain[0],
+        native_accelerated_ms,
+    })
+}
+
+/// What [`sandbox_cost`] runs.
+#[derive(Debug, Clone)]
+pub struct SandboxBench {
+    /// Warm calls of each task.
+    pub warm_calls: usize,
+    /// `n` of `fib(n)`.
+    pub fib_n: u32,
+    /// Bytes of text for `sha256`.
+    pub sha256_bytes: usize,
+    /// Repetitions of each CPU-bound run.
+    pub reps: usize,
+}
+
+/// Warm calls and CPU-bound work of the examples module (`examples`).
+///
+/// # Errors
+/// If the module lacks the tasks or a run fails.
+pub async fn sandbox_cost(examples: &[u8], bench: &SandboxBench) -> anyhow::Result<SandboxCost> {
+    let sandbox = bench_sandbox(16, None)?;
+    let module: Arc<LoadedModule> = sandbox
+        .load_bytes(examples.to_vec())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load the examples module: {e}"))?;
+    let warm_noop = warm_calls(
+        &sandbox,
+        &module,
+        "noop",
+        b"[]",
+        &serde_json::Value::Null,
+        bench.warm_calls,
+    )
+    .await?;
+    let warm_add = warm_calls(
+        &sandbox,
+        &module,
+        "add",
+        b"[4,5]",
+        &serde_json::json!(9),
+        bench.warm_calls,
+    )
+    .await?;
+
+    let n = bench.fib_n;
+    let fib_args = format!("[{n}]");
+    let fib = cpu_bound(
+        examples,
+        &sandbox,
+        &module,
+        format!("fib({n})"),
+        "fib",
+        fib_args.as_bytes(),
+        &|| native::fib(n).to_string(),
+        None,
+        bench.reps,
+    )
+    .await?;
+
+    // Letters only: the JSON string needs no escapes.
+    let text: String = (0..bench.sha256_bytes)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(7919) % 26) as u8))
+        .collect();
+    let sha_args = serde_json::to_vec(&[&text])?;
+    let accelerated = || {
+        use sha2::Digest;
+        let (t,): (String,) = serde_json::from_slice(&sha_args).unwrap_or_default();
+        serde_json::to_string(&hex::encode(sha2::Sha256::digest(t.as_bytes()))).unwrap_or_default()
+    };
+    let sha = cpu_bound(
+        examples,
+        &sandbox,
+        &module,
+        format!("sha256({:.1} MiB)", bench.sha256_bytes as f64 / 1048576.0),
+        "sha256",
+        &sha_args,
+        &|| native::sha256_task(&sha_args).unwrap_or_default(),
+        Some(&accelerated as &dyn Fn() -> String),
+        bench.reps,
+    )
+    .await?;
+    Ok(SandboxCost {
+        warm_noop,
+        warm_add,
+        cpu_bound: vec![fib, sha],
+    })
+}

@@ -1,0 +1,6 @@
+use wasq_guest::task;
+
+#[task]
+struct Add;
+
+fn main() {}

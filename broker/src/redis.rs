@@ -356,6 +356,7 @@ impl RedisBroker {
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
             .map_err(|e| map_err(e, &format!("cannot connect to redis at {shown}")))?;
+        broker_preflight(&conn, &shown).await?;
         let broker = Self {
             conn,
             blocking: BlockingPool {
@@ -527,7 +528,15 @@ impl RedisBroker {
         let parsed = match raw {
             None => Err("entry has no `call` field".to_string()),
             Some(raw) => serde_json::from_slice::<Call>(raw)
-                .map_err(|e| format!("`call` is not a valid call: {e}")),
+                .map_err(|e| format!("`call` is not a valid call: {e}"))
+                .and_then(|c| {
+                    // Ids become key names: only well-formed ones get that far.
+                    if is_valid_call_id(&c.id) {
+                        Ok(c)
+                    } else {
+                        Err(format!("call id {:?} is not valid", c.id))
+                    }
+                }),
         };
         match parsed {
             Err(reason) => {
@@ -606,7 +615,7 @@ impl RedisBroker {
         event: &str,
     ) -> Result<()> {
         let envelope = match envelope {
-            Some(e) => serde_json::to_string(e).map_err(|e| Error::Backend(e.to_string()))?,
+            Some(e) => serde_json::to_string(e).unwrap_or_default(),
             None => String::new(),
         };
         let op = Op::eval(&SCRIPTS.bury)
@@ -629,7 +638,11 @@ impl RedisBroker {
             .arg(queue)
             .arg(event)
             .build();
-        self.eval(op, "cannot dead-letter a queue entry").await?;
+        // The entry stays pending if this fails, so it is reclaimed and
+        // buried later: no reason to fail the claim that found it.
+        if let Err(e) = self.eval(op, "cannot dead-letter a queue entry").await {
+            warn!(queue, entry = %entry_id, cause = %e, "dead-lettering failed; will retry after the lease");
+        }
         Ok(())
     }
 
@@ -721,7 +734,10 @@ impl RedisBroker {
         // Several streams may each answer with up to `max`: hand back the surplus.
         if got.len() > max {
             for extra in got.split_off(max) {
-                self.release(&extra).await?;
+                if let Err(e) = self.release(&extra).await {
+                    // Still pending: reclaimed after the lease.
+                    warn!(call_id = %extra.call.id, cause = %e, "cannot hand back a surplus call");
+                }
             }
         }
         out.extend(got);
@@ -1426,6 +1442,51 @@ impl RedisBroker {
         }
         Ok(())
     }
+}
+
+/// The oldest Redis that has every command and option wasq uses.
+const MIN_REDIS: (u32, u32) = (7, 0);
+
+/// Loads every script (so a missing `+@scripting` permission shows at once,
+/// and the first calls need no extra round trip) and checks the server version.
+async fn broker_preflight(conn: &ConnectionManager, shown: &str) -> Result<()> {
+    let s = &*SCRIPTS;
+    let all = [
+        &s.submit,
+        &s.claim,
+        &s.start,
+        &s.complete,
+        &s.retry,
+        &s.release,
+        &s.heartbeat,
+        &s.bury,
+        &s.revoke,
+        &s.drop_consumer,
+    ];
+    let mut pipe = redis::pipe();
+    pipe.cmd("INFO").arg("server");
+    for lua in all {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(&lua.source).ignore();
+    }
+    let mut conn = conn.clone();
+    let (info,): (String,) = pipe
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| map_err(e, &format!("cannot prepare redis at {shown}")))?;
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(str::trim)
+        .unwrap_or("");
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if !version.is_empty() && found < MIN_REDIS {
+        return Err(Error::Backend(format!(
+            "redis at {shown} is version {version}; wasq needs {}.{} or newer",
+            MIN_REDIS.0, MIN_REDIS.1
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a call before it is queued.

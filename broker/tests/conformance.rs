@@ -753,11 +753,14 @@ async fn redis_garbage_entries_are_dead_lettered() {
     let mut conn = raw(&server).await;
     let stream = format!("{prefix}:{{q:default}}:stream");
     let garbage_id = new_call_id();
+    let mut bad_id = new_call(ModuleHash::of(WASM), "[]");
+    bad_id.id = "no spaces allowed".into();
     for fields in [
         vec![("foo", "bar".to_string())],
         vec![("call", "not json".to_string())],
         vec![("call", format!("{{\"id\":\"{garbage_id}\",\"bogus\":1}}"))],
         vec![("call", "[1,2]".to_string())],
+        vec![("call", serde_json::to_string(&bad_id).unwrap())],
     ] {
         let _: String = redis::cmd("XADD")
             .arg(&stream)
@@ -776,7 +779,8 @@ async fn redis_garbage_entries_are_dead_lettered() {
     assert_eq!(got[0].call.id, good.id);
 
     let dead = b.dead_letters(10).await.unwrap();
-    assert_eq!(dead.len(), 4);
+    assert_eq!(dead.len(), 5);
+    assert!(dead.iter().any(|d| d.reason.contains("is not valid")));
     assert!(dead.iter().any(|d| d.reason.contains("no `call` field")));
     assert!(dead.iter().all(|d| d.queue == "default"));
     assert_eq!(dead.iter().filter(|d| d.id == garbage_id).count(), 1);

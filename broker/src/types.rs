@@ -413,9 +413,10 @@ impl RetryPolicy {
 }
 
 /// A call as it travels through a queue. Args stay raw JSON: the host hands
-/// them to the guest as they are, without re-encoding.
+/// them to the guest as they are, without re-encoding. Unknown fields are
+/// ignored, so a newer client's calls still run on older hosts during a
+/// rolling upgrade.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Call {
     /// The call id (a ULID); also the key of its result.
     pub id: String,

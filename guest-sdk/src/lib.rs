@@ -93,8 +93,9 @@
 //! - `()`, or no return type, gives the result `null`. Such a task may set its
 //!   result itself with [`abi::output`].
 //!
-//! A result that cannot be encoded as JSON (a map with non-string keys, a float
-//! that is NaN) fails the call with kind `task_error`.
+//! A result that cannot be encoded as JSON (a map whose keys are neither strings
+//! nor numbers) fails the call with kind `task_error`. Note that serde_json
+//! encodes a non-finite float (`NaN`, `inf`) as `null`.
 //!
 //! ## Panics
 //!

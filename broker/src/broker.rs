@@ -24,7 +24,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
-use crate::types::{Call, Envelope, ModuleHash};
+use crate::ops::{Event, QueueStats, Rate, RateScope};
+use crate::types::{Call, Envelope, ModuleHash, TaskError};
 
 /// One claim of one call by one host.
 #[derive(Debug, Clone)]
@@ -59,9 +60,13 @@ pub enum StartOutcome {
 
 /// A queue entry that was taken out of circulation: garbage that is not a
 /// call, or a call whose every delivery's host died (failed as `lost`).
-/// Kept in a capped dead-letter stream for an operator to inspect.
+/// Kept in a capped dead-letter stream for an operator to inspect, retry
+/// ([`Broker::dead_retry`]) or drop ([`Broker::dead_drop`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
+    /// Its id in the dead-letter stream: what `dead_retry` and `dead_drop` take.
+    #[serde(default)]
+    pub entry_id: String,
     /// The call id, if the entry had a recognisable one; empty otherwise.
     pub id: String,
     /// The queue the entry was in.
@@ -74,6 +79,11 @@ pub struct DeadLetter {
     pub deliveries: u32,
     /// When it was dead-lettered, ms since the Unix epoch.
     pub ts_ms: u64,
+    /// The error its call was failed with when it was dead-lettered (`lost`,
+    /// or `bad_input` for garbage with a recognisable id); `None` if no
+    /// envelope was published (garbage without an id) or it is not known.
+    #[serde(default)]
+    pub error: Option<TaskError>,
 }
 
 /// What a host announces about itself.
@@ -229,8 +239,11 @@ pub trait Broker: Send + Sync + 'static {
     /// starts: its `revoked` envelope is published at once, so waiters wake,
     /// and a host that claims it later gets [`StartOutcome::Revoked`]. If
     /// running, the host running it notices (see [`Broker::is_revoked`]) and
-    /// ends it as `revoked`. Returns false if the call is unknown or already
-    /// final.
+    /// ends it as `revoked`; if its host has stopped heartbeating (its entry
+    /// idled past this broker's lease), it is revoked at once too, and the
+    /// host that reclaims it skips it. The revocation is durable (it
+    /// outlives hosts, for the result TTL). Returns false if the call is
+    /// unknown or already final.
     fn revoke(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
 
     /// Whether a call has been revoked (hosts check this while running).
@@ -325,6 +338,91 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The newest `limit` dead letters, newest first.
     fn dead_letters(&self, limit: usize) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+
+    // ---- operators -----------------------------------------------------
+
+    /// Entries of the events stream (see [`crate::EVENT_KINDS`]), oldest
+    /// first: those after stream id `after` (`"0"` for the oldest kept), or
+    /// with `after` = `None` the newest `count`. At most `count` (capped at
+    /// [`crate::MAX_EVENTS_PER_READ`]). When there are none and `block` is
+    /// given, waits up to `block` for the next ones (never polling).
+    ///
+    /// The stream is capped at about [`crate::EVENTS_CAP`] entries, so a
+    /// reader that falls far behind misses events; ids tell (they are
+    /// increasing, and the first one read is newer than `after`).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] if `after` is not an entry id; backend errors.
+    fn events(
+        &self,
+        after: Option<&str>,
+        count: usize,
+        block: Option<Duration>,
+    ) -> impl Future<Output = Result<Vec<Event>>> + Send;
+
+    /// Every known queue (submitted to, consumed by a live host, paused or
+    /// rate-limited) with its counts, limit and last-minute throughput and
+    /// latency, sorted by name. Bounded work per queue.
+    fn queue_stats(&self) -> impl Future<Output = Result<Vec<QueueStats>>> + Send;
+
+    /// Drops every call waiting in `queue` (unclaimed or delayed), publishing
+    /// a final `revoked` envelope ("purged") for each so waiters wake, and
+    /// marking it revoked so a copy elsewhere never starts. Claimed calls
+    /// (running, or held by a host) are never touched. Returns how many
+    /// entries were dropped. Calls submitted while it runs may survive it:
+    /// pause the queue first for a clean cut.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidName`] for a bad queue name; backend errors.
+    fn purge_queue(&self, queue: &str) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Pauses or resumes a queue. Hosts do not claim from a paused queue
+    /// (calls they claimed before run to the end); submitting still works,
+    /// the calls wait. Takes effect at each host's next claim.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidName`] for a bad queue name; backend errors.
+    fn set_paused(&self, queue: &str, paused: bool) -> impl Future<Output = Result<()>> + Send;
+
+    /// Puts a dead-lettered call back in its queue, as a fresh submission:
+    /// same call id (so whoever holds the id gets the new result; its `lost`
+    /// envelope is discarded), attempt 1, delivery count 1, submit time now.
+    /// The dead letter is removed. False if there is no such dead letter, or
+    /// if its call has meanwhile succeeded (the success stands and the dead
+    /// letter stays for `dead_drop`).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidCall`] if the dead letter holds no valid call
+    /// (garbage: drop it instead); [`crate::Error::InvalidArgument`] for a
+    /// malformed entry id; backend errors.
+    fn dead_retry(&self, entry_id: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes a dead letter. False if there is no such dead letter.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] for a malformed entry id; backend errors.
+    fn dead_drop(&self, entry_id: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Sets (`Some`) or removes (`None`) a global rate limit. A queue limit
+    /// caps how many calls all hosts together claim from the queue; a module
+    /// limit caps how many calls of the module start, in any queue. Calls
+    /// over a module's limit wait in their queue's delayed set until its
+    /// bucket refills, so they never hold up other modules' calls behind
+    /// them (no head-of-line blocking). Other brokers' hosts see a new module
+    /// limit within about a second.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidName`] for a bad queue name,
+    /// [`crate::Error::InvalidArgument`] for a rate that is not positive and
+    /// finite or a zero burst; backend errors.
+    fn set_rate_limit(
+        &self,
+        scope: &RateScope,
+        rate: Option<Rate>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Every rate limit set, sorted by scope.
+    fn rate_limits(&self) -> impl Future<Output = Result<Vec<(RateScope, Rate)>>> + Send;
 }
 
 /// A shared broker is a broker: hosts and clients in one process can hold
@@ -431,5 +529,38 @@ impl<B: Broker> Broker for std::sync::Arc<B> {
     }
     fn dead_letters(&self, limit: usize) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send {
         (**self).dead_letters(limit)
+    }
+    fn events(
+        &self,
+        after: Option<&str>,
+        count: usize,
+        block: Option<Duration>,
+    ) -> impl Future<Output = Result<Vec<Event>>> + Send {
+        (**self).events(after, count, block)
+    }
+    fn queue_stats(&self) -> impl Future<Output = Result<Vec<QueueStats>>> + Send {
+        (**self).queue_stats()
+    }
+    fn purge_queue(&self, queue: &str) -> impl Future<Output = Result<u64>> + Send {
+        (**self).purge_queue(queue)
+    }
+    fn set_paused(&self, queue: &str, paused: bool) -> impl Future<Output = Result<()>> + Send {
+        (**self).set_paused(queue, paused)
+    }
+    fn dead_retry(&self, entry_id: &str) -> impl Future<Output = Result<bool>> + Send {
+        (**self).dead_retry(entry_id)
+    }
+    fn dead_drop(&self, entry_id: &str) -> impl Future<Output = Result<bool>> + Send {
+        (**self).dead_drop(entry_id)
+    }
+    fn set_rate_limit(
+        &self,
+        scope: &RateScope,
+        rate: Option<Rate>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).set_rate_limit(scope, rate)
+    }
+    fn rate_limits(&self) -> impl Future<Output = Result<Vec<(RateScope, Rate)>>> + Send {
+        (**self).rate_limits()
     }
 }

@@ -36,6 +36,10 @@ pub enum Error {
     /// same one fails the same way.
     #[error("invalid call: {0}")]
     InvalidCall(String),
+    /// An argument that is malformed (an entry id that is not one, a rate
+    /// that cannot be enforced). Fix the request.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// The backend refused the request for a reason that retrying will not
     /// fix: bad credentials, missing ACL permissions, an invalid URL, a script
     /// error. The message says which.

@@ -5,6 +5,8 @@
 //! - `types`: module hashes, [`Call`], [`Limits`], the result [`Envelope`], [`ErrorKind`].
 //! - `broker`: the [`Broker`] trait, [`Delivery`], host records, [`BrokerConfig`].
 //! - `error`: [`Error`], which says whether a failure is worth retrying.
+//! - `ops`: what operators see and control: [`Event`], [`QueueStats`],
+//!   [`Rate`] limits and their [`RateScope`].
 //! - `redis`: [`RedisBroker`], the production broker (its docs have the key
 //!   layout), with its Lua scripts in `redis/*.lua`.
 //! - `local`: [`LocalBroker`], the same semantics in process memory, for the
@@ -18,6 +20,7 @@ mod broker;
 mod client;
 mod error;
 mod local;
+mod ops;
 mod redis;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -32,6 +35,10 @@ pub use client::{__doc_adder_host, __doc_adder_host_thread};
 pub use client::{BlockingClient, CallBuilder, CallError, Client, ModuleRef, encode_args};
 pub use error::{Error, Result};
 pub use local::LocalBroker;
+pub use ops::{
+    EVENT_KINDS, EVENTS_CAP, Event, LATENCY_SAMPLES, MAX_EVENTS_PER_READ, ParseRateError,
+    QueueStats, Rate, RateScope, STATS_WINDOW_MS, is_valid_entry_id,
+};
 pub use redis::RedisBroker;
 pub use types::{
     Call, CallLimits, DEFAULT_BACKOFF, DEFAULT_FUEL, DEFAULT_MAX_ARGS, DEFAULT_MAX_BACKOFF,

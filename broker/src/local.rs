@@ -8,10 +8,15 @@
 //! waiters woken by a notification, never by polling. Only durability differs:
 //! everything lives in memory and dies with the process.
 //!
+//! It records the same events (a capped in-memory stream), keeps the same
+//! queue statistics and enforces pauses and rate limits (token buckets) the
+//! same way.
+//!
 //! Time is [`tokio::time::Instant`], so tests can run it under
-//! `tokio::time::pause()` and leases expire without real waiting.
+//! `tokio::time::pause()` and leases expire without real waiting. (Event and
+//! dead-letter timestamps and latencies use the system clock, as Redis does.)
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,7 +27,13 @@ use crate::broker::{
     Broker, BrokerConfig, DeadLetter, Delivery, HostInfo, HostStats, ModuleInfo, StartOutcome,
 };
 use crate::error::{Error, Result};
-use crate::redis::{check_call, check_final, check_module_ref, new_token};
+use crate::ops::{
+    EVENTS_CAP, Event, LATENCY_SAMPLES, MAX_EVENTS_PER_READ, QueueStats, Rate, RateScope,
+    STATS_WINDOW_MS, parse_entry_id, percentile,
+};
+use crate::redis::{
+    check_call, check_entry_id, check_final, check_module_ref, check_rate, fresh_call, new_token,
+};
 use crate::types::{
     Call, Envelope, ErrorKind, ModuleHash, State, TaskError, is_valid_module_name,
     is_valid_queue_name, now_ms,
@@ -74,6 +85,8 @@ pub struct LocalBroker {
     work: Notify,
     /// Notified whenever a final result is published.
     results: Notify,
+    /// Notified whenever an event is recorded.
+    events: Notify,
 }
 
 struct Inner {
@@ -87,6 +100,39 @@ struct Inner {
     hosts: HashMap<String, HostRecord>,
     next_entry: u64,
     last_sweep: Instant,
+    events: VecDeque<Event>,
+    /// The newest stream id handed out (events and dead letters), `(ms, seq)`.
+    last_id: (u64, u64),
+    /// Queues submitted to, paused or rate-limited.
+    known: BTreeSet<String>,
+    paused: HashSet<String>,
+    buckets: BTreeMap<RateScope, Bucket>,
+}
+
+/// A token bucket of a rate limit.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    rate: Rate,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn available(&self, now: Instant) -> f64 {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.rate.per_second;
+        (self.tokens + refill).min(f64::from(self.rate.burst))
+    }
+
+    /// How long until one more whole token beyond `taken` is there.
+    fn wait(&self, now: Instant, taken: f64) -> Duration {
+        let short = (1.0 + taken - self.available(now)).max(0.0);
+        Duration::from_secs_f64(short / self.rate.per_second)
+    }
+
+    fn take(&mut self, now: Instant, n: f64) {
+        self.tokens = self.available(now) - n;
+        self.at = now;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +143,10 @@ struct Queue {
     pending: BTreeMap<u64, Pending>,
     /// Calls waiting for their due time (the sequence number keeps equal times apart).
     delayed: BTreeMap<(Instant, u64), Call>,
+    /// When final results were published, for the throughput (last minute).
+    finals: VecDeque<Instant>,
+    /// Latencies (ms) of results hosts produced, for the percentiles.
+    latencies: VecDeque<(Instant, f64)>,
 }
 
 #[derive(Debug)]
@@ -116,6 +166,49 @@ struct CallState {
     host: String,
     last: Option<Envelope>,
     expires: Option<Instant>,
+    queue: String,
+    task: String,
+    submitted_ms: u64,
+    /// The entry it runs from, while running.
+    entry: Option<u64>,
+}
+
+impl CallState {
+    fn queued(call: &Call, expires: Option<Instant>) -> Self {
+        Self {
+            state: State::Queued,
+            attempt: call.attempt,
+            token: None,
+            host: String::new(),
+            last: None,
+            expires,
+            queue: call.queue.clone(),
+            task: call.task.clone(),
+            submitted_ms: call.submitted_ms,
+            entry: None,
+        }
+    }
+}
+
+/// What an event says about a call.
+struct CallEvent<'a> {
+    kind: &'a str,
+    id: &'a str,
+    queue: &'a str,
+    task: &'a str,
+    host: &'a str,
+    error_kind: Option<ErrorKind>,
+    /// The call's submit time, for the latency of final events.
+    submitted_ms: u64,
+    /// Whether a host's run produced it (then its latency is sampled).
+    from_run: bool,
+}
+
+/// ms since the Unix epoch, with µs.
+fn now_ms_exact() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 #[derive(Debug)]
@@ -146,6 +239,25 @@ fn live(expires: Option<Instant>, now: Instant) -> bool {
     expires.is_none_or(|e| e > now)
 }
 
+/// Forgets what is older than the stats window.
+fn prune_window(q: &mut Queue, now: Instant) {
+    let window = Duration::from_millis(STATS_WINDOW_MS);
+    while q
+        .finals
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) > window)
+    {
+        q.finals.pop_front();
+    }
+    while q
+        .latencies
+        .front()
+        .is_some_and(|(t, _)| now.saturating_duration_since(*t) > window)
+    {
+        q.latencies.pop_front();
+    }
+}
+
 impl LocalBroker {
     /// An empty broker.
     pub fn new(config: BrokerConfig) -> Self {
@@ -161,10 +273,130 @@ impl LocalBroker {
                 hosts: HashMap::new(),
                 next_entry: 0,
                 last_sweep: Instant::now(),
+                events: VecDeque::new(),
+                last_id: (0, 0),
+                known: BTreeSet::new(),
+                paused: HashSet::new(),
+                buckets: BTreeMap::new(),
             }),
             config,
             work: Notify::new(),
             results: Notify::new(),
+            events: Notify::new(),
+        }
+    }
+
+    /// A fresh stream-like id, `MS-SEQ`, increasing.
+    fn next_id(inner: &mut Inner) -> String {
+        let ms = now_ms();
+        inner.last_id = if ms > inner.last_id.0 {
+            (ms, 0)
+        } else {
+            (inner.last_id.0, inner.last_id.1 + 1)
+        };
+        format!("{}-{}", inner.last_id.0, inner.last_id.1)
+    }
+
+    /// Records an event (and, for a final one, counts it in its queue's stats).
+    fn emit(&self, inner: &mut Inner, ev: CallEvent<'_>, now: Instant) {
+        let id = Self::next_id(inner);
+        let is_final = matches!(ev.kind, "succeeded" | "failed" | "revoked");
+        let latency_ms = (is_final && ev.submitted_ms > 0)
+            .then(|| (now_ms_exact() - ev.submitted_ms as f64).max(0.0));
+        if is_final && let Some(q) = inner.queues.get_mut(ev.queue) {
+            q.finals.push_back(now);
+            // Results a host produced carry their run; the others (revoked
+            // before running, lost) would only distort the latencies.
+            if ev.from_run
+                && let Some(l) = latency_ms
+            {
+                q.latencies.push_back((now, l));
+                while q.latencies.len() > LATENCY_SAMPLES {
+                    q.latencies.pop_front();
+                }
+            }
+            prune_window(q, now);
+        }
+        inner.events.push_back(Event {
+            ts_ms: parse_entry_id(&id).map_or(0, |(ms, _)| ms),
+            id,
+            kind: ev.kind.to_string(),
+            call_id: ev.id.to_string(),
+            queue: ev.queue.to_string(),
+            task: ev.task.to_string(),
+            host: ev.host.to_string(),
+            error_kind: ev.error_kind.map(|k| k.as_str().to_string()),
+            latency_ms,
+        });
+        while inner.events.len() > EVENTS_CAP {
+            inner.events.pop_front();
+        }
+        self.events.notify_waiters();
+    }
+
+    /// A host event.
+    fn emit_host(&self, inner: &mut Inner, kind: &str, host: &str, error_kind: Option<&str>) {
+        let id = Self::next_id(inner);
+        inner.events.push_back(Event {
+            ts_ms: parse_entry_id(&id).map_or(0, |(ms, _)| ms),
+            id,
+            kind: kind.to_string(),
+            call_id: String::new(),
+            queue: String::new(),
+            task: String::new(),
+            host: host.to_string(),
+            error_kind: error_kind.map(str::to_string),
+            latency_ms: None,
+        });
+        while inner.events.len() > EVENTS_CAP {
+            inner.events.pop_front();
+        }
+        self.events.notify_waiters();
+    }
+
+    /// Takes hosts whose lease lapsed out, recording `host_offline`.
+    fn reap_hosts(&self, inner: &mut Inner, now: Instant) {
+        let gone: Vec<String> = inner
+            .hosts
+            .iter()
+            .filter(|(_, h)| h.lease_until <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            inner.hosts.remove(&id);
+            self.emit_host(inner, "host_offline", &id, Some("lease_expired"));
+        }
+    }
+
+    /// Revokes a call no host holds: the flag, and unless it is final (or
+    /// running from another entry) its envelope and event.
+    fn revoke_now(&self, inner: &mut Inner, call: &Call, message: &str, now: Instant) {
+        if inner
+            .calls
+            .get(&call.id)
+            .is_some_and(|c| c.state == State::Running && live(c.expires, now))
+        {
+            return;
+        }
+        let expires = self.ttl_from(now, Duration::ZERO);
+        inner.revoked.insert(call.id.clone(), expires);
+        let mut env = Envelope::failed(&call.id, TaskError::new(ErrorKind::Revoked, message));
+        env.attempt = call.attempt;
+        if self.publish(inner, env, "", now) {
+            self.emit(
+                inner,
+                CallEvent {
+                    kind: "revoked",
+                    id: &call.id,
+                    queue: &call.queue,
+                    task: &call.task,
+                    host: "",
+                    error_kind: Some(ErrorKind::Revoked),
+                    submitted_ms: call.submitted_ms,
+                    from_run: false,
+                },
+                now,
+            );
         }
     }
 
@@ -233,10 +465,11 @@ impl LocalBroker {
         inner.results.retain(|_, r| live(r.expires, now));
         inner.calls.retain(|_, c| live(c.expires, now));
         inner.revoked.retain(|_, e| live(*e, now));
-        inner.hosts.retain(|_, h| h.lease_until > now);
+        self.reap_hosts(inner, now);
     }
 
-    fn dead_letter(&self, inner: &mut Inner, letter: DeadLetter) {
+    fn dead_letter(&self, inner: &mut Inner, mut letter: DeadLetter) {
+        letter.entry_id = Self::next_id(inner);
         inner.dead.push_back(letter);
         let cap = usize::try_from(self.config.dead_letter_cap.max(1)).unwrap_or(usize::MAX);
         while inner.dead.len() > cap {
@@ -244,8 +477,9 @@ impl LocalBroker {
         }
     }
 
-    /// One pass: promote, reclaim, read. Returns the deliveries and when the
-    /// next one could become available without a notification.
+    /// One pass: promote, then (unless paused, within the rate limits)
+    /// reclaim and read. Returns the deliveries and when the next one could
+    /// become available without a notification.
     fn claim_now(
         &self,
         inner: &mut Inner,
@@ -272,6 +506,19 @@ impl LocalBroker {
             if let Some(((due, _), _)) = q.delayed.first_key_value() {
                 earliest(*due);
             }
+            if inner.paused.contains(name) {
+                continue;
+            }
+            let scope = RateScope::Queue(name.clone());
+            let mut allowed = max - out.len();
+            if let Some(b) = inner.buckets.get(&scope) {
+                let avail = b.available(now);
+                allowed = allowed.min(avail.floor().max(0.0) as usize);
+                if avail < 1.0 {
+                    earliest(now + b.wait(now, 0.0));
+                }
+            }
+            let before = out.len();
             let idle: Vec<u64> = q
                 .pending
                 .iter()
@@ -279,7 +526,7 @@ impl LocalBroker {
                 .map(|(e, _)| *e)
                 .collect();
             for entry in idle {
-                if out.len() >= max {
+                if out.len() - before >= allowed {
                     break;
                 }
                 let p = q.pending.get_mut(&entry).expect("listed above");
@@ -302,10 +549,26 @@ impl LocalBroker {
             for p in q.pending.values() {
                 earliest(p.touched + lease);
             }
-            while out.len() < max {
+            // Calls over their module's limit wait in the delayed set, so
+            // the calls behind them go on (no head-of-line blocking).
+            let mut held: HashMap<ModuleHash, u32> = HashMap::new();
+            let mut skipped = Vec::new();
+            while out.len() - before < allowed {
                 let Some((entry, call)) = q.ready.pop_front() else {
                     break;
                 };
+                if let Some(b) = inner.buckets.get_mut(&RateScope::Module(call.module)) {
+                    if b.available(now) < 1.0 {
+                        let behind = held.entry(call.module).or_insert(0);
+                        let due = now
+                            + b.wait(now, 0.0)
+                            + Duration::from_secs_f64(f64::from(*behind) / b.rate.per_second);
+                        *behind += 1;
+                        skipped.push((due, call));
+                        continue;
+                    }
+                    b.take(now, 1.0);
+                }
                 q.pending.insert(
                     entry,
                     Pending {
@@ -323,6 +586,14 @@ impl LocalBroker {
                     deliveries: 1,
                 });
             }
+            for (due, call) in skipped {
+                inner.next_entry += 1;
+                q.delayed.insert((due, inner.next_entry), call);
+                earliest(due);
+            }
+            if let Some(b) = inner.buckets.get_mut(&scope) {
+                b.take(now, (out.len() - before) as f64);
+            }
         }
         for (queue, p) in lost {
             let reason = format!(
@@ -334,19 +605,34 @@ impl LocalBroker {
             let mut envelope =
                 Envelope::failed(p.call.id.clone(), TaskError::new(ErrorKind::Lost, &reason));
             envelope.attempt = p.call.attempt;
-            self.publish(inner, envelope, "", now);
+            let ev = |kind| CallEvent {
+                kind,
+                id: &p.call.id,
+                queue: &queue,
+                task: &p.call.task,
+                host: "",
+                error_kind: Some(ErrorKind::Lost),
+                submitted_ms: p.call.submitted_ms,
+                from_run: false,
+            };
+            if self.publish(inner, envelope, "", now) {
+                self.emit(inner, ev("failed"), now);
+            }
             let call = serde_json::to_string(&p.call).unwrap_or_default();
             self.dead_letter(
                 inner,
                 DeadLetter {
+                    entry_id: String::new(),
                     id: p.call.id.clone(),
-                    queue,
-                    reason,
+                    queue: queue.clone(),
+                    reason: reason.clone(),
                     call,
                     deliveries: p.deliveries,
                     ts_ms: now_ms(),
+                    error: Some(TaskError::new(ErrorKind::Lost, reason)),
                 },
             );
+            self.emit(inner, ev("dead"), now);
         }
         (out, next)
     }
@@ -441,16 +727,23 @@ impl Broker for LocalBroker {
                 None => q.ready.push_back((seq, call.clone())),
             }
             let expires = self.ttl_from(now, countdown.unwrap_or_default());
-            inner.calls.insert(
-                call.id.clone(),
-                CallState {
-                    state: State::Queued,
-                    attempt: call.attempt,
-                    token: None,
-                    host: String::new(),
-                    last: None,
-                    expires,
+            inner
+                .calls
+                .insert(call.id.clone(), CallState::queued(call, expires));
+            inner.known.insert(call.queue.clone());
+            self.emit(
+                &mut inner,
+                CallEvent {
+                    kind: "queued",
+                    id: &call.id,
+                    queue: &call.queue,
+                    task: &call.task,
+                    host: "",
+                    error_kind: None,
+                    submitted_ms: call.submitted_ms,
+                    from_run: false,
                 },
+                now,
             );
         }
         drop(inner);
@@ -518,15 +811,39 @@ impl Broker for LocalBroker {
             return Ok(false);
         };
         let (state, attempt) = (c.state, c.attempt);
+        let (queue, task, submitted_ms, entry) =
+            (c.queue.clone(), c.task.clone(), c.submitted_ms, c.entry);
         let expires = self.ttl_from(now, Duration::ZERO);
         inner.revoked.insert(id.to_string(), expires);
+        let mut message = None;
         if matches!(state, State::Queued | State::Retrying) {
-            let mut env = Envelope::failed(
-                id,
-                TaskError::new(ErrorKind::Revoked, "revoked before it started"),
-            );
+            message = Some("revoked before it started");
+        } else if state == State::Running
+            && let Some(p) = entry.and_then(|e| inner.queues.get(&queue)?.pending.get(&e))
+            && now.duration_since(p.touched) >= self.config.lease
+        {
+            // Its host stopped heartbeating: nobody will end it; end it now.
+            message = Some("revoked while its host was gone");
+        }
+        if let Some(message) = message {
+            let mut env = Envelope::failed(id, TaskError::new(ErrorKind::Revoked, message));
             env.attempt = attempt;
-            self.publish(&mut inner, env, "", now);
+            if self.publish(&mut inner, env, "", now) {
+                self.emit(
+                    &mut inner,
+                    CallEvent {
+                        kind: "revoked",
+                        id,
+                        queue: &queue,
+                        task: &task,
+                        host: "",
+                        error_kind: Some(ErrorKind::Revoked),
+                        submitted_ms,
+                        from_run: false,
+                    },
+                    now,
+                );
+            }
         }
         Ok(true)
     }
@@ -537,7 +854,9 @@ impl Broker for LocalBroker {
 
     async fn register_host(&self, info: &HostInfo) -> Result<()> {
         let now = Instant::now();
-        self.lock().hosts.insert(
+        let mut inner = self.lock();
+        self.emit_host(&mut inner, "host_online", &info.id, None);
+        inner.hosts.insert(
             info.id.clone(),
             HostRecord {
                 info: info.clone(),
@@ -595,11 +914,16 @@ impl Broker for LocalBroker {
                     "a running call was reclaimed by another host (this host's lease lapsed)"),
             }
         }
+        self.emit_host(&mut inner, "host_heartbeat", host_id, None);
+        self.reap_hosts(&mut inner, now);
         Ok(())
     }
 
     async fn deregister_host(&self, host_id: &str) -> Result<()> {
-        self.lock().hosts.remove(host_id);
+        let mut inner = self.lock();
+        if inner.hosts.remove(host_id).is_some() {
+            self.emit_host(&mut inner, "host_offline", host_id, None);
+        }
         Ok(())
     }
 
@@ -655,14 +979,26 @@ impl Broker for LocalBroker {
                 StartOutcome::Skip
             });
         }
+        let call = &delivery.call;
+        let ev = |kind| CallEvent {
+            kind,
+            id,
+            queue: &delivery.queue,
+            task: &call.task,
+            host: host_id,
+            error_kind: (kind == "revoked").then_some(ErrorKind::Revoked),
+            submitted_ms: call.submitted_ms,
+            from_run: false,
+        };
         if revoked {
             let mut env = Envelope::failed(
                 id.clone(),
                 TaskError::new(ErrorKind::Revoked, "revoked before it started"),
             );
-            env.attempt = delivery.call.attempt;
+            env.attempt = call.attempt;
             self.publish(&mut inner, env, &delivery.token, now);
             Self::ack(&mut inner, delivery);
+            self.emit(&mut inner, ev("revoked"), now);
             return Ok(StartOutcome::Revoked);
         }
         let expires = self.ttl_from(now, Duration::ZERO);
@@ -670,13 +1006,18 @@ impl Broker for LocalBroker {
             id.clone(),
             CallState {
                 state: State::Running,
-                attempt: delivery.call.attempt,
+                attempt: call.attempt,
                 token: Some(delivery.token.clone()),
                 host: host_id.to_string(),
                 last: None,
                 expires,
+                queue: delivery.queue.clone(),
+                task: call.task.clone(),
+                submitted_ms: call.submitted_ms,
+                entry: delivery.entry_id.parse().ok(),
             },
         );
+        self.emit(&mut inner, ev("started"), now);
         Ok(StartOutcome::Run)
     }
 
@@ -712,7 +1053,24 @@ impl Broker for LocalBroker {
                 out.push(false);
                 continue;
             }
-            out.push(self.publish(&mut inner, envelope.clone(), &d.token, now));
+            let published = self.publish(&mut inner, envelope.clone(), &d.token, now);
+            if published {
+                self.emit(
+                    &mut inner,
+                    CallEvent {
+                        kind: envelope.state.as_str(),
+                        id,
+                        queue: &d.queue,
+                        task: &d.call.task,
+                        host: &envelope.host,
+                        error_kind: envelope.error.as_ref().map(|e| e.kind),
+                        submitted_ms: d.call.submitted_ms,
+                        from_run: true,
+                    },
+                    now,
+                );
+            }
+            out.push(published);
         }
         Ok(out)
     }
@@ -749,7 +1107,25 @@ impl Broker for LocalBroker {
                 host: String::new(),
                 last: Some(last.clone()),
                 expires,
+                queue: delivery.queue.clone(),
+                task: next.task.clone(),
+                submitted_ms: next.submitted_ms,
+                entry: None,
             },
+        );
+        self.emit(
+            &mut inner,
+            CallEvent {
+                kind: "retried",
+                id,
+                queue: &delivery.queue,
+                task: &next.task,
+                host: &last.host,
+                error_kind: last.error.as_ref().map(|e| e.kind),
+                submitted_ms: next.submitted_ms,
+                from_run: false,
+            },
+            now,
         );
         drop(inner);
         // Claimers blocked now must learn about the new due time.
@@ -776,13 +1152,29 @@ impl Broker for LocalBroker {
             .or_default()
             .ready
             .push_back((seq, delivery.call.clone()));
+        let mut host = String::new();
         if let Some(c) = inner.calls.get_mut(id)
             && c.token.as_deref() == Some(delivery.token.as_str())
         {
             c.state = State::Queued;
             c.token = None;
-            c.host.clear();
+            c.entry = None;
+            host = std::mem::take(&mut c.host);
         }
+        self.emit(
+            &mut inner,
+            CallEvent {
+                kind: "released",
+                id,
+                queue: &delivery.queue,
+                task: &delivery.call.task,
+                host: &host,
+                error_kind: None,
+                submitted_ms: delivery.call.submitted_ms,
+                from_run: false,
+            },
+            now,
+        );
         drop(inner);
         self.work.notify_waiters();
         Ok(true)
@@ -791,7 +1183,7 @@ impl Broker for LocalBroker {
     async fn hosts(&self) -> Result<Vec<(HostInfo, HostStats)>> {
         let now = Instant::now();
         let mut inner = self.lock();
-        inner.hosts.retain(|_, h| h.lease_until > now);
+        self.reap_hosts(&mut inner, now);
         let mut out: Vec<(HostInfo, HostStats)> = inner
             .hosts
             .values()
@@ -803,5 +1195,236 @@ impl Broker for LocalBroker {
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         Ok(self.lock().dead.iter().rev().take(limit).cloned().collect())
+    }
+
+    async fn events(
+        &self,
+        after: Option<&str>,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Event>> {
+        let count = count.min(MAX_EVENTS_PER_READ);
+        let after = match after {
+            Some(a) => Some(parse_entry_id(a).ok_or_else(|| {
+                Error::InvalidArgument(format!("{a:?} is not an event id (MS-SEQ)"))
+            })?),
+            None => None,
+        };
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = block.map(|b| Instant::now() + b);
+        loop {
+            let notified = self.events.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let inner = self.lock();
+                let out: Vec<Event> = match after {
+                    None => {
+                        let skip = inner.events.len().saturating_sub(count);
+                        inner.events.iter().skip(skip).cloned().collect()
+                    }
+                    Some(a) => inner
+                        .events
+                        .iter()
+                        .filter(|e| parse_entry_id(&e.id).is_some_and(|id| id > a))
+                        .take(count)
+                        .cloned()
+                        .collect(),
+                };
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+            }
+            match deadline {
+                Some(d) if Instant::now() < d => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep_until(d) => {}
+                    }
+                }
+                _ => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        self.reap_hosts(&mut inner, now);
+        let mut names: BTreeSet<String> = inner.known.clone();
+        names.extend(inner.queues.keys().cloned());
+        names.extend(inner.paused.iter().cloned());
+        names.extend(inner.buckets.keys().filter_map(|s| match s {
+            RateScope::Queue(q) => Some(q.clone()),
+            RateScope::Module(_) => None,
+        }));
+        for h in inner.hosts.values() {
+            names.extend(h.info.queues.iter().cloned());
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let dead = inner.dead.iter().filter(|d| d.queue == name).count() as u64;
+            let paused = inner.paused.contains(&name);
+            let rate = inner
+                .buckets
+                .get(&RateScope::Queue(name.clone()))
+                .map(|b| b.rate);
+            let mut stats = QueueStats::empty(name.clone());
+            if let Some(q) = inner.queues.get_mut(&name) {
+                prune_window(q, now);
+                let mut samples: Vec<f64> = q.latencies.iter().map(|(_, l)| *l).collect();
+                samples.sort_by(f64::total_cmp);
+                stats.depth = q.ready.len() as u64;
+                stats.pending = q.pending.len() as u64;
+                stats.delayed = q.delayed.len() as u64;
+                stats.throughput_1m = q.finals.len() as f64 / (STATS_WINDOW_MS as f64 / 1000.0);
+                stats.p50_ms = percentile(&samples, 50.0);
+                stats.p90_ms = percentile(&samples, 90.0);
+                stats.p99_ms = percentile(&samples, 99.0);
+            }
+            stats.dead = dead;
+            stats.paused = paused;
+            stats.rate = rate;
+            out.push(stats);
+        }
+        Ok(out)
+    }
+
+    async fn purge_queue(&self, queue: &str) -> Result<u64> {
+        if !is_valid_queue_name(queue) {
+            return Err(Error::InvalidName(queue.to_string()));
+        }
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(q) = inner.queues.get_mut(queue) else {
+            return Ok(0);
+        };
+        let mut dropped: Vec<Call> = q.ready.drain(..).map(|(_, c)| c).collect();
+        dropped.extend(std::mem::take(&mut q.delayed).into_values());
+        for call in &dropped {
+            self.revoke_now(&mut inner, call, "purged", now);
+        }
+        Ok(dropped.len() as u64)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        if !is_valid_queue_name(queue) {
+            return Err(Error::InvalidName(queue.to_string()));
+        }
+        let mut inner = self.lock();
+        inner.known.insert(queue.to_string());
+        if paused {
+            inner.paused.insert(queue.to_string());
+        } else {
+            inner.paused.remove(queue);
+        }
+        drop(inner);
+        self.work.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_retry(&self, entry_id: &str) -> Result<bool> {
+        check_entry_id(entry_id)?;
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(pos) = inner.dead.iter().position(|d| d.entry_id == entry_id) else {
+            return Ok(false);
+        };
+        let call = fresh_call(&inner.dead[pos])?;
+        let live_call = inner
+            .calls
+            .get(&call.id)
+            .is_some_and(|c| live(c.expires, now));
+        let succeeded = inner
+            .results
+            .get(&call.id)
+            .is_some_and(|r| live(r.expires, now) && r.envelope.succeeded());
+        if live_call || succeeded {
+            return Ok(false);
+        }
+        inner.dead.remove(pos);
+        inner.results.remove(&call.id);
+        inner.next_entry += 1;
+        let seq = inner.next_entry;
+        inner
+            .queues
+            .entry(call.queue.clone())
+            .or_default()
+            .ready
+            .push_back((seq, call.clone()));
+        let expires = self.ttl_from(now, Duration::ZERO);
+        inner
+            .calls
+            .insert(call.id.clone(), CallState::queued(&call, expires));
+        inner.known.insert(call.queue.clone());
+        self.emit(
+            &mut inner,
+            CallEvent {
+                kind: "queued",
+                id: &call.id,
+                queue: &call.queue,
+                task: &call.task,
+                host: "",
+                error_kind: None,
+                submitted_ms: call.submitted_ms,
+                from_run: false,
+            },
+            now,
+        );
+        drop(inner);
+        self.work.notify_waiters();
+        Ok(true)
+    }
+
+    async fn dead_drop(&self, entry_id: &str) -> Result<bool> {
+        check_entry_id(entry_id)?;
+        let mut inner = self.lock();
+        let before = inner.dead.len();
+        inner.dead.retain(|d| d.entry_id != entry_id);
+        Ok(inner.dead.len() < before)
+    }
+
+    async fn set_rate_limit(&self, scope: &RateScope, rate: Option<Rate>) -> Result<()> {
+        check_rate(scope, rate.as_ref())?;
+        let now = Instant::now();
+        let mut inner = self.lock();
+        match rate {
+            None => {
+                inner.buckets.remove(scope);
+            }
+            Some(rate) => {
+                // A new limit starts full; a changed one keeps its tokens.
+                let tokens = inner
+                    .buckets
+                    .get(scope)
+                    .map_or(f64::from(rate.burst), |b| b.available(now))
+                    .min(f64::from(rate.burst));
+                inner.buckets.insert(
+                    scope.clone(),
+                    Bucket {
+                        rate,
+                        tokens,
+                        at: now,
+                    },
+                );
+                if let RateScope::Queue(q) = scope {
+                    inner.known.insert(q.clone());
+                }
+            }
+        }
+        drop(inner);
+        self.work.notify_waiters();
+        Ok(())
+    }
+
+    async fn rate_limits(&self) -> Result<Vec<(RateScope, Rate)>> {
+        Ok(self
+            .lock()
+            .buckets
+            .iter()
+            .map(|(s, b)| (s.clone(), b.rate))
+            .collect())
     }
 }

@@ -20,8 +20,16 @@
 //! | `P:revoked:ID` | string | `1` when the call was revoked | TTL: result TTL |
 //! | `P:host:ID` | hash | `info`, `stats` (JSON) of a live host | TTL: the lease, renewed by heartbeats |
 //! | `P:hosts` | sorted set | host ids scored by when their record can go | trimmed on every heartbeat and listing |
-//! | `P:dead` | stream | dead letters: `entry`, `queue`, `id`, `reason`, `call`, `deliveries`, `ts` | `MAXLEN ~` dead-letter cap |
-//! | `P:events` | stream | `type`, `id`, `queue`, `task`, `host`, `ts` of every transition | `MAXLEN ~ 10000` |
+//! | `P:dead` | stream | dead letters: `entry`, `queue`, `id`, `reason`, `call`, `deliveries`, `ts`, `error` (kind) | the dead-letter cap, exactly |
+//! | `P:dead:counts` | hash | queue → its dead letters in `P:dead` | the queues |
+//! | `P:events` | stream | `type`, `id`, `queue`, `task`, `host`, `ts`, `error`, `latency` of every transition ([`crate::EVENT_KINDS`]) | `MAXLEN ~ 10000` |
+//! | `P:queues` | set | every queue submitted to, paused or rate-limited | the operator |
+//! | `P:{q:NAME}:paused` | string | `1` while the queue is paused | `wasq queue resume` |
+//! | `P:{q:NAME}:rate` | hash | the queue's token bucket: `rate` (per s), `burst`, `tokens`, `ts` | one per limit |
+//! | `P:rate:module:HEX` | hash | a module's token bucket, the same fields | one per limit |
+//! | `P:rates` | hash | `queue:NAME` / `module:HEX` → `PER_SECOND:BURST`: every limit set | the operator |
+//! | `P:{q:NAME}:done` | hash | final results per second (field: the second) | fields older than 2 minutes are pruned; TTL 3 minutes |
+//! | `P:{q:NAME}:latency` | stream | `ms`: submission-to-result latency of calls hosts finished | `MAXLEN ~ 1000`; TTL 3 minutes |
 //!
 //! # How a call moves
 //!
@@ -46,6 +54,34 @@
 //! waiter checks for the result, then `XREAD BLOCK`s on that stream from id 0.
 //! `XREAD` does not consume, so every waiter wakes, and an entry added between
 //! the check and the block is seen at once.
+//!
+//! # Pauses and rate limits
+//!
+//! The claim script does not read from a paused queue (it still promotes its
+//! due delayed calls, so they are waiting when the queue resumes) and reads at
+//! most as many entries as the queue's token bucket holds, taking one token
+//! per call it hands out; buckets refill on the Redis clock (`TIME`), so the
+//! limit holds across any number of hosts. A call whose module is over its
+//! limit is acknowledged and parked in the queue's delayed set, due when the
+//! module's bucket will have a token for it (the k-th held back waits k
+//! refills more): other modules' calls behind it are read on in the same
+//! pass, so a throttled module never blocks a queue (no head-of-line
+//! blocking), at the price of its calls losing their place in line. Entries
+//! reclaimed from dead hosts count against the queue's limit but not their
+//! module's (they were admitted once). The blocking `XREADGROUP` only covers
+//! queues that are neither paused nor out of tokens, and what it hands out
+//! goes through the same checks (`admit.lua`) before a host sees it: a pause
+//! that lands while a host blocks still holds. Hosts learn which modules are
+//! limited from `P:rates` at most a second late.
+//!
+//! # Statistics and events
+//!
+//! Every script that ends a call counts it in `P:{q:NAME}:done` (per second)
+//! and, for results hosts produced, records its latency in
+//! `P:{q:NAME}:latency`; `queue_stats` reads both, and a queue's counts, in
+//! one script per queue, so its cost is bounded by the window, not by the
+//! traffic. Every transition also appends to `P:events`, which
+//! [`Broker::events`] reads with `XREAD` (blocking on a connection of its own).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
@@ -60,6 +96,10 @@ use crate::broker::{
     Broker, BrokerConfig, DeadLetter, Delivery, HostInfo, HostStats, ModuleInfo, StartOutcome,
 };
 use crate::error::{Error, Result};
+use crate::ops::{
+    Event, MAX_EVENTS_PER_READ, QueueStats, Rate, RateScope, STATS_WINDOW_MS, decode_rate,
+    encode_rate, is_valid_entry_id,
+};
 use crate::types::{
     Call, Envelope, ErrorKind, ModuleHash, State, TaskError, is_valid_call_id,
     is_valid_module_name, is_valid_queue_name, is_valid_task_name, now_ms,
@@ -88,6 +128,10 @@ const BLOCKING_POOL: usize = 16;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a broker re-reads which modules are rate-limited.
+const MODULE_LIMITS_REFRESH: Duration = Duration::from_secs(1);
+/// Entries one purge round trip handles.
+const PURGE_BATCH: usize = 256;
 
 /// A Lua script: `common.lua` followed by the script's own body.
 struct Lua {
@@ -118,6 +162,13 @@ struct Scripts {
     bury: Lua,
     revoke: Lua,
     drop_consumer: Lua,
+    admit: Lua,
+    set_rate: Lua,
+    stats: Lua,
+    purge: Lua,
+    dead_retry: Lua,
+    dead_drop: Lua,
+    host_gone: Lua,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -131,6 +182,13 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     bury: Lua::new("bury", include_str!("redis/bury.lua")),
     revoke: Lua::new("revoke", include_str!("redis/revoke.lua")),
     drop_consumer: Lua::new("drop_consumer", include_str!("redis/drop_consumer.lua")),
+    admit: Lua::new("admit", include_str!("redis/admit.lua")),
+    set_rate: Lua::new("set_rate", include_str!("redis/set_rate.lua")),
+    stats: Lua::new("stats", include_str!("redis/stats.lua")),
+    purge: Lua::new("purge", include_str!("redis/purge.lua")),
+    dead_retry: Lua::new("dead_retry", include_str!("redis/dead_retry.lua")),
+    dead_drop: Lua::new("dead_drop", include_str!("redis/dead_drop.lua")),
+    host_gone: Lua::new("host_gone", include_str!("redis/host_gone.lua")),
 });
 
 /// One command of a pipeline; scripts remember which script they run so a
@@ -238,6 +296,30 @@ impl Keys {
     fn events(&self) -> String {
         format!("{}:events", self.prefix)
     }
+    fn dead_counts(&self) -> String {
+        format!("{}:dead:counts", self.prefix)
+    }
+    fn queues(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+    fn paused(&self, queue: &str) -> String {
+        format!("{}:{{q:{queue}}}:paused", self.prefix)
+    }
+    fn done(&self, queue: &str) -> String {
+        format!("{}:{{q:{queue}}}:done", self.prefix)
+    }
+    fn latency(&self, queue: &str) -> String {
+        format!("{}:{{q:{queue}}}:latency", self.prefix)
+    }
+    fn rates(&self) -> String {
+        format!("{}:rates", self.prefix)
+    }
+    fn bucket(&self, scope: &RateScope) -> String {
+        match scope {
+            RateScope::Queue(q) => format!("{}:{{q:{q}}}:rate", self.prefix),
+            RateScope::Module(m) => format!("{}:rate:module:{}", self.prefix, m.to_hex()),
+        }
+    }
 }
 
 /// Connections for blocking commands (`XREADGROUP BLOCK`, `XREAD BLOCK`),
@@ -320,6 +402,10 @@ pub struct RedisBroker {
     /// When this broker last reclaimed idle entries and collected consumers.
     last_reclaim: Mutex<Option<Instant>>,
     last_gc: Mutex<Option<Instant>>,
+    /// When a heartbeat last looked for hosts whose lease lapsed.
+    last_reap: Mutex<Option<Instant>>,
+    /// The rate-limited modules, as last read from `P:rates`, and when.
+    module_limits: Mutex<(Option<Instant>, Vec<ModuleHash>)>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -371,6 +457,8 @@ impl RedisBroker {
             registered: Mutex::new(HashMap::new()),
             last_reclaim: Mutex::new(None),
             last_gc: Mutex::new(None),
+            last_reap: Mutex::new(None),
+            module_limits: Mutex::new((None, Vec::new())),
         };
         Ok(broker)
     }
@@ -563,7 +651,7 @@ impl RedisBroker {
                     &kept,
                     id.as_deref().unwrap_or(""),
                     envelope.as_ref(),
-                    "dead",
+                    None,
                 )
                 .await
             }
@@ -585,7 +673,7 @@ impl RedisBroker {
                     &raw,
                     &call.id,
                     Some(&envelope),
-                    "lost",
+                    Some(&call),
                 )
                 .await
             }
@@ -612,8 +700,11 @@ impl RedisBroker {
         raw: &str,
         id: &str,
         envelope: Option<&Envelope>,
-        event: &str,
+        call: Option<&Call>,
     ) -> Result<()> {
+        let kind = envelope
+            .and_then(|e| e.error.as_ref())
+            .map_or("", |e| e.kind.as_str());
         let envelope = match envelope {
             Some(e) => serde_json::to_string(e).unwrap_or_default(),
             None => String::new(),
@@ -625,6 +716,8 @@ impl RedisBroker {
             .key(self.keys.call(id))
             .key(self.keys.wake(id))
             .key(self.keys.events())
+            .key(self.keys.dead_counts())
+            .key(self.keys.done(queue))
             .arg(entry_id)
             .arg(deliveries)
             .arg(reason)
@@ -636,7 +729,9 @@ impl RedisBroker {
             .arg(self.config.dead_letter_cap.max(1))
             .arg(id)
             .arg(queue)
-            .arg(event)
+            .arg(kind)
+            .arg(call.map_or("", |c| c.task.as_str()))
+            .arg(call.map_or(0, |c| c.submitted_ms))
             .build();
         // The entry stays pending if this fails, so it is reclaimed and
         // buried later: no reason to fail the claim that found it.
@@ -646,8 +741,52 @@ impl RedisBroker {
         Ok(())
     }
 
+    /// The queue's pause flag and rate buckets, then the limited modules'
+    /// buckets: the leading keys of `claim.lua` and `admit.lua`.
+    fn limit_keys(&self, queue: &str, modules: &[ModuleHash]) -> Vec<String> {
+        let mut keys = vec![
+            self.keys.stream(queue),
+            self.keys.delayed(queue),
+            self.keys.paused(queue),
+            self.keys.bucket(&RateScope::Queue(queue.to_string())),
+        ];
+        keys.extend(
+            modules
+                .iter()
+                .map(|m| self.keys.bucket(&RateScope::Module(*m))),
+        );
+        keys
+    }
+
+    /// The rate-limited modules, re-read from the registry at most once a second.
+    async fn limited_modules(&self) -> Result<Vec<ModuleHash>> {
+        {
+            let cache = lock(&self.module_limits);
+            if let (Some(at), list) = &*cache
+                && at.elapsed() < MODULE_LIMITS_REFRESH
+            {
+                return Ok(list.clone());
+            }
+        }
+        let mut cmd = redis::cmd("HKEYS");
+        cmd.arg(self.keys.rates());
+        let fields: Vec<String> = self.query(&cmd, "cannot read the rate limits").await?;
+        let list: Vec<ModuleHash> = fields
+            .iter()
+            .filter_map(|f| match RateScope::from_key(f) {
+                Some(RateScope::Module(m)) => Some(m),
+                _ => None,
+            })
+            .collect();
+        *lock(&self.module_limits) = (Some(Instant::now()), list.clone());
+        Ok(list)
+    }
+
     /// One non-blocking pass over one queue: promote, reclaim, read.
-    /// Returns the time until its next delayed call is due.
+    /// Returns the time until it is worth another pass without a new entry
+    /// (a delayed call due, a bucket refilled), and whether a blocking read
+    /// may hand out its new entries now (not paused, tokens left).
+    #[allow(clippy::too_many_arguments)]
     async fn claim_queue(
         &self,
         host_id: &str,
@@ -655,11 +794,14 @@ impl RedisBroker {
         want: usize,
         reclaim: bool,
         gc: bool,
+        modules: &[ModuleHash],
         out: &mut Vec<Delivery>,
-    ) -> Result<Option<Duration>> {
-        let op = Op::eval(&SCRIPTS.claim)
-            .key(self.keys.stream(queue))
-            .key(self.keys.delayed(queue))
+    ) -> Result<(Option<Duration>, bool)> {
+        let mut op = Op::eval(&SCRIPTS.claim);
+        for key in self.limit_keys(queue, modules) {
+            op = op.key(key);
+        }
+        let mut op = op
             .arg(host_id)
             .arg(want)
             .arg(self.config.lease.as_millis().max(1) as u64)
@@ -669,9 +811,11 @@ impl RedisBroker {
                 self.consumer_gc_idle().as_millis() as u64
             } else {
                 0
-            })
-            .build();
-        let reply = self.eval(op, "cannot claim calls").await?;
+            });
+        for m in modules {
+            op = op.arg(m.to_hex());
+        }
+        let reply = self.eval(op.build(), "cannot claim calls").await?;
         let bad = || Error::Malformed("unexpected reply of the claim script".into());
         let parts = as_array(&reply).ok_or_else(bad)?;
         let next_due = parts.first().and_then(as_int).ok_or_else(bad)?;
@@ -685,7 +829,45 @@ impl RedisBroker {
             self.accept_entry(queue, id, fields, deliveries, out)
                 .await?;
         }
-        Ok(u64::try_from(next_due).ok().map(Duration::from_millis))
+        let blockable = parts.get(2).and_then(as_int) == Some(1);
+        Ok((
+            u64::try_from(next_due).ok().map(Duration::from_millis),
+            blockable,
+        ))
+    }
+
+    /// Runs the admission checks (pause, rate limits) over entries a
+    /// blocking read handed out; returns those admitted.
+    async fn admit(
+        &self,
+        queue: &str,
+        modules: &[ModuleHash],
+        entries: reply::Entries,
+    ) -> Result<reply::Entries> {
+        if entries.is_empty() {
+            return Ok(entries);
+        }
+        let mut op = Op::eval(&SCRIPTS.admit);
+        for key in self.limit_keys(queue, modules) {
+            op = op.key(key);
+        }
+        op = op.arg(modules.len());
+        for m in modules {
+            op = op.arg(m.to_hex());
+        }
+        for (id, _) in &entries {
+            op = op.arg(id);
+        }
+        let reply = self.eval(op.build(), "cannot admit claimed calls").await?;
+        let admitted: HashSet<String> = as_array(&reply)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(as_string)
+            .collect();
+        Ok(entries
+            .into_iter()
+            .filter(|(id, _)| admitted.contains(id))
+            .collect())
     }
 
     /// Blocks in `XREADGROUP` on all queues for new entries.
@@ -695,6 +877,7 @@ impl RedisBroker {
         queues: &[String],
         max: usize,
         block: Duration,
+        modules: &[ModuleHash],
         out: &mut Vec<Delivery>,
     ) -> Result<()> {
         let block_ms = block.as_millis().max(1) as u64;
@@ -727,7 +910,8 @@ impl RedisBroker {
             let Some(queue) = by_key.get(&key) else {
                 continue;
             };
-            for (id, fields) in entries {
+            // If this fails the entries stay pending and are reclaimed after the lease.
+            for (id, fields) in self.admit(queue, modules, entries).await? {
                 self.accept_entry(queue, id, fields, 1, &mut got).await?;
             }
         }
@@ -941,6 +1125,7 @@ impl Broker for RedisBroker {
                     .key(self.keys.delayed(&call.queue))
                     .key(self.keys.call(&call.id))
                     .key(self.keys.events())
+                    .key(self.keys.queues())
                     .arg(json)
                     .arg(&call.id)
                     .arg(&call.queue)
@@ -948,6 +1133,7 @@ impl Broker for RedisBroker {
                     .arg(self.state_ttl_ms(countdown.unwrap_or_default()))
                     .arg(countdown_ms)
                     .arg(&call.task)
+                    .arg(call.submitted_ms)
                     .build(),
             );
         }
@@ -1017,19 +1203,34 @@ impl Broker for RedisBroker {
         if !is_valid_call_id(id) {
             return Ok(false);
         }
-        let op = Op::eval(&SCRIPTS.revoke)
-            .key(self.keys.call(id))
-            .key(self.keys.result(id))
-            .key(self.keys.revoked(id))
-            .key(self.keys.wake(id))
-            .key(self.keys.events())
-            .arg(id)
-            .arg(self.result_ttl_ms())
-            .arg(self.marker_ttl_ms())
-            .arg(WAKE_TTL.as_millis() as u64)
-            .build();
-        let reply = self.eval(op, "cannot revoke a call").await?;
-        Ok(as_int(&reply) == Some(1))
+        // The script needs the call's queue keys; a call's queue never
+        // changes, so reading it first only races with the call's creation.
+        for _ in 0..3 {
+            let mut cmd = redis::cmd("HGET");
+            cmd.arg(self.keys.call(id)).arg("queue");
+            let queue: Option<String> = self.query(&cmd, "cannot revoke a call").await?;
+            let queue = queue.unwrap_or_default();
+            let op = Op::eval(&SCRIPTS.revoke)
+                .key(self.keys.call(id))
+                .key(self.keys.result(id))
+                .key(self.keys.revoked(id))
+                .key(self.keys.wake(id))
+                .key(self.keys.events())
+                .key(self.keys.done(&queue))
+                .key(self.keys.stream(&queue))
+                .arg(id)
+                .arg(self.result_ttl_ms())
+                .arg(self.marker_ttl_ms())
+                .arg(WAKE_TTL.as_millis() as u64)
+                .arg(&queue)
+                .arg(self.config.lease.as_millis().max(1) as u64)
+                .build();
+            match as_int(&self.eval(op, "cannot revoke a call").await?) {
+                Some(-1) => continue,
+                r => return Ok(r == Some(1)),
+            }
+        }
+        Err(Error::Malformed(format!("call {id} keeps changing queues")))
     }
 
     async fn is_revoked(&self, id: &str) -> Result<bool> {
@@ -1048,7 +1249,12 @@ impl Broker for RedisBroker {
             heartbeat_ms: now_ms(),
             ..HostStats::default()
         };
-        self.write_host(&info.id, Some(info), &stats).await
+        let mut ops = self.host_record_ops(&info.id, Some(info), &stats)?;
+        ops.push(self.host_event_op("host_online", &info.id));
+        for r in self.pipeline(&ops, "cannot register a host").await? {
+            r?;
+        }
+        Ok(())
     }
 
     async fn heartbeat(
@@ -1059,6 +1265,7 @@ impl Broker for RedisBroker {
     ) -> Result<()> {
         let info = lock(&self.registered).get(host_id).cloned();
         let mut ops = self.host_record_ops(host_id, info.as_ref(), stats)?;
+        ops.push(self.host_event_op("host_heartbeat", host_id));
         let mut by_queue: BTreeMap<&str, Vec<&Delivery>> = BTreeMap::new();
         for d in running {
             by_queue.entry(d.queue.as_str()).or_default().push(d);
@@ -1082,16 +1289,18 @@ impl Broker for RedisBroker {
                 }
             }
         }
+        // Now and then, record the hosts that died (their lease lapsed).
+        if Self::take_turn(&self.last_reap, self.config.lease)
+            && let Err(e) = self.reap_hosts().await
+        {
+            debug!(cause = %e, "cannot look for dead hosts");
+        }
         Ok(())
     }
 
     async fn deregister_host(&self, host_id: &str) -> Result<()> {
         let info = lock(&self.registered).remove(host_id);
-        let mut del = redis::cmd("DEL");
-        del.arg(self.keys.host(host_id));
-        let mut zrem = redis::cmd("ZREM");
-        zrem.arg(self.keys.hosts()).arg(host_id);
-        let mut ops = vec![Op::cmd(del), Op::cmd(zrem)];
+        let mut ops = vec![self.host_gone_op(host_id, "clean")];
         for q in info.map(|i| i.queues).unwrap_or_default() {
             if is_valid_queue_name(&q) {
                 ops.push(
@@ -1132,21 +1341,26 @@ impl Broker for RedisBroker {
         let deadline = Instant::now() + block;
         let mut out = Vec::new();
         loop {
+            let modules = self.limited_modules().await?;
             let reclaim = Self::take_turn(&self.last_reclaim, self.reclaim_interval());
             let gc = reclaim && Self::take_turn(&self.last_gc, self.consumer_gc_idle() / 10);
             let mut next_due: Option<Duration> = None;
+            let mut blockable = Vec::new();
             for q in &queues {
                 let want = max - out.len();
                 if want == 0 {
                     break;
                 }
-                let due = self
-                    .claim_queue(host_id, q, want, reclaim, gc, &mut out)
+                let (due, open) = self
+                    .claim_queue(host_id, q, want, reclaim, gc, &modules, &mut out)
                     .await?;
                 next_due = match (next_due, due) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                if open {
+                    blockable.push(q.clone());
+                }
             }
             if !out.is_empty() {
                 return Ok(out);
@@ -1164,7 +1378,12 @@ impl Broker for RedisBroker {
             if let Some(due) = next_due {
                 wait = wait.min(due.max(Duration::from_millis(1)));
             }
-            self.block_for_new(host_id, &queues, max, wait, &mut out)
+            if blockable.is_empty() {
+                // Paused or out of tokens everywhere: nothing to block on.
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            self.block_for_new(host_id, &blockable, max, wait, &modules, &mut out)
                 .await?;
             if !out.is_empty() {
                 return Ok(out);
@@ -1181,6 +1400,7 @@ impl Broker for RedisBroker {
             .key(self.keys.revoked(&call.id))
             .key(self.keys.wake(&call.id))
             .key(self.keys.events())
+            .key(self.keys.done(&delivery.queue))
             .arg(&delivery.entry_id)
             .arg(delivery.deliveries)
             .arg(&delivery.token)
@@ -1192,6 +1412,7 @@ impl Broker for RedisBroker {
             .arg(WAKE_TTL.as_millis() as u64)
             .arg(&call.id)
             .arg(&call.task)
+            .arg(call.submitted_ms)
             .build();
         let reply = self.eval(op, "cannot start a call").await?;
         match as_string(&reply).as_deref() {
@@ -1222,6 +1443,8 @@ impl Broker for RedisBroker {
                     .key(self.keys.result(&call.id))
                     .key(self.keys.wake(&call.id))
                     .key(self.keys.events())
+                    .key(self.keys.done(&delivery.queue))
+                    .key(self.keys.latency(&delivery.queue))
                     .arg(&delivery.entry_id)
                     .arg(delivery.deliveries)
                     .arg(&delivery.token)
@@ -1234,6 +1457,8 @@ impl Broker for RedisBroker {
                     .arg(&delivery.queue)
                     .arg(&envelope.host)
                     .arg(&call.task)
+                    .arg(envelope.error.as_ref().map_or("", |e| e.kind.as_str()))
+                    .arg(call.submitted_ms)
                     .build(),
             );
         }
@@ -1278,6 +1503,7 @@ impl Broker for RedisBroker {
             .arg(&delivery.queue)
             .arg(&last.host)
             .arg(&call.task)
+            .arg(last.error.as_ref().map_or("", |e| e.kind.as_str()))
             .build();
         let reply = self.eval(op, "cannot schedule a retry").await?;
         Ok(as_int(&reply) == Some(1))
@@ -1297,12 +1523,14 @@ impl Broker for RedisBroker {
             .arg(json)
             .arg(&call.id)
             .arg(&delivery.queue)
+            .arg(&call.task)
             .build();
         let reply = self.eval(op, "cannot release a call").await?;
         Ok(as_int(&reply) == Some(1))
     }
 
     async fn hosts(&self) -> Result<Vec<(HostInfo, HostStats)>> {
+        self.reap_hosts().await?;
         let mut trim = redis::cmd("ZREMRANGEBYSCORE");
         trim.arg(self.keys.hosts()).arg("-inf").arg(now_ms());
         let mut range = redis::cmd("ZRANGE");
@@ -1364,35 +1592,405 @@ impl Broker for RedisBroker {
             .arg("COUNT")
             .arg(limit);
         let reply: Value = self.query(&cmd, "cannot read dead letters").await?;
-        let mut out = Vec::new();
-        for e in as_array(&reply).unwrap_or_default() {
-            let Some(parts) = as_array(e) else { continue };
-            let fields: HashMap<String, Vec<u8>> = parts
-                .get(1)
-                .map(reply::fields)
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            let text = |f: &str| {
-                fields
-                    .get(f)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
+        Ok(as_array(&reply)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(dead_letter_of)
+            .collect())
+    }
+
+    async fn events(
+        &self,
+        after: Option<&str>,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Event>> {
+        let count = count.min(MAX_EVENTS_PER_READ);
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let start = match after {
+            Some(a) if is_valid_entry_id(a) => a.to_string(),
+            Some(a) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{a:?} is not an event id (MS-SEQ)"
+                )));
+            }
+            None => {
+                let mut cmd = redis::cmd("XREVRANGE");
+                cmd.arg(self.keys.events())
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(count);
+                let reply: Value = self.query(&cmd, "cannot read events").await?;
+                let mut newest: Vec<Event> = as_array(&reply)
                     .unwrap_or_default()
+                    .iter()
+                    .filter_map(|e| {
+                        let e = as_array(e)?;
+                        Some(event_of(
+                            &as_string(e.first()?)?,
+                            e.get(1).map(reply::fields).unwrap_or_default(),
+                        ))
+                    })
+                    .collect();
+                if !newest.is_empty() || block.is_none() {
+                    newest.reverse();
+                    return Ok(newest);
+                }
+                // Nothing yet: whatever comes is after the (empty) start.
+                "0-0".to_string()
+            }
+        };
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(count);
+        let block = block.filter(|b| !b.is_zero());
+        if let Some(b) = block {
+            cmd.arg("BLOCK").arg(b.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(self.keys.events()).arg(start);
+        let reply = match block {
+            Some(b) => self
+                .blocking
+                .query(&cmd, b)
+                .await
+                .map_err(|e| self.err(e, "cannot read events"))?,
+            None => self.query(&cmd, "cannot read events").await?,
+        };
+        Ok(stream_entries(&reply)
+            .ok_or_else(|| Error::Malformed("unexpected reply of XREAD".into()))?
+            .into_iter()
+            .flat_map(|(_, entries)| entries)
+            .map(|(id, fields)| event_of(&id, fields))
+            .collect())
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
+        let mut members = redis::cmd("SMEMBERS");
+        members.arg(self.keys.queues());
+        let mut names: Vec<String> = self.query(&members, "cannot list queues").await?;
+        for (scope, _) in self.rate_limits().await? {
+            if let RateScope::Queue(q) = scope {
+                names.push(q);
+            }
+        }
+        for (info, _) in self.hosts().await? {
+            names.extend(info.queues);
+        }
+        let names: std::collections::BTreeSet<String> = names
+            .into_iter()
+            .filter(|q| is_valid_queue_name(q))
+            .collect();
+        let ops: Vec<Op> = names
+            .iter()
+            .map(|q| {
+                Op::eval(&SCRIPTS.stats)
+                    .key(self.keys.stream(q))
+                    .key(self.keys.delayed(q))
+                    .key(self.keys.paused(q))
+                    .key(self.keys.bucket(&RateScope::Queue(q.clone())))
+                    .key(self.keys.done(q))
+                    .key(self.keys.latency(q))
+                    .key(self.keys.dead_counts())
+                    .key(self.keys.dead())
+                    .arg(q)
+                    .arg(STATS_WINDOW_MS)
+                    .arg(crate::ops::LATENCY_SAMPLES)
+                    .build()
+            })
+            .collect();
+        let replies = self.pipeline(&ops, "cannot read queue stats").await?;
+        let mut out = Vec::with_capacity(names.len());
+        for (q, r) in names.into_iter().zip(replies) {
+            let v = r?;
+            let parts = as_array(&v).unwrap_or_default();
+            let int = |i: usize| {
+                parts
+                    .get(i)
+                    .and_then(as_int)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0)
             };
-            out.push(DeadLetter {
-                id: text("id"),
-                queue: text("queue"),
-                reason: text("reason"),
-                call: text("call"),
-                deliveries: text("deliveries").parse().unwrap_or(0),
-                ts_ms: text("ts").parse().unwrap_or(0),
+            let float = |i: usize| {
+                parts
+                    .get(i)
+                    .and_then(as_string)
+                    .and_then(|s| s.parse::<f64>().ok())
+            };
+            let (len, pending) = (int(0), int(1));
+            let rate = match (float(4), float(5)) {
+                (Some(per_second), Some(burst)) => Some(Rate {
+                    per_second,
+                    burst: burst as u32,
+                })
+                .filter(Rate::is_valid),
+                _ => None,
+            };
+            out.push(QueueStats {
+                queue: q,
+                depth: len.saturating_sub(pending),
+                pending,
+                delayed: int(2),
+                paused: int(3) == 1,
+                rate,
+                throughput_1m: int(6) as f64 / (STATS_WINDOW_MS as f64 / 1000.0),
+                dead: int(7),
+                p50_ms: float(8),
+                p90_ms: float(9),
+                p99_ms: float(10),
             });
         }
+        Ok(out)
+    }
+
+    async fn purge_queue(&self, queue: &str) -> Result<u64> {
+        if !is_valid_queue_name(queue) {
+            return Err(Error::InvalidName(queue.to_string()));
+        }
+        const WHAT: &str = "cannot purge a queue";
+        let stream = self.keys.stream(queue);
+        let mut purged = 0;
+        // Waiting entries: after the group's last delivered id, up to the
+        // newest entry now (calls submitted meanwhile may stay).
+        let mut newest = redis::cmd("XREVRANGE");
+        newest.arg(&stream).arg("+").arg("-").arg("COUNT").arg(1);
+        let mut groups = redis::cmd("XINFO");
+        groups.arg("GROUPS").arg(&stream);
+        let mut replies = self
+            .pipeline(&[Op::cmd(newest), Op::cmd(groups)], WHAT)
+            .await?
+            .into_iter();
+        let newest = replies.next().expect("two replies")?;
+        let newest = as_array(&newest)
+            .and_then(|a| a.first())
+            .and_then(as_array)
+            .and_then(|e| e.first())
+            .and_then(as_string);
+        // No group yet (nobody ever claimed): every entry is waiting.
+        let mut cursor = match replies.next().expect("two replies") {
+            Ok(v) => as_array(&v)
+                .unwrap_or_default()
+                .iter()
+                .map(reply::fields)
+                .find(|g| g.iter().any(|(k, v)| k == "name" && v == GROUP.as_bytes()))
+                .and_then(|g| {
+                    g.into_iter()
+                        .find(|(k, _)| k == "last-delivered-id")
+                        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+                })
+                .unwrap_or_else(|| "0-0".into()),
+            Err(_) => "0-0".into(),
+        };
+        if let Some(newest) = newest {
+            loop {
+                let mut range = redis::cmd("XRANGE");
+                range
+                    .arg(&stream)
+                    .arg(format!("({cursor}"))
+                    .arg(&newest)
+                    .arg("COUNT")
+                    .arg(PURGE_BATCH);
+                let reply: Value = self.query(&range, WHAT).await?;
+                let entries: reply::Entries = as_array(&reply)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|e| {
+                        let e = as_array(e)?;
+                        Some((
+                            as_string(e.first()?)?,
+                            e.get(1).map(reply::fields).unwrap_or_default(),
+                        ))
+                    })
+                    .collect();
+                let Some((last, _)) = entries.last() else {
+                    break;
+                };
+                cursor = last.clone();
+                let ops: Vec<Op> = entries
+                    .iter()
+                    .map(|(id, fields)| {
+                        let raw = fields
+                            .iter()
+                            .find(|(f, _)| f == "call")
+                            .map_or(&[][..], |(_, v)| v.as_slice());
+                        self.purge_op(queue, "stream", id.as_bytes(), raw)
+                    })
+                    .collect();
+                purged += count_ones(self.pipeline(&ops, WHAT).await?)?;
+            }
+        }
+        // Delayed calls. Members promoted meanwhile are purged from the
+        // stream above or, if promoted after that pass, survive. Bounded by
+        // what was there at the start, in case retries keep arriving.
+        let mut card = redis::cmd("ZCARD");
+        card.arg(self.keys.delayed(queue));
+        let there: usize = self.query(&card, WHAT).await?;
+        for _ in 0..there.div_ceil(PURGE_BATCH) + 1 {
+            let mut range = redis::cmd("ZRANGE");
+            range
+                .arg(self.keys.delayed(queue))
+                .arg(0)
+                .arg(PURGE_BATCH - 1);
+            let members: Vec<Vec<u8>> = self.query(&range, WHAT).await?;
+            if members.is_empty() {
+                break;
+            }
+            let ops: Vec<Op> = members
+                .iter()
+                .map(|m| self.purge_op(queue, "delayed", m, m))
+                .collect();
+            // A member not removed was promoted meanwhile: it is gone from the set.
+            purged += count_ones(self.pipeline(&ops, WHAT).await?)?;
+        }
+        Ok(purged)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        if !is_valid_queue_name(queue) {
+            return Err(Error::InvalidName(queue.to_string()));
+        }
+        let mut flag = redis::cmd(if paused { "SET" } else { "DEL" });
+        flag.arg(self.keys.paused(queue));
+        if paused {
+            flag.arg("1");
+        }
+        let mut known = redis::cmd("SADD");
+        known.arg(self.keys.queues()).arg(queue);
+        let ops = [Op::cmd(flag), Op::cmd(known)];
+        for r in self
+            .pipeline(&ops, "cannot pause or resume a queue")
+            .await?
+        {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn dead_retry(&self, entry_id: &str) -> Result<bool> {
+        check_entry_id(entry_id)?;
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(self.keys.dead()).arg(entry_id).arg(entry_id);
+        let reply: Value = self.query(&cmd, "cannot read a dead letter").await?;
+        let Some(letter) = as_array(&reply)
+            .and_then(|a| a.first())
+            .and_then(dead_letter_of)
+        else {
+            return Ok(false);
+        };
+        let call = fresh_call(&letter)?;
+        let json = serde_json::to_string(&call).map_err(|e| Error::InvalidCall(e.to_string()))?;
+        let op = Op::eval(&SCRIPTS.dead_retry)
+            .key(self.keys.dead())
+            .key(self.keys.dead_counts())
+            .key(self.keys.stream(&call.queue))
+            .key(self.keys.call(&call.id))
+            .key(self.keys.result(&call.id))
+            .key(self.keys.wake(&call.id))
+            .key(self.keys.events())
+            .key(self.keys.queues())
+            .arg(entry_id)
+            .arg(json)
+            .arg(&call.id)
+            .arg(&call.queue)
+            .arg(&call.task)
+            .arg(self.state_ttl_ms(Duration::ZERO))
+            .arg(call.submitted_ms)
+            .build();
+        let reply = self.eval(op, "cannot retry a dead letter").await?;
+        Ok(as_int(&reply) == Some(1))
+    }
+
+    async fn dead_drop(&self, entry_id: &str) -> Result<bool> {
+        check_entry_id(entry_id)?;
+        let op = Op::eval(&SCRIPTS.dead_drop)
+            .key(self.keys.dead())
+            .key(self.keys.dead_counts())
+            .arg(entry_id)
+            .build();
+        let reply = self.eval(op, "cannot drop a dead letter").await?;
+        Ok(as_int(&reply) == Some(1))
+    }
+
+    async fn set_rate_limit(&self, scope: &RateScope, rate: Option<Rate>) -> Result<()> {
+        check_rate(scope, rate.as_ref())?;
+        let queue = match scope {
+            RateScope::Queue(q) => q.as_str(),
+            RateScope::Module(_) => "",
+        };
+        let (per_second, burst) = match &rate {
+            Some(r) => {
+                let encoded = encode_rate(r);
+                let (p, b) = encoded.split_once(':').expect("encode_rate writes a colon");
+                (p.to_string(), b.to_string())
+            }
+            None => (String::new(), String::new()),
+        };
+        let op = Op::eval(&SCRIPTS.set_rate)
+            .key(self.keys.rates())
+            .key(self.keys.bucket(scope))
+            .key(self.keys.queues())
+            .arg(scope.key())
+            .arg(per_second)
+            .arg(burst)
+            .arg(queue)
+            .build();
+        self.eval(op, "cannot set a rate limit").await?;
+        // This broker's own claims see a module limit at once.
+        lock(&self.module_limits).0 = None;
+        Ok(())
+    }
+
+    async fn rate_limits(&self) -> Result<Vec<(RateScope, Rate)>> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.keys.rates());
+        let reply: Value = self.query(&cmd, "cannot read the rate limits").await?;
+        let mut out: Vec<(RateScope, Rate)> = reply::fields(&reply)
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    RateScope::from_key(&k)?,
+                    decode_rate(std::str::from_utf8(&v).ok()?)?,
+                ))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 }
 
 impl RedisBroker {
+    /// The purge script for one waiting entry (`stream`) or delayed member.
+    fn purge_op(&self, queue: &str, from: &str, entry: &[u8], raw: &[u8]) -> Op {
+        let call = serde_json::from_slice::<Call>(raw)
+            .ok()
+            .filter(|c| is_valid_call_id(&c.id));
+        let id = match &call {
+            Some(c) => c.id.clone(),
+            None => recognisable_id(raw).unwrap_or_default(),
+        };
+        Op::eval(&SCRIPTS.purge)
+            .key(self.keys.stream(queue))
+            .key(self.keys.delayed(queue))
+            .key(self.keys.call(&id))
+            .key(self.keys.result(&id))
+            .key(self.keys.wake(&id))
+            .key(self.keys.revoked(&id))
+            .key(self.keys.events())
+            .key(self.keys.done(queue))
+            .arg(from)
+            .arg(entry)
+            .arg(&id)
+            .arg(queue)
+            .arg(call.as_ref().map_or(0, |c| c.attempt))
+            .arg(call.as_ref().map_or("", |c| c.task.as_str()))
+            .arg(call.as_ref().map_or(0, |c| c.submitted_ms))
+            .arg(self.result_ttl_ms())
+            .arg(self.marker_ttl_ms())
+            .arg(WAKE_TTL.as_millis() as u64)
+            .build()
+    }
+
     fn host_record_ops(
         &self,
         host_id: &str,
@@ -1430,14 +2028,55 @@ impl RedisBroker {
         ])
     }
 
-    async fn write_host(
-        &self,
-        host_id: &str,
-        info: Option<&HostInfo>,
-        stats: &HostStats,
-    ) -> Result<()> {
-        let ops = self.host_record_ops(host_id, info, stats)?;
-        for r in self.pipeline(&ops, "cannot register a host").await? {
+    /// A host event, on the events stream (its time is the entry id's).
+    fn host_event_op(&self, kind: &str, host_id: &str) -> Op {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(self.keys.events())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(crate::ops::EVENTS_CAP)
+            .arg("*")
+            .arg("type")
+            .arg(kind)
+            .arg("host")
+            .arg(host_id);
+        Op::cmd(xadd)
+    }
+
+    fn host_gone_op(&self, host_id: &str, mode: &str) -> Op {
+        Op::eval(&SCRIPTS.host_gone)
+            .key(self.keys.hosts())
+            .key(self.keys.host(host_id))
+            .key(self.keys.events())
+            .arg(host_id)
+            .arg(mode)
+            .build()
+    }
+
+    /// Takes hosts whose lease lapsed out of the index, recording
+    /// `host_offline` for each (once, whoever notices first).
+    async fn reap_hosts(&self) -> Result<()> {
+        let mut range = redis::cmd("ZRANGE");
+        range.arg(self.keys.hosts()).arg(0).arg(-1);
+        let ids: Vec<String> = self.query(&range, "cannot list hosts").await?;
+        let ops: Vec<Op> = ids
+            .iter()
+            .map(|id| {
+                let mut c = redis::cmd("EXISTS");
+                c.arg(self.keys.host(id));
+                Op::cmd(c)
+            })
+            .collect();
+        let mut gone = Vec::new();
+        for (id, r) in ids
+            .iter()
+            .zip(self.pipeline(&ops, "cannot list hosts").await?)
+        {
+            if as_int(&r?) == Some(0) {
+                gone.push(self.host_gone_op(id, "expired"));
+            }
+        }
+        for r in self.pipeline(&gone, "cannot list hosts").await? {
             r?;
         }
         Ok(())
@@ -1462,6 +2101,13 @@ async fn broker_preflight(conn: &ConnectionManager, shown: &str) -> Result<()> {
         &s.bury,
         &s.revoke,
         &s.drop_consumer,
+        &s.admit,
+        &s.set_rate,
+        &s.stats,
+        &s.purge,
+        &s.dead_retry,
+        &s.dead_drop,
+        &s.host_gone,
     ];
     let mut pipe = redis::pipe();
     pipe.cmd("INFO").arg("server");
@@ -1541,6 +2187,116 @@ pub(crate) fn check_module_ref(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidName(name.to_string()))
+    }
+}
+
+/// How many replies are the integer 1.
+fn count_ones(replies: Vec<Result<Value>>) -> Result<u64> {
+    let mut n = 0;
+    for r in replies {
+        if as_int(&r?) == Some(1) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// A dead letter from its stream entry (`[id, fields]`).
+fn dead_letter_of(entry: &Value) -> Option<DeadLetter> {
+    let parts = as_array(entry)?;
+    let entry_id = as_string(parts.first()?)?;
+    let fields: HashMap<String, Vec<u8>> = parts
+        .get(1)
+        .map(reply::fields)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let text = |f: &str| {
+        fields
+            .get(f)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let reason = text("reason");
+    let error = serde_json::from_value::<ErrorKind>(serde_json::Value::String(text("error")))
+        .ok()
+        .map(|kind| TaskError::new(kind, reason.clone()));
+    Some(DeadLetter {
+        entry_id,
+        id: text("id"),
+        queue: text("queue"),
+        reason,
+        call: text("call"),
+        deliveries: text("deliveries").parse().unwrap_or(0),
+        ts_ms: text("ts").parse().unwrap_or(0),
+        error,
+    })
+}
+
+/// An event from its stream entry.
+fn event_of(id: &str, fields: Vec<(String, Vec<u8>)>) -> Event {
+    let fields: HashMap<String, Vec<u8>> = fields.into_iter().collect();
+    let text = |f: &str| {
+        fields
+            .get(f)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let from_id = crate::ops::parse_entry_id(id).map_or(0, |(ms, _)| ms);
+    let some = |s: String| Some(s).filter(|s| !s.is_empty());
+    Event {
+        id: id.to_string(),
+        kind: text("type"),
+        call_id: text("id"),
+        queue: text("queue"),
+        task: text("task"),
+        host: text("host"),
+        ts_ms: text("ts").parse().unwrap_or(from_id),
+        error_kind: some(text("error")),
+        latency_ms: text("latency").parse().ok(),
+    }
+}
+
+/// The call of a dead letter, ready to be queued again: attempt 1, submitted
+/// now, in the queue it was dead-lettered from.
+pub(crate) fn fresh_call(letter: &DeadLetter) -> Result<Call> {
+    let mut call: Call = serde_json::from_str(&letter.call).map_err(|e| {
+        Error::InvalidCall(format!(
+            "dead letter {} holds no valid call ({e}); drop it instead",
+            letter.entry_id
+        ))
+    })?;
+    if is_valid_queue_name(&letter.queue) {
+        call.queue.clone_from(&letter.queue);
+    }
+    call.attempt = 1;
+    call.submitted_ms = now_ms();
+    check_call(&call)?;
+    Ok(call)
+}
+
+pub(crate) fn check_entry_id(id: &str) -> Result<()> {
+    if is_valid_entry_id(id) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{id:?} is not a dead-letter entry id (MS-SEQ, as `wasq dead ls` shows)"
+        )))
+    }
+}
+
+pub(crate) fn check_rate(scope: &RateScope, rate: Option<&Rate>) -> Result<()> {
+    if let RateScope::Queue(q) = scope
+        && !is_valid_queue_name(q)
+    {
+        return Err(Error::InvalidName(q.clone()));
+    }
+    match rate {
+        Some(r) if !r.is_valid() => Err(Error::InvalidArgument(format!(
+            "rate {} a second with burst {} cannot be enforced: it must be positive and finite, the burst at least 1",
+            r.per_second, r.burst
+        ))),
+        _ => Ok(()),
     }
 }
 

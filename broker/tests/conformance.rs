@@ -13,9 +13,9 @@ use serde_json::value::RawValue;
 use tokio::time::{Instant, sleep};
 use wasq_broker::testing::{RedisServer, unique_prefix};
 use wasq_broker::{
-    Broker, BrokerConfig, Call, Delivery, Envelope, Error, ErrorKind, HostInfo, HostStats,
-    LocalBroker, ModuleHash, RedisBroker, RetryPolicy, StartOutcome, State, TaskError, new_call_id,
-    now_ms,
+    Broker, BrokerConfig, Call, Delivery, Envelope, Error, ErrorKind, Event, HostInfo, HostStats,
+    LocalBroker, ModuleHash, QueueStats, Rate, RateScope, RedisBroker, RetryPolicy, StartOutcome,
+    State, TaskError, new_call_id, now_ms,
 };
 
 const LEASE: Duration = Duration::from_millis(400);
@@ -670,6 +670,583 @@ async fn hosts_age_out<B: Broker>(b: &B) {
     assert!(b.hosts().await.unwrap().is_empty());
 }
 
+// ---- operators: events, stats, pause, purge, dead letters, rate limits ----------
+
+/// The events of one call, in order.
+async fn events_of<B: Broker>(b: &B, id: &str) -> Vec<Event> {
+    b.events(Some("0"), 10_000, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.call_id == id)
+        .collect()
+}
+
+fn kinds(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.kind.as_str()).collect()
+}
+
+async fn stats_of<B: Broker>(b: &B, queue: &str) -> QueueStats {
+    b.queue_stats()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.queue == queue)
+        .unwrap_or_else(|| panic!("queue {queue} is not listed"))
+}
+
+/// A call failed as `lost` and dead-lettered: every host that took it died.
+async fn make_lost<B: Broker>(b: &B) -> Call {
+    let call = submit_one(b).await;
+    for n in 1..=MAX_DELIVERIES {
+        let d = claim_one(b, &format!("h{n}"), LEASE * 5).await;
+        assert_eq!(
+            b.start(&d, &format!("h{n}")).await.unwrap(),
+            StartOutcome::Run
+        );
+        sleep(LEASE * 2).await;
+    }
+    assert!(b.claim("h9", &queues(), 8, LEASE).await.unwrap().is_empty());
+    assert_eq!(
+        b.status(&call.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .error
+            .unwrap()
+            .kind,
+        ErrorKind::Lost
+    );
+    call
+}
+
+/// Runs and completes claimed calls at once, so none is left to be reclaimed.
+async fn finish<B: Broker>(b: &B, got: &[Delivery]) {
+    for d in got {
+        assert_eq!(b.start(d, "h").await.unwrap(), StartOutcome::Run);
+        let env = succeeded(d, json!(0), "h");
+        assert_eq!(b.complete(&[(d.clone(), env)]).await.unwrap(), vec![true]);
+    }
+}
+
+async fn events_follow_calls<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    b.complete(&[(d.clone(), succeeded(&d, json!(9), "h1"))])
+        .await
+        .unwrap();
+    let evs = events_of(b, &call.id).await;
+    assert_eq!(kinds(&evs), vec!["queued", "started", "succeeded"]);
+    assert!(evs.iter().all(|e| e.queue == "default" && e.task == "add"));
+    assert!(evs.iter().all(|e| e.ts_ms > 0));
+    assert_eq!(evs[1].host, "h1");
+    assert_eq!(evs[2].host, "h1");
+    assert!(evs[2].latency_ms.is_some_and(|l| l >= 0.0), "{:?}", evs[2]);
+    assert!(evs[..2].iter().all(|e| e.latency_ms.is_none()));
+    assert!(evs.iter().all(|e| e.error_kind.is_none()));
+    assert!(evs[2].is_final() && !evs[0].is_final());
+
+    // The newest `count`, oldest first; nothing after the newest.
+    let all = b.events(None, 10_000, None).await.unwrap();
+    let newest = b.events(None, 2, None).await.unwrap();
+    assert_eq!(newest, all[all.len() - 2..].to_vec());
+    let last = all.last().unwrap().id.clone();
+    assert!(b.events(Some(&last), 10, None).await.unwrap().is_empty());
+    let from_start = b.events(Some("0"), 2, None).await.unwrap();
+    assert_eq!(from_start, all[..2].to_vec());
+    assert!(matches!(
+        b.events(Some("not-an-id"), 10, None).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(b.events(None, 0, None).await.unwrap().is_empty());
+
+    // Blocking: woken by the next event, not by the timeout...
+    let t0 = Instant::now();
+    let (got, other) = tokio::join!(
+        b.events(Some(&last), 10, Some(Duration::from_secs(10))),
+        async {
+            sleep(Duration::from_millis(200)).await;
+            submit_one(b).await
+        }
+    );
+    let got = got.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(got[0].kind, "queued");
+    assert_eq!(got[0].call_id, other.id);
+    // ...or it times out empty.
+    let t0 = Instant::now();
+    let none = b
+        .events(
+            Some(&got.last().unwrap().id),
+            10,
+            Some(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+async fn failures_retries_and_revocations_are_events<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let mut flaky = new_call(module, "[]");
+    flaky.retry = Some(RetryPolicy::new(1));
+    b.submit(std::slice::from_ref(&flaky), None).await.unwrap();
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    assert!(
+        b.retry(&d, &task_failed(&d, "flaky"), Duration::from_millis(10))
+            .await
+            .unwrap()
+    );
+    let d = claim_one(b, "h1", Duration::from_secs(5)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    let mut failed = task_failed(&d, "again");
+    failed.host = "h1".into();
+    b.complete(&[(d.clone(), failed)]).await.unwrap();
+    let evs = events_of(b, &flaky.id).await;
+    assert_eq!(
+        kinds(&evs),
+        vec!["queued", "started", "retried", "started", "failed"]
+    );
+    assert_eq!(evs[2].error_kind.as_deref(), Some("task_error"));
+    assert_eq!(evs[4].error_kind.as_deref(), Some("task_error"));
+    assert!(evs[4].latency_ms.is_some());
+
+    // Revoked while queued: final at once, with a latency.
+    let queued = submit_one(b).await;
+    assert!(b.revoke(&queued.id).await.unwrap());
+    let evs = events_of(b, &queued.id).await;
+    assert_eq!(kinds(&evs), vec!["queued", "revoked"]);
+    assert_eq!(evs[1].error_kind.as_deref(), Some("revoked"));
+    assert!(evs[1].latency_ms.is_some());
+    // A host that claims it later adds no second final event.
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Revoked);
+    assert_eq!(
+        kinds(&events_of(b, &queued.id).await),
+        vec!["queued", "revoked"]
+    );
+
+    // Lost: failed, then dead.
+    let lost = make_lost(b).await;
+    let evs = events_of(b, &lost.id).await;
+    let tail: Vec<&str> = kinds(&evs).into_iter().rev().take(2).collect();
+    assert_eq!(tail, vec!["dead", "failed"], "{evs:?}");
+    assert!(
+        evs.iter()
+            .rev()
+            .take(2)
+            .all(|e| e.error_kind.as_deref() == Some("lost"))
+    );
+    assert_eq!(evs.iter().filter(|e| e.is_final()).count(), 1);
+}
+
+async fn host_events<B: Broker>(b: &B) {
+    let info = |id: &str| HostInfo {
+        id: id.into(),
+        name: "box".into(),
+        version: "0.1.0".into(),
+        queues: vec!["hq".to_string()],
+        concurrency: 2,
+        started_ms: now_ms(),
+    };
+    b.register_host(&info("a")).await.unwrap();
+    b.register_host(&info("b")).await.unwrap();
+    b.heartbeat("a", &HostStats::default(), &[]).await.unwrap();
+    b.deregister_host("a").await.unwrap();
+    // b dies: its lease lapses and whoever looks records it once.
+    sleep(LEASE * 2).await;
+    assert!(b.hosts().await.unwrap().is_empty());
+    assert!(b.hosts().await.unwrap().is_empty());
+    let evs: Vec<Event> = b
+        .events(Some("0"), 1000, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind.starts_with("host_"))
+        .collect();
+    let seen: Vec<(&str, &str, Option<&str>)> = evs
+        .iter()
+        .map(|e| (e.kind.as_str(), e.host.as_str(), e.error_kind.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("host_online", "a", None),
+            ("host_online", "b", None),
+            ("host_heartbeat", "a", None),
+            ("host_offline", "a", None),
+            ("host_offline", "b", Some("lease_expired")),
+        ]
+    );
+    assert!(evs.iter().all(|e| e.call_id.is_empty() && e.ts_ms > 0));
+}
+
+async fn queue_stats_count_and_time<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let calls: Vec<Call> = (0..4)
+        .map(|i| new_call(module, &format!("[{i}]")))
+        .collect();
+    b.submit(&calls[..3], None).await.unwrap();
+    b.submit(&calls[3..], Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let s = stats_of(b, "default").await;
+    assert_eq!(
+        (s.depth, s.pending, s.delayed, s.dead),
+        (3, 0, 1, 0),
+        "{s:?}"
+    );
+    assert!(!s.paused);
+    assert_eq!(s.rate, None);
+    assert_eq!(s.throughput_1m, 0.0);
+    assert_eq!(s.p50_ms, None);
+
+    let got = b
+        .claim("h1", &queues(), 2, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    let s = stats_of(b, "default").await;
+    assert_eq!((s.depth, s.pending, s.delayed), (1, 2, 1), "{s:?}");
+    for d in &got {
+        assert_eq!(b.start(d, "h1").await.unwrap(), StartOutcome::Run);
+    }
+    sleep(Duration::from_millis(20)).await;
+    let done: Vec<(Delivery, Envelope)> = got
+        .iter()
+        .map(|d| (d.clone(), succeeded(d, json!(1), "h1")))
+        .collect();
+    b.complete(&done).await.unwrap();
+    let s = stats_of(b, "default").await;
+    assert_eq!((s.depth, s.pending, s.delayed), (1, 0, 1), "{s:?}");
+    assert!((s.throughput_1m - 2.0 / 60.0).abs() < 1e-9, "{s:?}");
+    let (p50, p90, p99) = (s.p50_ms.unwrap(), s.p90_ms.unwrap(), s.p99_ms.unwrap());
+    assert!(p50 >= 0.0 && p50 <= p90 && p90 <= p99, "{s:?}");
+    // A queue only a live host consumes is known too.
+    b.register_host(&HostInfo {
+        id: "h2".into(),
+        name: "box".into(),
+        version: "0".into(),
+        queues: vec!["other".into()],
+        concurrency: 1,
+        started_ms: now_ms(),
+    })
+    .await
+    .unwrap();
+    let s = stats_of(b, "other").await;
+    assert_eq!((s.depth, s.pending, s.delayed, s.dead), (0, 0, 0, 0));
+}
+
+async fn a_paused_queue_is_not_claimed<B: Broker>(b: &B) {
+    let running = submit_one(b).await;
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    b.set_paused("default", true).await.unwrap();
+    assert!(stats_of(b, "default").await.paused);
+    let waiting = submit_one(b).await;
+    // A blocking claim sees nothing, even as more arrives.
+    let qs = queues();
+    let (got, _) = tokio::join!(b.claim("h2", &qs, 8, LEASE * 2), async {
+        sleep(LEASE / 2).await;
+        submit_one(b).await
+    });
+    assert!(got.unwrap().is_empty());
+    // Other queues go on.
+    let module = b.put_module(WASM).await.unwrap().0;
+    let mut elsewhere = new_call(module, "[]");
+    elsewhere.queue = "other".into();
+    b.submit(std::slice::from_ref(&elsewhere), None)
+        .await
+        .unwrap();
+    let both = vec!["default".to_string(), "other".to_string()];
+    let got = b
+        .claim("h2", &both, 8, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].call.id, elsewhere.id);
+    // The running call finishes.
+    assert_eq!(
+        b.complete(&[(d.clone(), succeeded(&d, json!(9), "h1"))])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(state_of(b, &running.id).await, State::Succeeded);
+    assert_eq!(state_of(b, &waiting.id).await, State::Queued);
+    let s = stats_of(b, "default").await;
+    assert_eq!(s.depth, 2, "{s:?}");
+    // Resumed: a claim blocked on the queue gets the waiting calls.
+    let (got, ()) = tokio::join!(b.claim("h2", &qs, 8, Duration::from_secs(5)), async {
+        sleep(Duration::from_millis(100)).await;
+        b.set_paused("default", false).await.unwrap();
+    });
+    assert_eq!(got.unwrap().len(), 2);
+    assert!(!stats_of(b, "default").await.paused);
+    assert!(matches!(
+        b.set_paused("no{good}", true).await,
+        Err(Error::InvalidName(_))
+    ));
+}
+
+async fn purge_drops_waiting_calls_only<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let calls: Vec<Call> = (0..4)
+        .map(|i| new_call(module, &format!("[{i}]")))
+        .collect();
+    b.submit(&calls[..3], None).await.unwrap();
+    b.submit(&calls[3..], Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let running = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(running.call.id, calls[0].id);
+    assert_eq!(b.start(&running, "h1").await.unwrap(), StartOutcome::Run);
+    // Someone waits for a waiting call; the purge wakes them.
+    let (waited, purged) =
+        tokio::join!(b.wait(&calls[1].id, Some(Duration::from_secs(10))), async {
+            sleep(Duration::from_millis(100)).await;
+            b.purge_queue("default").await.unwrap()
+        });
+    assert_eq!(purged, 3);
+    let env = waited.unwrap().unwrap();
+    assert_eq!(env.state, State::Revoked);
+    assert_eq!(env.error.as_ref().unwrap().message, "purged");
+    for c in &calls[1..] {
+        assert_eq!(state_of(b, &c.id).await, State::Revoked);
+        assert!(b.is_revoked(&c.id).await.unwrap());
+        assert_eq!(kinds(&events_of(b, &c.id).await), vec!["queued", "revoked"]);
+    }
+    let s = stats_of(b, "default").await;
+    assert_eq!((s.depth, s.pending, s.delayed), (0, 1, 0), "{s:?}");
+    assert!(
+        b.claim("h2", &queues(), 8, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The running call was not touched.
+    assert_eq!(state_of(b, &calls[0].id).await, State::Running);
+    let env = succeeded(&running, json!(0), "h1");
+    assert_eq!(b.complete(&[(running, env)]).await.unwrap(), vec![true]);
+    assert_eq!(b.purge_queue("default").await.unwrap(), 0);
+    assert_eq!(b.purge_queue("never-used").await.unwrap(), 0);
+}
+
+async fn dead_letters_are_retried_and_dropped<B: Broker>(b: &B) {
+    let call = make_lost(b).await;
+    let dead = b.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(!dead[0].entry_id.is_empty());
+    assert_eq!(dead[0].error.as_ref().unwrap().kind, ErrorKind::Lost);
+    assert_eq!(stats_of(b, "default").await.dead, 1);
+
+    // Retried: same id, fresh attempt and deliveries, the old result gone.
+    let (waited, retried) = tokio::join!(b.wait(&call.id, Some(Duration::from_secs(10))), async {
+        sleep(Duration::from_millis(50)).await;
+        b.dead_retry(&dead[0].entry_id).await.unwrap()
+    });
+    assert!(retried);
+    // (a waiter that started before the retry saw the `lost` result)
+    assert_eq!(
+        waited.unwrap().unwrap().error.unwrap().kind,
+        ErrorKind::Lost
+    );
+    let status = b.status(&call.id).await.unwrap().unwrap();
+    assert_eq!((status.state, status.attempt), (State::Queued, 1));
+    assert!(b.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(stats_of(b, "default").await.dead, 0);
+    assert!(!b.dead_retry(&dead[0].entry_id).await.unwrap(), "only once");
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(d.call.id, call.id);
+    assert_eq!((d.deliveries, d.call.attempt), (1, 1));
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    let env = succeeded(&d, json!(9), "h1");
+    b.complete(&[(d, env.clone())]).await.unwrap();
+    assert_eq!(
+        b.wait(&call.id, Some(Duration::from_secs(1)))
+            .await
+            .unwrap(),
+        Some(env)
+    );
+    assert_eq!(
+        kinds(&events_of(b, &call.id).await).last(),
+        Some(&"succeeded")
+    );
+
+    // Dropped.
+    make_lost(b).await;
+    let dead = b.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(b.dead_drop(&dead[0].entry_id).await.unwrap());
+    assert!(!b.dead_drop(&dead[0].entry_id).await.unwrap());
+    assert!(!b.dead_retry(&dead[0].entry_id).await.unwrap());
+    assert!(b.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(stats_of(b, "default").await.dead, 0);
+    assert!(matches!(
+        b.dead_drop("garbage").await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+async fn a_queue_rate_limit_caps_claims<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let calls: Vec<Call> = (0..10)
+        .map(|i| new_call(module, &format!("[{i}]")))
+        .collect();
+    b.submit(&calls, None).await.unwrap();
+    let scope = RateScope::Queue("default".into());
+    let rate = Rate {
+        per_second: 4.0,
+        burst: 2,
+    };
+    b.set_rate_limit(&scope, Some(rate)).await.unwrap();
+    assert_eq!(b.rate_limits().await.unwrap(), vec![(scope.clone(), rate)]);
+    assert_eq!(stats_of(b, "default").await.rate, Some(rate));
+    // The burst, then nothing until the bucket refills...
+    let got = b.claim("h1", &queues(), 10, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 2);
+    finish(b, &got).await;
+    let more = b.claim("h2", &queues(), 10, Duration::ZERO).await.unwrap();
+    assert!(more.is_empty(), "{more:?}");
+    // ...which a blocking claim waits for (a token every 250 ms).
+    let t0 = Instant::now();
+    let got = b
+        .claim("h2", &queues(), 10, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    finish(b, &got).await;
+    // Over a second, about 4 more (the bucket never exceeds its burst).
+    sleep(Duration::from_secs(1)).await;
+    let got = b.claim("h3", &queues(), 10, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 2, "capped by the burst");
+    finish(b, &got).await;
+    // Lifted: the rest at once.
+    b.set_rate_limit(&scope, None).await.unwrap();
+    assert!(b.rate_limits().await.unwrap().is_empty());
+    let got = b.claim("h3", &queues(), 10, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 5);
+    assert!(matches!(
+        b.set_rate_limit(
+            &scope,
+            Some(Rate {
+                per_second: 0.0,
+                burst: 1
+            })
+        )
+        .await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        b.set_rate_limit(&RateScope::Queue("a:b".into()), None)
+            .await,
+        Err(Error::InvalidName(_))
+    ));
+}
+
+async fn a_module_rate_limit_does_not_block_other_modules<B: Broker>(b: &B) {
+    let slow = b.put_module(WASM).await.unwrap().0;
+    let fast = b.put_module(b"\0asm\x01\0\0\0\0").await.unwrap().0;
+    let scope = RateScope::Module(slow);
+    b.set_rate_limit(
+        &scope,
+        Some(Rate {
+            per_second: 2.0,
+            burst: 1,
+        }),
+    )
+    .await
+    .unwrap();
+    let s: Vec<Call> = (0..3).map(|i| new_call(slow, &format!("[{i}]"))).collect();
+    let f: Vec<Call> = (0..3).map(|i| new_call(fast, &format!("[{i}]"))).collect();
+    // The slow module's calls are first in line.
+    b.submit(&s, None).await.unwrap();
+    b.submit(&f, None).await.unwrap();
+    let got = b.claim("h1", &queues(), 10, Duration::ZERO).await.unwrap();
+    finish(b, &got).await;
+    let mut ids: Vec<&str> = got.iter().map(|d| d.call.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want = vec![
+        s[0].id.as_str(),
+        f[0].id.as_str(),
+        f[1].id.as_str(),
+        f[2].id.as_str(),
+    ];
+    want.sort_unstable();
+    assert_eq!(ids, want, "one slow call, every fast one");
+    let st = stats_of(b, "default").await;
+    assert_eq!((st.depth, st.pending, st.delayed), (0, 0, 2), "{st:?}");
+    // The held-back calls come one per refill (500 ms), in any order.
+    let t0 = Instant::now();
+    let mut rest = Vec::new();
+    while rest.len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "held back for good");
+        let got = b
+            .claim("h1", &queues(), 10, Duration::from_secs(1))
+            .await
+            .unwrap();
+        finish(b, &got).await;
+        rest.extend(got);
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(
+        rest.iter()
+            .all(|d| d.call.module == slow && d.deliveries == 1)
+    );
+    assert_eq!(
+        b.rate_limits().await.unwrap(),
+        vec![(
+            scope,
+            Rate {
+                per_second: 2.0,
+                burst: 1
+            }
+        )]
+    );
+}
+
+async fn revoking_a_call_whose_host_died_ends_it_at_once<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    let d = claim_one(b, "a", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "a").await.unwrap(), StartOutcome::Run);
+    // a dies; nobody has reclaimed the call yet.
+    sleep(LEASE * 2).await;
+    assert!(b.revoke(&call.id).await.unwrap());
+    let env = b
+        .wait(&call.id, Some(Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(env.state, State::Revoked);
+    // The host that reclaims it does not run it.
+    let again = claim_one(b, "b", LEASE * 5).await;
+    assert_eq!(again.deliveries, 2);
+    assert_eq!(b.start(&again, "b").await.unwrap(), StartOutcome::Revoked);
+    let final_events = events_of(b, &call.id)
+        .await
+        .into_iter()
+        .filter(Event::is_final)
+        .count();
+    assert_eq!(final_events, 1);
+}
+
 // ---- instantiation ------------------------------------------------------------
 
 async fn redis_broker(server: &RedisServer, test: &str, config: BrokerConfig) -> RedisBroker {
@@ -724,6 +1301,16 @@ conformance!(
     queues_are_separate,
     invalid_calls_are_refused,
     hosts_age_out,
+    events_follow_calls,
+    failures_retries_and_revocations_are_events,
+    host_events,
+    queue_stats_count_and_time,
+    a_paused_queue_is_not_claimed,
+    purge_drops_waiting_calls_only,
+    dead_letters_are_retried_and_dropped,
+    a_queue_rate_limit_caps_claims,
+    a_module_rate_limit_does_not_block_other_modules,
+    revoking_a_call_whose_host_died_ends_it_at_once,
 );
 
 /// The Arc blanket impl forwards (compile-time check plus one call).
@@ -731,6 +1318,24 @@ conformance!(
 async fn arc_of_a_broker_is_a_broker() {
     let broker = std::sync::Arc::new(LocalBroker::new(config()));
     round_trip(&broker).await;
+}
+
+/// The stats window slides (on the local broker, where time can be skipped).
+#[tokio::test(start_paused = true)]
+async fn local_stats_forget_results_older_than_a_minute() {
+    let b = LocalBroker::new(config());
+    let call = submit_one(&b).await;
+    let d = claim_one(&b, "h1", Duration::from_secs(1)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    b.complete(&[(d.clone(), succeeded(&d, json!(9), "h1"))])
+        .await
+        .unwrap();
+    let s = stats_of(&b, "default").await;
+    assert!(s.throughput_1m > 0.0 && s.p50_ms.is_some(), "{s:?}");
+    sleep(Duration::from_secs(61)).await;
+    let s = stats_of(&b, "default").await;
+    assert_eq!((s.throughput_1m, s.p50_ms), (0.0, None), "{s:?}");
+    assert_eq!(state_of(&b, &call.id).await, State::Succeeded);
 }
 
 // ---- Redis only -----------------------------------------------------------------
@@ -1015,7 +1620,7 @@ async fn redis_events_are_recorded() {
         .iter()
         .map(|(_, f)| f.iter().find(|(k, _)| k == "type").unwrap().1.clone())
         .collect();
-    assert_eq!(types, vec!["submitted", "started", "succeeded"]);
+    assert_eq!(types, vec!["queued", "started", "succeeded"]);
     assert!(
         reply
             .iter()

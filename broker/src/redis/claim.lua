@@ -1,12 +1,18 @@
--- claim (one queue): promote due delayed calls, reclaim entries idle for
--- longer than the lease (their host stopped heartbeating), then read new
--- entries, all without blocking. The caller blocks separately if this
--- returns nothing.
--- KEYS: 1 stream, 2 delayed
+-- claim (one queue): promote due delayed calls, then, unless the queue is
+-- paused and within its rate limit, reclaim entries idle for longer than
+-- the lease (their host stopped heartbeating) and read new entries, holding
+-- back those whose module is over its rate limit; all without blocking. The
+-- caller blocks separately if this returns nothing.
+-- KEYS: 1 stream, 2 delayed, 3 paused flag, 4 queue rate bucket,
+--       5.. rate buckets of rate-limited modules
 -- ARGV: 1 consumer, 2 max entries, 3 lease ms, 4 reclaim? (1/0),
---       5 max promotions, 6 consumer gc idle ms (0 = skip the gc)
--- Returns {ms until the next delayed call is due (-1: none),
---          {{entry id, {field, value, ...}, deliveries}, ...}}
+--       5 max promotions, 6 consumer gc idle ms (0 = skip the gc),
+--       7.. module hex of each of KEYS[5..]
+-- Returns {ms until claiming may find something without a new entry
+--          arriving: a delayed call due or a rate bucket refilled (-1: none),
+--          {{entry id, {field, value, ...}, deliveries}, ...},
+--          1 if a blocking read of new entries may hand them out now, else 0
+--          (paused, or the queue's bucket is empty)}
 local stream, delayed = KEYS[1], KEYS[2]
 local consumer, want, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
@@ -20,26 +26,64 @@ for _, member in ipairs(due) do
   redis.call('ZREM', delayed, member)
 end
 
-local out = {}
-if ARGV[4] == '1' and want > 0 then
-  local idle = redis.call('XPENDING', stream, 'hosts', 'IDLE', lease, '-', '+', want)
-  for _, p in ipairs(idle) do
-    local claimed = redis.call('XCLAIM', stream, 'hosts', consumer, lease, p[1])
-    local e = claimed[1]
-    if e and e[1] then
-      out[#out + 1] = {e[1], e[2] or {}, tonumber(p[4]) + 1}
-    end
+local next_due = -1
+local function sooner(ms)
+  if next_due < 0 or ms < next_due then
+    next_due = ms
   end
 end
 
-if #out < want then
-  local r = redis.call('XREADGROUP', 'GROUP', 'hosts', consumer, 'COUNT', want - #out,
-    'STREAMS', stream, '>')
-  if r and r[1] then
-    for _, e in ipairs(r[1][2]) do
-      out[#out + 1] = {e[1], e[2] or {}, 1}
+local out = {}
+local blockable = 0
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  local avail, refill = bucket_peek(KEYS[4], now)
+  local allowed = want
+  if avail ~= math.huge then
+    allowed = math.min(want, math.floor(avail))
+  end
+  if avail < 1 then
+    sooner(refill)
+  else
+    blockable = 1
+  end
+
+  if ARGV[4] == '1' and allowed > 0 then
+    local idle = redis.call('XPENDING', stream, 'hosts', 'IDLE', lease, '-', '+', allowed)
+    for _, p in ipairs(idle) do
+      local claimed = redis.call('XCLAIM', stream, 'hosts', consumer, lease, p[1])
+      local e = claimed[1]
+      if e and e[1] then
+        out[#out + 1] = {e[1], e[2] or {}, tonumber(p[4]) + 1}
+      end
     end
   end
+
+  local modules, limited = {}, false
+  for i = 5, #KEYS do
+    modules[ARGV[i + 2]] = KEYS[i]
+    limited = true
+  end
+  -- Held-back entries make room for more: read again, a few times at most.
+  local rounds = 0
+  while #out < allowed and rounds < 4 do
+    rounds = rounds + 1
+    local ask = allowed - #out
+    local r = redis.call('XREADGROUP', 'GROUP', 'hosts', consumer, 'COUNT', ask,
+      'STREAMS', stream, '>')
+    local got = (r and r[1] and r[1][2]) or {}
+    local held = 0
+    if limited then
+      held = admit_modules(stream, delayed, modules, got, now, out)
+    else
+      for _, e in ipairs(got) do
+        out[#out + 1] = {e[1], e[2] or {}, 1}
+      end
+    end
+    if #got < ask or held == 0 then
+      break
+    end
+  end
+  bucket_take(KEYS[4], now, #out)
 end
 
 -- Forget consumers (old host processes) that hold nothing and were idle long.
@@ -58,9 +102,8 @@ if gc_idle > 0 then
   end
 end
 
-local next_due = -1
 local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
 if first[2] then
-  next_due = math.max(0, tonumber(first[2]) - now)
+  sooner(math.max(0, tonumber(first[2]) - now))
 end
-return {next_due, out}
+return {next_due, out, blockable}

@@ -75,9 +75,187 @@ local function failure_envelope(id, state, kind, message, attempt)
 end
 
 -- Best effort: an event for monitoring, capped at about 10 000 entries.
-local function event(events_key, kind, id, queue, task, host, ts)
-  redis.pcall('XADD', events_key, 'MAXLEN', '~', 10000, '*',
+-- `err` is an error kind and `latency` the ms from submission to a final
+-- result; both are left out when empty.
+local function event(events_key, kind, id, queue, task, host, ts, err, latency)
+  local args = {'XADD', events_key, 'MAXLEN', '~', 10000, '*',
     'type', kind, 'id', id or '', 'queue', queue or '', 'task', task or '',
-    'host', host or '', 'ts', ts)
+    'host', host or '', 'ts', ts}
+  if err and err ~= '' then
+    args[#args + 1] = 'error'
+    args[#args + 1] = err
+  end
+  if latency and latency ~= '' then
+    args[#args + 1] = 'latency'
+    args[#args + 1] = latency
+  end
+  redis.pcall(unpack(args))
 end
 
+-- The ms from `submitted` (ms since the epoch, the submitter's clock) to
+-- now, as text with µs; '' when the submit time is unknown.
+local function latency_since(submitted)
+  submitted = tonumber(submitted)
+  if not submitted or submitted <= 0 then
+    return ''
+  end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  return string.format('%.3f', math.max(0, now - submitted))
+end
+
+-- Best effort: the per-queue counters behind queue_stats. `done_key` is a
+-- hash of final results per second (field: the second; older than two
+-- minutes pruned); `lat_key` (optional) a capped stream of the latencies of
+-- results hosts produced.
+local function count_final(done_key, lat_key, now, latency)
+  local sec = math.floor(now / 1000)
+  if redis.pcall('HINCRBY', done_key, sec, 1) == 1 then
+    local fields = redis.pcall('HKEYS', done_key)
+    if type(fields) == 'table' and not fields.err then
+      for _, f in ipairs(fields) do
+        local s = tonumber(f)
+        if not s or s < sec - 120 then
+          redis.pcall('HDEL', done_key, f)
+        end
+      end
+    end
+    redis.pcall('PEXPIRE', done_key, 180000)
+  end
+  if lat_key and latency and latency ~= '' then
+    redis.pcall('XADD', lat_key, 'MAXLEN', '~', 1000, '*', 'ms', latency)
+    redis.pcall('PEXPIRE', lat_key, 180000)
+  end
+end
+
+-- A token bucket for a rate limit, on the Redis clock: a hash with `rate`
+-- (tokens per second), `burst`, `tokens` and `ts` (ms of the last update).
+-- Returns the tokens available now (math.huge without a limit, or if the
+-- key holds garbage), the ms until the next whole token, and the ms one
+-- token takes to refill.
+local function bucket_peek(key, now)
+  local h = redis.pcall('HMGET', key, 'rate', 'burst', 'tokens', 'ts')
+  if type(h) ~= 'table' or h.err then
+    return math.huge, 0, 0
+  end
+  local rate, burst = tonumber(h[1]), tonumber(h[2])
+  if not rate or rate <= 0 or not burst or burst < 1 then
+    return math.huge, 0, 0
+  end
+  local tokens, ts = tonumber(h[3]) or burst, tonumber(h[4]) or now
+  local avail = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+  local wait = 0
+  if avail < 1 then
+    wait = math.ceil((1 - avail) * 1000 / rate)
+  end
+  return avail, wait, 1000 / rate
+end
+
+-- Takes `n` tokens from a bucket (no-op without a limit).
+local function bucket_take(key, now, n)
+  if n <= 0 then
+    return
+  end
+  local avail = bucket_peek(key, now)
+  if avail ~= math.huge then
+    redis.pcall('HSET', key, 'tokens', avail - n, 'ts', now)
+  end
+end
+
+-- The value of `name` in a stream entry's field list.
+local function field_of(fields, name)
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == name then
+      return fields[i + 1]
+    end
+  end
+  return nil
+end
+
+-- The module hex of a call JSON, read from its head without decoding the
+-- args (wasq writes `id`, then `module`, first).
+local function module_of(call)
+  if type(call) ~= 'string' then
+    return nil
+  end
+  return string.match(string.sub(call, 1, 512), '"module":"(%x+)"')
+end
+
+-- Admits freshly read entries of a queue through the module rate limits:
+-- an entry whose module's bucket is empty goes to the delayed set, due when
+-- the bucket will have a token for it, and its stream entry is dropped.
+-- `modules` maps module hex to bucket key. Appends admitted entries to
+-- `out` as {id, fields, 1}; returns how many were held back.
+local function admit_modules(stream, delayed, modules, entries, now, out)
+  local held = 0
+  local queued_behind = {}
+  for _, e in ipairs(entries) do
+    local fields = e[2] or {}
+    local call = field_of(fields, 'call')
+    local hex = module_of(call)
+    local key = hex and modules[hex]
+    local ok = true
+    if key then
+      local avail, wait, step = bucket_peek(key, now)
+      if avail < 1 then
+        local behind = queued_behind[hex] or 0
+        queued_behind[hex] = behind + 1
+        redis.call('ZADD', delayed, now + wait + math.floor(behind * step), call)
+        ack(stream, e[1])
+        held = held + 1
+        ok = false
+      else
+        bucket_take(key, now, 1)
+      end
+    end
+    if ok then
+      out[#out + 1] = {e[1], fields, 1}
+    end
+  end
+  return held
+end
+
+-- Lowers the per-queue count of dead letters (never below zero).
+local function dead_count_down(count_key, queue)
+  local n = tonumber(redis.pcall('HINCRBY', count_key, queue or '', -1))
+  if n and n <= 0 then
+    redis.pcall('HDEL', count_key, queue or '')
+  end
+end
+
+-- Revokes a call that no host holds, at once: the durable flag, then (unless
+-- it is final already, or running from another entry) its `revoked`
+-- envelope, event and count. `c` holds the keys (call, result, wake,
+-- revoked, events, done) and the call's id, queue, attempt, task,
+-- submitted, the TTLs (ttl, marker_ttl, wake_ttl) and the message.
+local function revoke_now(c, now)
+  if c.id == '' then
+    return
+  end
+  if redis.call('HGET', c.call, 'state') == 'running' then
+    return
+  end
+  redis.call('SET', c.revoked, '1')
+  set_ttl(c.revoked, c.ttl)
+  if key_type(c.result) == 'string' then
+    return
+  end
+  local env = failure_envelope(c.id, 'revoked', 'revoked', c.message, c.attempt)
+  publish(c.result, c.call, c.wake, env, c.ttl, c.marker_ttl, c.wake_ttl, '')
+  event(c.events, 'revoked', c.id, c.queue, c.task, '', now, 'revoked', latency_since(c.submitted))
+  count_final(c.done, nil, now, '')
+end
+
+-- Whether stream id `a` comes after `b`.
+local function id_after(a, b)
+  local am, as = string.match(a, '^(%d+)-?(%d*)$')
+  local bm, bs = string.match(b, '^(%d+)-?(%d*)$')
+  if not am or not bm then
+    return false
+  end
+  am, bm = tonumber(am), tonumber(bm)
+  if am ~= bm then
+    return am > bm
+  end
+  return (tonumber(as) or 0) > (tonumber(bs) or 0)
+end

@@ -109,7 +109,13 @@ end
 -- minutes pruned); `lat_key` (optional) a capped stream of the latencies of
 -- results hosts produced.
 local function count_final(done_key, lat_key, now, latency)
+  local sample = lat_key and latency and latency ~= ''
+  if sample then
+    redis.pcall('XADD', lat_key, 'MAXLEN', '~', 1000, '*', 'ms', latency)
+  end
   local sec = math.floor(now / 1000)
+  -- The first result of a second prunes and renews the TTLs (so both keys
+  -- go once the queue has been idle for a few minutes).
   if redis.pcall('HINCRBY', done_key, sec, 1) == 1 then
     local fields = redis.pcall('HKEYS', done_key)
     if type(fields) == 'table' and not fields.err then
@@ -121,10 +127,9 @@ local function count_final(done_key, lat_key, now, latency)
       end
     end
     redis.pcall('PEXPIRE', done_key, 180000)
-  end
-  if lat_key and latency and latency ~= '' then
-    redis.pcall('XADD', lat_key, 'MAXLEN', '~', 1000, '*', 'ms', latency)
-    redis.pcall('PEXPIRE', lat_key, 180000)
+    if lat_key then
+      redis.pcall('PEXPIRE', lat_key, 180000)
+    end
   end
 end
 

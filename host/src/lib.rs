@@ -11,15 +11,19 @@
 //! - `sandbox/stdio`: bounded capture of stdout and stderr.
 //! - `worker`: the loop of `wasq host run` ([`Worker`], [`WorkerConfig`]): claim,
 //!   run, publish; heartbeats, revocation checks, graceful shutdown.
+//! - `metrics`: Prometheus metrics of a host, `GET /metrics` of `wasq host run
+//!   --metrics` ([`HostMetrics`], [`CallMetrics`]).
 //! - `bench`: the benchmarks behind `wasq bench` and `make bench` (public as a
 //!   module: its many report types stay out of the crate root).
 
 #![deny(missing_docs)]
 
 pub mod bench;
+mod metrics;
 mod sandbox;
 mod worker;
 
+pub use metrics::{CallMetrics, DURATION_BUCKETS, HostLabels, HostMetrics, METRICS_CONTENT_TYPE};
 pub use sandbox::{
     CacheStats, CallState, Cancel, DEFAULT_CACHE_CAPACITY, DEFAULT_COMPILE_TIMEOUT,
     DEFAULT_MAX_CODE_BYTES, DEFAULT_MAX_FUNCTION_BYTES, DEFAULT_MAX_FUNCTIONS, DEFAULT_POOL_SIZE,

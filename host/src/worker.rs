@@ -91,6 +91,13 @@ pub struct WorkerStats {
     pub last_loop_ms: AtomicU64,
     /// Broker errors seen.
     pub broker_errors: AtomicU64,
+    /// Claim round trips that returned (with calls or empty).
+    pub claims: AtomicU64,
+    /// Deliveries those claims handed out.
+    pub claimed: AtomicU64,
+    /// Final outcomes by state and error kind, retries, and run times, for
+    /// `/metrics` (see [`crate::CallMetrics`]).
+    pub calls: crate::CallMetrics,
 }
 
 impl WorkerStats {
@@ -222,6 +229,10 @@ impl<B: Broker> Worker<B> {
             let deliveries = match claimed {
                 Ok(d) => {
                     backoff.reset();
+                    self.stats.claims.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .claimed
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
                     d
                 }
                 Err(e) => {
@@ -416,6 +427,7 @@ async fn execute<B: Broker>(
             }
         }
         info!(kind = %err.kind, next_attempt = call.attempt + 1, ?delay, "task failed; retrying");
+        stats.calls.record_retry(&env);
         forget(&running);
         return;
     }
@@ -423,6 +435,7 @@ async fn execute<B: Broker>(
     if !env.succeeded() {
         stats.failed.fetch_add(1, Ordering::Relaxed);
     }
+    stats.calls.record_final(&env);
     // The publisher forgets the delivery once the envelope is out.
     let _ = done.send((delivery, env));
 }

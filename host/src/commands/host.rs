@@ -10,7 +10,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasq_broker::{BrokerConfig, DEFAULT_MAX_DELIVERIES, Limits, is_valid_queue_name};
-use wasq_host::{Sandbox, SandboxConfig, Worker, WorkerConfig, WorkerStats};
+use wasq_host::{
+    HostLabels, HostMetrics, Sandbox, SandboxConfig, Worker, WorkerConfig, WorkerStats,
+};
 
 use super::{RedisArgs, UsageError, parse_secs};
 
@@ -116,6 +118,9 @@ pub struct HostRunCommand {
     /// Serve `GET /health` here: 200 while the consume loop turns, 503 when it stalls
     #[arg(long, value_name = "ADDR")]
     health: Option<SocketAddr>,
+    /// Serve Prometheus metrics at `GET /metrics` here (e.g. 127.0.0.1:9187)
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 impl HostRunCommand {
@@ -149,6 +154,7 @@ impl HostRunCommand {
         })?;
         let mut config = WorkerConfig::new(self.queues.clone(), concurrency, self.lease);
         config.grace = self.grace;
+        let metrics_sandbox = sandbox.clone();
         let worker = Worker::new(broker, sandbox, config);
         if let Some(addr) = self.health {
             let stats = worker.stats();
@@ -157,6 +163,21 @@ impl HostRunCommand {
                 .await
                 .with_context(|| format!("cannot listen for health checks on {addr}"))?;
             tokio::spawn(serve_health(listener, stats, stall));
+        }
+        if let Some(addr) = self.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics scrapes on {addr}"))?;
+            let metrics = Arc::new(HostMetrics::new(
+                worker.stats(),
+                metrics_sandbox,
+                HostLabels {
+                    host: worker.config().host_id.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    concurrency,
+                },
+            ));
+            tokio::spawn(metrics.serve(listener));
         }
         worker.run(shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)

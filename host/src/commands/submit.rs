@@ -1,10 +1,12 @@
-//! `wasq submit`: queue a call.
+//! `wasq submit`: queue a call (or, with `--batch`, many).
 
-use std::path::Path;
+mod batch;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{ArgGroup, Args};
 use serde_json::value::RawValue;
 use wasq_broker::{
     Broker, BrokerConfig, Call, ErrorKind, ModuleHash, RetryPolicy, TaskError, is_valid_queue_name,
@@ -24,7 +26,9 @@ sha256:HEX, or a name given with `wasq module tag` (NAME or NAME@VERSION).
 Examples:
   wasq submit target/tasks/examples.wasm add '[4, 5]' --wait
   wasq submit examples@1.0 fib '[30]' --retries 3 --queue cpu
-  wasq submit sha256:9f2c… long_processing '[\"report\"]' --countdown 60")]
+  wasq submit sha256:9f2c… long_processing '[\"report\"]' --countdown 60
+  wasq submit examples@1.0 add --batch pairs.jsonl --json > results.jsonl")]
+#[command(group(ArgGroup::new("waiting").args(["wait", "batch"]).multiple(true)))]
 pub struct SubmitCommand {
     #[command(flatten)]
     redis: RedisArgs,
@@ -49,12 +53,18 @@ pub struct SubmitCommand {
     /// Wait for the result and print it (exit status as `wasq exec`)
     #[arg(long)]
     wait: bool,
-    /// Give up waiting after this many seconds (with --wait)
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, requires = "wait")]
+    /// Give up waiting after this many seconds (with --wait or --batch)
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, requires = "waiting")]
     wait_timeout: Option<Duration>,
-    /// Print exactly one JSON envelope on stdout (with --wait)
+    /// Print exactly one JSON envelope on stdout (with --wait); with
+    /// --batch, one per input line (JSON lines)
     #[arg(long)]
     json: bool,
+    /// Submit one call per line of FILE (a JSON args array per line) in one
+    /// round trip, then wait for all; progress on stderr, one result per line
+    /// on stdout in input order; exit 1 if any failed
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with = "args")]
+    batch: Option<PathBuf>,
 }
 
 /// Resolves a module reference to a stored hash: uploads a file if needed.
@@ -115,6 +125,9 @@ impl SubmitCommand {
         }
         if !is_valid_queue_name(&self.queue) {
             return Err(UsageError(format!("invalid queue name {:?}", self.queue)).into());
+        }
+        if let Some(path) = &self.batch {
+            return batch::run(&self, path).await;
         }
         let args = parse_args(&self.args)?;
         let broker = self.redis.connect(BrokerConfig::default()).await?;

@@ -1,0 +1,446 @@
+//! End to end: `wasq submit --batch` against a real redis-server and a real
+//! `wasq host run --metrics`; the host's `/metrics` must count exactly the
+//! calls the batches ran, by state and error kind.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Proc, describe, run, task_module, wasq};
+use serde_json::{Value, json};
+use wasq_broker::testing::{RedisServer, unique_prefix};
+
+struct Setup {
+    redis: RedisServer,
+    prefix: String,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(test: &str) -> Self {
+        Self {
+            redis: RedisServer::start(),
+            prefix: unique_prefix(test),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cli(&self) -> Command {
+        let mut cmd = wasq();
+        cmd.env("WASQ_REDIS_URL", self.redis.url())
+            .env("WASQ_PREFIX", &self.prefix);
+        cmd
+    }
+
+    /// Starts `wasq host run --metrics 127.0.0.1:0` and returns it with the
+    /// address it serves metrics on (read from its log).
+    fn host_with_metrics(&self) -> (Proc, SocketAddr) {
+        let log = self.dir.path().join("host.log");
+        let child = self
+            .cli()
+            .args([
+                "host",
+                "run",
+                "--concurrency",
+                "4",
+                "--metrics",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "wasq_host=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start host");
+        let host = Proc {
+            child,
+            name: "host".into(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let addr = host
+                .log()
+                .lines()
+                .filter(|l| l.contains("serving metrics"))
+                .find_map(|l| {
+                    l.split("addr=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                });
+            if let Some(addr) = addr {
+                return (host, addr);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the host never said where it serves metrics:\n{}",
+                host.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn batch_file(&self, name: &str, lines: &[&str]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    }
+}
+
+/// `GET path` over HTTP/1.0: (status, content type, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_string())
+}
+
+/// Samples of a Prometheus text exposition: `name{a="x",b="y"}` → value,
+/// with labels in the order given. Checks every line is well formed.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('#') {
+            let rest = rest.trim_start();
+            assert!(
+                rest.starts_with("HELP ") || rest.starts_with("TYPE "),
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name_end = series.find('{').unwrap_or(series.len());
+        assert!(
+            series[..name_end]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        assert!(
+            out.insert(series.to_string(), value).is_none(),
+            "duplicate {series}"
+        );
+    }
+    out
+}
+
+fn get(m: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *m.get(series)
+        .unwrap_or_else(|| panic!("no series {series} in {:#?}", m.keys().collect::<Vec<_>>()))
+}
+
+fn stdout_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn batches_run_and_metrics_count_them_by_state_and_kind() {
+    let s = Setup::new("metrics");
+    let (mut host, addr) = s.host_with_metrics();
+    let examples = task_module("examples");
+    let hostile = task_module("hostile");
+
+    // Before any call: the counters exist and are zero.
+    let (status, content_type, text) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let m = parse_metrics(&text);
+    assert_eq!(get(&m, "wasq_claimed_calls_total"), 0.0);
+    assert_eq!(get(&m, "wasq_call_duration_seconds_count"), 0.0);
+
+    // Batch 1, piped, plain output: 6 adds succeed, 2 fail as bad_input
+    // (a string where a number goes; wrong arity). Blank lines are skipped.
+    let adds = s.batch_file(
+        "adds.jsonl",
+        &[
+            "[1, 1]",
+            "[2, 2]",
+            "",
+            "[3, 3]",
+            "[\"x\", 1]",
+            "[4, 4]",
+            "[5, 5]",
+            "[1]",
+            "[6, 6]",
+        ],
+    );
+    let out = run(s
+        .cli()
+        .arg("submit")
+        .arg(&examples)
+        .args(["add", "--batch"])
+        .arg(&adds));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a call failed: {}",
+        describe(&out)
+    );
+    let lines = stdout_lines(&out);
+    assert_eq!(lines.len(), 8, "one line per call: {}", describe(&out));
+    let mut by_line = BTreeMap::new();
+    for l in &lines {
+        let cols: Vec<&str> = l.split('\t').collect();
+        assert_eq!(cols.len(), 4, "LINE ID STATE RESULT: {l:?}");
+        assert_eq!(cols[1].len(), 26, "a ULID call id: {l:?}");
+        by_line.insert(
+            cols[0].parse::<usize>().unwrap(),
+            (cols[2].to_string(), cols[3].to_string()),
+        );
+    }
+    let got: Vec<usize> = by_line.keys().copied().collect();
+    assert_eq!(
+        got,
+        [1, 2, 4, 5, 6, 7, 8, 9],
+        "input line numbers, in order"
+    );
+    let line_order: Vec<usize> = lines
+        .iter()
+        .map(|l| l.split('\t').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(line_order, got, "output follows input order");
+    for (line, want) in [(1, 2), (2, 4), (4, 6), (6, 8), (7, 10), (9, 12)] {
+        assert_eq!(
+            by_line[&line],
+            ("succeeded".to_string(), want.to_string()),
+            "line {line}"
+        );
+    }
+    for line in [5, 8] {
+        assert_eq!(by_line[&line].0, "failed", "line {line}");
+        assert!(
+            by_line[&line].1.starts_with("bad_input: "),
+            "line {line}: {:?}",
+            by_line[&line]
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("8 calls: 6 succeeded, 2 failed in "),
+        "summary line: {}",
+        describe(&out)
+    );
+    assert!(
+        !stderr.contains('\r') && !stderr.contains("\x1b["),
+        "no progress bar when piped: {stderr:?}"
+    );
+
+    // Batch 2, --json: fib with too little fuel fails as fuel_exhausted.
+    let fibs = s.batch_file("fibs.jsonl", &["[25]", "[26]", "[27]"]);
+    let out = run(s
+        .cli()
+        .arg("submit")
+        .arg(&examples)
+        .args(["fib", "--fuel", "20000", "--json", "--batch"])
+        .arg(&fibs));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let envs: Vec<Value> = stdout_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not an envelope ({e}): {l}")))
+        .collect();
+    assert_eq!(envs.len(), 3, "{}", describe(&out));
+    for env in &envs {
+        assert_eq!(env["state"], "failed", "{env}");
+        assert_eq!(env["error"]["kind"], "fuel_exhausted", "{env}");
+    }
+
+    // Batch 3, --json, all succeed: exit 0; results in input order.
+    let words = s.batch_file("words.jsonl", &["[\"a b a\"]", "[\"\"]", "[\"x\"]"]);
+    let out = run(s
+        .cli()
+        .arg("submit")
+        .arg(&examples)
+        .args(["word_count", "--json", "--batch"])
+        .arg(&words));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let results: Vec<Value> = stdout_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["result"].clone())
+        .collect();
+    assert_eq!(
+        results,
+        [json!({"a": 2, "b": 1}), json!({}), json!({"x": 1})]
+    );
+    let fuel_of_words: u64 = stdout_lines(&out)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["fuel_used"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert!(fuel_of_words > 0);
+
+    // Batch 4: a guest panic is a task_error; one retry each.
+    let panics = s.batch_file("panics.jsonl", &["[\"boom\"]", "[\"bang\"]"]);
+    let out = run(s
+        .cli()
+        .arg("submit")
+        .arg(&hostile)
+        .args(["panic_now", "--retries", "1", "--json", "--batch"])
+        .arg(&panics));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    for l in stdout_lines(&out) {
+        let env: Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(env["error"]["kind"], "task_error", "{env}");
+        assert_eq!(env["attempt"], 2, "retried once: {env}");
+    }
+
+    // One call of a task the module lacks.
+    let out =
+        run(s
+            .cli()
+            .arg("submit")
+            .arg(&examples)
+            .args(["no_such_task", "[]", "--wait", "--json"]));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+
+    // The host's metrics count exactly those calls. Every count is recorded
+    // before the result is published, so one scrape after the last result suffices.
+    let (_, _, text) = http_get(addr, "/metrics");
+    let m = parse_metrics(&text);
+    let calls = |state: &str, kind: &str| {
+        m.get(&format!(
+            "wasq_calls_total{{state=\"{state}\",kind=\"{kind}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert_eq!(calls("succeeded", ""), 9.0, "{text}");
+    assert_eq!(calls("failed", "bad_input"), 2.0, "{text}");
+    assert_eq!(calls("failed", "fuel_exhausted"), 3.0, "{text}");
+    assert_eq!(calls("failed", "task_error"), 2.0, "{text}");
+    assert_eq!(calls("failed", "task_not_found"), 1.0, "{text}");
+    let total: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("wasq_calls_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(total, 17.0, "no other outcomes: {text}");
+    assert_eq!(get(&m, "wasq_call_retries_total{kind=\"task_error\"}"), 2.0);
+    // Every attempt is timed: 17 final ones and 2 retried.
+    assert_eq!(get(&m, "wasq_call_duration_seconds_count"), 19.0);
+    assert_eq!(
+        get(&m, "wasq_call_duration_seconds_bucket{le=\"+Inf\"}"),
+        19.0
+    );
+    let buckets: Vec<f64> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("wasq_call_duration_seconds_bucket{"))
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(buckets.len() >= 10, "{text}");
+    assert!(get(&m, "wasq_call_duration_seconds_sum") > 0.0);
+    assert_eq!(
+        get(&m, "wasq_claimed_calls_total"),
+        19.0,
+        "each attempt claimed once"
+    );
+    assert!(get(&m, "wasq_claims_total") >= 1.0);
+    assert_eq!(get(&m, "wasq_calls_in_flight"), 0.0);
+    assert_eq!(get(&m, "wasq_concurrency"), 4.0);
+    assert!(get(&m, "wasq_fuel_used_total") >= fuel_of_words as f64);
+    assert_eq!(
+        get(&m, "wasq_module_compiles_total"),
+        2.0,
+        "examples and hostile, once each"
+    );
+    assert_eq!(get(&m, "wasq_module_cache_disk_hits_total"), 0.0);
+    let hits = get(&m, "wasq_module_cache_hits_total");
+    assert!(hits >= 3.0 && hits + 2.0 <= 19.0, "cache hits {hits}");
+    assert_eq!(get(&m, "wasq_broker_errors_total"), 0.0);
+    assert!(
+        m.keys()
+            .any(|k| k.starts_with("wasq_host_info{host=\"") && k.contains("version=\"")),
+        "{text}"
+    );
+
+    let status = host.terminate();
+    assert!(status.success(), "host exits 0 on SIGTERM");
+}
+
+#[test]
+fn a_bad_batch_line_is_a_usage_error_and_queues_nothing() {
+    let s = Setup::new("badbatch");
+    let file = s.batch_file("bad.jsonl", &["[1, 2]", "[3, 4]", "{\"x\": 1}", "[5, 6]"]);
+    let out = run(s
+        .cli()
+        .arg("submit")
+        .arg(task_module("examples"))
+        .args(["add", "--batch"])
+        .arg(&file));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3"), "names the line: {stderr}");
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+    // Nothing reached Redis: not even the module.
+    let client = redis::Client::open(s.redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", s.prefix))
+        .query(&mut conn)
+        .unwrap();
+    assert!(keys.is_empty(), "nothing written: {keys:?}");
+
+    // Unparsable JSON and a scalar are rejected the same way.
+    for (lines, n) in [(&["[1, 1]", "[2, 2"][..], 2), (&["7"][..], 1)] {
+        let file = s.batch_file("bad2.jsonl", lines);
+        let out = run(s
+            .cli()
+            .arg("submit")
+            .arg(task_module("examples"))
+            .args(["add", "--batch"])
+            .arg(&file));
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("line {n}:")),
+            "{}",
+            describe(&out)
+        );
+    }
+    // --batch and an ARGS_JSON positional do not mix.
+    let out = run(s
+        .cli()
+        .arg("submit")
+        .arg(task_module("examples"))
+        .args(["add", "[1, 2]", "--batch"])
+        .arg(&file));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}

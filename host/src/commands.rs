@@ -1,6 +1,7 @@
 //! The subcommands of `wasq`, one file each, and the flag groups they share.
 
 mod bench;
+mod dashboard;
 mod demo;
 mod exec;
 mod host;
@@ -56,6 +57,8 @@ enum Command {
     Demo(demo::DemoCommand),
     /// Measure throughput, latency, cold start, sandbox costs and memory against a Redis server.
     Bench(bench::BenchCommand),
+    /// Serve a live web dashboard of the cluster (hosts, queues, calls, throughput).
+    Dashboard(dashboard::DashboardCommand),
 }
 
 impl Cli {
@@ -72,6 +75,7 @@ impl Cli {
             Command::Module(c) => c.run().await,
             Command::Demo(c) => c.run().await,
             Command::Bench(c) => c.run().await,
+            Command::Dashboard(c) => c.run().await,
         }
     }
 }

@@ -13,16 +13,23 @@
 //!   run, publish; heartbeats, revocation checks, graceful shutdown.
 //! - `metrics`: Prometheus metrics of a host, `GET /metrics` of `wasq host run
 //!   --metrics` ([`HostMetrics`], [`CallMetrics`]).
+//! - `dashboard`: the web dashboard of `wasq dashboard` and its JSON API
+//!   ([`Dashboard`]); its page, script and styles are embedded from `dashboard/`.
 //! - `bench`: the benchmarks behind `wasq bench` and `make bench` (public as a
 //!   module: its many report types stay out of the crate root).
 
 #![deny(missing_docs)]
 
 pub mod bench;
+mod dashboard;
 mod metrics;
 mod sandbox;
 mod worker;
 
+pub use dashboard::{
+    DEFAULT_DASHBOARD_ADDR, DEFAULT_RECENT_CALLS, DEFAULT_REFRESH, Dashboard, DashboardConfig,
+    EventsSeen, HostView, Overview, RecentCall, THROUGHPUT_WINDOW_SECS, ThroughputPoint, Totals,
+};
 pub use metrics::{CallMetrics, DURATION_BUCKETS, HostLabels, HostMetrics, METRICS_CONTENT_TYPE};
 pub use sandbox::{
     CacheStats, CallState, Cancel, DEFAULT_CACHE_CAPACITY, DEFAULT_COMPILE_TIMEOUT,

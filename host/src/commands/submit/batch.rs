@@ -128,7 +128,7 @@ pub async fn run(cmd: &SubmitCommand, path: &Path) -> anyhow::Result<ExitCode> {
         let bar =
             ProgressBar::with_draw_target(Some(calls.len() as u64), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} calls · {msg} · {per_sec}",
+            "{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} calls · {msg}",
         ) {
             bar.set_style(style);
         }
@@ -170,7 +170,8 @@ pub async fn run(cmd: &SubmitCommand, path: &Path) -> anyhow::Result<ExitCode> {
         };
         tally.add(&env);
         bar.inc(1);
-        bar.set_message(format!("{} failed", tally.failed));
+        let rate = bar.position() as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        bar.set_message(format!("{} failed · {rate:.0} calls/s", tally.failed));
         finished.insert(i, env);
         // Print in input order: everything up to the first call not yet back.
         while let Some(env) = finished.remove(&next) {

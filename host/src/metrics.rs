@@ -182,59 +182,59 @@ impl Collector for LiveValues {
         let in_flight = i64::try_from(s.in_flight.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         let cache = self.sandbox.cache_stats();
         let e = &mut encoder;
-        gauge(e, "wasq_calls_in_flight", "Calls running now", in_flight)?;
+        gauge(e, "wasq_calls_in_flight", "Calls running now.", in_flight)?;
         gauge(
             e,
             "wasq_concurrency",
-            "Calls this host runs at most",
+            "Calls this host runs at most.",
             i64::try_from(self.concurrency).unwrap_or(i64::MAX),
         )?;
         counter(
             e,
             "wasq_fuel_used",
-            "Fuel used by all attempts",
+            "Fuel used by all attempts.",
             load(&s.fuel_used),
         )?;
         counter(
             e,
             "wasq_claims",
-            "Claim round trips that returned",
+            "Claim round trips that returned.",
             load(&s.claims),
         )?;
         counter(
             e,
             "wasq_claimed_calls",
-            "Deliveries handed out by claims",
+            "Deliveries handed out by claims.",
             load(&s.claimed),
         )?;
         counter(
             e,
             "wasq_calls_released",
-            "Calls handed back to their queue on shutdown",
+            "Calls handed back to their queue on shutdown.",
             load(&s.released),
         )?;
         counter(
             e,
             "wasq_broker_errors",
-            "Failed broker (Redis) operations; each is retried",
+            "Failed broker (Redis) operations; each is retried.",
             load(&s.broker_errors),
         )?;
         counter(
             e,
             "wasq_module_cache_hits",
-            "Module loads served from the in-memory cache",
+            "Module loads served from the in-memory cache.",
             cache.hits,
         )?;
         counter(
             e,
             "wasq_module_cache_disk_hits",
-            "Module loads served from the on-disk compiled cache",
+            "Module loads served from the on-disk compiled cache.",
             cache.disk_hits,
         )?;
         counter(
             e,
             "wasq_module_compiles",
-            "Module loads that compiled",
+            "Module loads that compiled.",
             cache.compiled,
         )?;
         Ok(())
@@ -358,6 +358,7 @@ mod tests {
             "wasq_call_duration_seconds_bucket{le=\"2.5\"} 4",
             "wasq_call_duration_seconds_bucket{le=\"+Inf\"} 4",
             "wasq_call_duration_seconds_count 4",
+            "# HELP wasq_fuel_used_total Fuel used by all attempts.",
             "wasq_fuel_used_total 1234",
             "wasq_calls_in_flight 2",
             "wasq_concurrency 8",

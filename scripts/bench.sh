@@ -33,7 +33,7 @@ if [ -n "${QUICK:-}" ]; then
     WASQ_BENCH_ARGS="--latency-calls 200 --cold-reps 2 --warm-calls 5000 --fib 27 --sha256-bytes 262144 --cpu-reps 3 --scaling-calls 2000 --memory-calls 200 $WASQ_BENCH_ARGS"
 fi
 OUT="${OUT:-$repo/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$repo/target/bench"
 ln -sfn "$OUT" "$repo/target/bench/latest"
 
 for tool in redis-server redis-cli python3; do

@@ -128,6 +128,8 @@ pub struct CpuBound {
     pub wasm_plain_ms: f64,
     /// Plain engine with epochs only, ms.
     pub wasm_epochs_ms: f64,
+    /// Plain engine with fuel only, ms.
+    pub wasm_fuel_ms: f64,
     /// Plain engine with fuel and epochs (the sandbox's instrumentation), ms.
     pub wasm_fuel_epochs_ms: f64,
     /// `sandbox_ms / native_ms`.

@@ -191,8 +191,8 @@ async fn cpu_bound(
     }
     let sandbox_ms = median(&samples).unwrap_or(f64::NAN);
 
-    let mut plain = [0.0f64; 3];
-    for (slot, (fuel, epochs)) in [(false, false), (false, true), (true, true)]
+    let mut plain = [0.0f64; 4];
+    for (slot, (fuel, epochs)) in [(false, false), (false, true), (true, false), (true, true)]
         .into_iter()
         .enumerate()
     {
@@ -215,9 +215,10 @@ async fn cpu_bound(
         sandbox_ms,
         wasm_plain_ms: plain[0],
         wasm_epochs_ms: plain[1],
-        wasm_fuel_epochs_ms: plain[2],
+        wasm_fuel_ms: plain[2],
+        wasm_fuel_epochs_ms: plain[3],
         sandbox_vs_native: sandbox_ms / native_ms,
-        fuel_cost: plain[2] / plain[1],
+        fuel_cost: plain[3] / plain[1],
         epoch_cost: plain[1] / plain[0],
         native_accelerated_ms,
     })

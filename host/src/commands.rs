@@ -2,12 +2,17 @@
 
 mod bench;
 mod dashboard;
+mod dead;
 mod demo;
+mod events;
 mod exec;
 mod host;
+mod hosts;
 mod inspect;
 mod module;
+mod queue;
 mod result;
+mod stats;
 mod submit;
 
 use std::process::ExitCode;
@@ -57,6 +62,18 @@ enum Command {
     Demo(demo::DemoCommand),
     /// Measure throughput, latency, cold start, sandbox costs and memory against a Redis server.
     Bench(bench::BenchCommand),
+    /// Follow the cluster's events: calls queued, started, finished, revoked; hosts coming and going.
+    Events(events::EventsCommand),
+    /// List the live worker hosts with their load and counters.
+    Hosts(hosts::HostsCommand),
+    /// Show every queue's depth, claimed, delayed and dead calls, limits, throughput and latency.
+    Stats(stats::StatsCommand),
+    /// Pause, resume or purge a queue, or limit its rate.
+    Queue(queue::QueueCommand),
+    /// List, set or lift global rate limits of queues and modules.
+    Rate(queue::RateCommand),
+    /// List, retry or drop dead letters.
+    Dead(dead::DeadCommand),
     /// Serve a live web dashboard of the cluster (hosts, queues, calls, throughput).
     Dashboard(dashboard::DashboardCommand),
 }
@@ -75,6 +92,12 @@ impl Cli {
             Command::Module(c) => c.run().await,
             Command::Demo(c) => c.run().await,
             Command::Bench(c) => c.run().await,
+            Command::Events(c) => c.run().await,
+            Command::Hosts(c) => c.run().await,
+            Command::Stats(c) => c.run().await,
+            Command::Queue(c) => c.run().await,
+            Command::Rate(c) => c.run().await,
+            Command::Dead(c) => c.run().await,
             Command::Dashboard(c) => c.run().await,
         }
     }

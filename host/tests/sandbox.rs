@@ -149,6 +149,39 @@ async fn timeout_busy_loop_obeyed_and_violated() {
     );
 }
 
+/// Bulk memory instructions cost one unit of fuel however many bytes they
+/// touch, so a loop of `memory.fill` over 64 MiB burns wall time at almost no
+/// fuel: only the wall-clock limit (epochs) stops it.
+#[tokio::test]
+async fn timeout_stops_bulk_memory_loops_that_fuel_cannot_see() {
+    let m = wat(r#"(module
+        (memory (export "memory") 1024)
+        (func (export "task.fill_once")
+          (memory.fill (i32.const 0) (i32.const 7) (i32.const 67108864)))
+        (func (export "task.fill_forever")
+          (loop $l
+            (memory.fill (i32.const 0) (i32.const 7) (i32.const 67108864))
+            (br $l))))"#);
+    let t = Limits {
+        timeout: Duration::from_millis(300),
+        ..limits()
+    };
+    assert_ok(&run(&m, "fill_once", t).await);
+    let o = run(&m, "fill_forever", t).await;
+    assert_kind(&o, ErrorKind::Timeout);
+    assert!(o.duration >= Duration::from_millis(300));
+    assert!(
+        o.duration < Duration::from_secs(5),
+        "stopped late: {:?}",
+        o.duration
+    );
+    assert!(
+        o.fuel_used < t.fuel / 1000,
+        "fuel alone would have stopped it: {} used",
+        o.fuel_used
+    );
+}
+
 #[tokio::test]
 async fn timeout_sleeping_guest_obeyed_and_violated() {
     let m = wat(LIMITS);

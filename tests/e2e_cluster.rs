@@ -596,3 +596,61 @@ fn an_unreachable_broker_exits_3() {
     let out = run(wasq().args(["status", "--redis", &url, "01ABC"]));
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
 }
+
+/// `GET /health` on a host's health port: the status code.
+fn health(port: u16) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    sock.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    sock.read_to_string(&mut reply).ok()?;
+    reply.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_false_while_the_host_cannot_consume() {
+    let mut c = Cluster::start("health").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    c.host(&[
+        "--health",
+        &format!("127.0.0.1:{port}"),
+        "--health-stall",
+        "1.5",
+        "--lease",
+        "0.9",
+    ]);
+    c.wait_hosts(1).await;
+    let until = |want: u16, secs: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while health(port) != Some(want) {
+            assert!(Instant::now() < deadline, "/health never answered {want}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    until(200, 10).await;
+    // Redis stops answering for 6 s: the host can neither claim nor heartbeat.
+    let client = redis::Client::open(c.redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(6000)
+        .arg("ALL")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    until(503, 10).await;
+    until(200, 15).await;
+    // And it consumes again.
+    let hash = c.upload("examples").await;
+    let cl = call(hash, "add", json!([3, 4]));
+    c.broker
+        .submit(std::slice::from_ref(&cl), None)
+        .await
+        .unwrap();
+    assert_eq!(c.wait(&cl.id, 30).await.result, json!(7));
+}

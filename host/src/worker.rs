@@ -89,6 +89,9 @@ pub struct WorkerStats {
     pub released: AtomicU64,
     /// Last time the consume loop went round, ms since the Unix epoch.
     pub last_loop_ms: AtomicU64,
+    /// Last time the broker answered a claim or a heartbeat, ms since the
+    /// Unix epoch.
+    pub last_broker_ok_ms: AtomicU64,
     /// Broker errors seen.
     pub broker_errors: AtomicU64,
     /// Claim round trips that returned (with calls or empty).
@@ -111,11 +114,15 @@ impl WorkerStats {
         }
     }
 
-    /// Whether the consume loop went round within `stall` (it goes round at
-    /// least once per claim block, even when idle).
+    /// Whether the host is consuming: its loop went round within `stall` (it
+    /// goes round at least once per claim block, even when idle or full) and
+    /// the broker answered a claim or heartbeat within `stall`. A host that is
+    /// alive but stuck, or cut off from Redis, turns unhealthy.
     pub fn healthy(&self, stall: Duration) -> bool {
-        let last = self.last_loop_ms.load(Ordering::Relaxed);
-        now_ms().saturating_sub(last) <= stall.as_millis() as u64
+        let now = now_ms();
+        let stall = stall.as_millis() as u64;
+        let fresh = |t: &AtomicU64| now.saturating_sub(t.load(Ordering::Relaxed)) <= stall;
+        fresh(&self.last_loop_ms) && fresh(&self.last_broker_ok_ms)
     }
 }
 
@@ -123,6 +130,8 @@ struct Running {
     delivery: Delivery,
     cancel: Cancel,
     since: Instant,
+    /// Its envelope went to the publisher: shutdown must not release it.
+    finished: bool,
 }
 
 /// A worker host: a broker, a sandbox and a config.
@@ -190,6 +199,7 @@ impl<B: Broker> Worker<B> {
                 }
             }
         }
+        self.stats.last_broker_ok_ms.store(now_ms(), Ordering::Relaxed);
         info!(host = %self.config.host_id, queues = ?self.config.queues, concurrency = self.config.concurrency, "host online");
 
         let (done_tx, done_rx) = mpsc::unbounded_channel::<(Delivery, Envelope)>();
@@ -229,6 +239,7 @@ impl<B: Broker> Worker<B> {
             let deliveries = match claimed {
                 Ok(d) => {
                     backoff.reset();
+                    self.stats.last_broker_ok_ms.store(now_ms(), Ordering::Relaxed);
                     self.stats.claims.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .claimed
@@ -257,6 +268,7 @@ impl<B: Broker> Worker<B> {
                             delivery: delivery.clone(),
                             cancel: cancel.clone(),
                             since: Instant::now(),
+                            finished: false,
                         },
                     );
                 tasks.spawn(execute(
@@ -283,12 +295,19 @@ impl<B: Broker> Worker<B> {
                 Err(_) => break,
             }
         }
-        // Interrupt and hand back what is left, so another host takes it at once.
+        // Interrupt and hand back what is left, so another host takes it at
+        // once; calls that finished stay for the publisher.
         let left: Vec<Delivery> = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            running
-                .drain()
-                .map(|(_, r)| {
+            let unfinished: Vec<String> = running
+                .iter()
+                .filter(|(_, r)| !r.finished)
+                .map(|(token, _)| token.clone())
+                .collect();
+            unfinished
+                .iter()
+                .filter_map(|token| running.remove(token))
+                .map(|r| {
                     r.cancel.cancel();
                     r.delivery
                 })
@@ -437,6 +456,13 @@ async fn execute<B: Broker>(
     }
     stats.calls.record_final(&env);
     // The publisher forgets the delivery once the envelope is out.
+    if let Some(r) = running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(&delivery.token)
+    {
+        r.finished = true;
+    }
     let _ = done.send((delivery, env));
 }
 
@@ -494,9 +520,12 @@ async fn heartbeat_loop<B: Broker>(
                     .values()
                     .map(|r| r.delivery.clone())
                     .collect();
-                if let Err(e) = broker.heartbeat(&config.host_id, &stats.snapshot(), &deliveries).await {
-                    stats.broker_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(cause = %e, "heartbeat failed");
+                match broker.heartbeat(&config.host_id, &stats.snapshot(), &deliveries).await {
+                    Ok(()) => stats.last_broker_ok_ms.store(now_ms(), Ordering::Relaxed),
+                    Err(e) => {
+                        stats.broker_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(cause = %e, "heartbeat failed");
+                    }
                 }
             }
             _ = revoke.tick() => {

@@ -115,9 +115,13 @@ pub struct HostRunCommand {
     /// On shutdown, how long running calls may finish (seconds)
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
     grace: Duration,
-    /// Serve `GET /health` here: 200 while the consume loop turns, 503 when it stalls
+    /// Serve `GET /health` here: 200 while the host consumes, 503 when its
+    /// loop stalls or Redis stops answering for --health-stall
     #[arg(long, value_name = "ADDR")]
     health: Option<SocketAddr>,
+    /// How long without progress (loop turn, broker answer) before /health fails (seconds)
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "15")]
+    health_stall: Duration,
     /// Serve Prometheus metrics at `GET /metrics` here (e.g. 127.0.0.1:9187)
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -158,7 +162,7 @@ impl HostRunCommand {
         let worker = Worker::new(broker, sandbox, config);
         if let Some(addr) = self.health {
             let stats = worker.stats();
-            let stall = worker.config().claim_block * 3 + Duration::from_secs(5);
+            let stall = self.health_stall;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for health checks on {addr}"))?;

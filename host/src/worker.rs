@@ -199,7 +199,9 @@ impl<B: Broker> Worker<B> {
                 }
             }
         }
-        self.stats.last_broker_ok_ms.store(now_ms(), Ordering::Relaxed);
+        self.stats
+            .last_broker_ok_ms
+            .store(now_ms(), Ordering::Relaxed);
         info!(host = %self.config.host_id, queues = ?self.config.queues, concurrency = self.config.concurrency, "host online");
 
         let (done_tx, done_rx) = mpsc::unbounded_channel::<(Delivery, Envelope)>();
@@ -239,7 +241,9 @@ impl<B: Broker> Worker<B> {
             let deliveries = match claimed {
                 Ok(d) => {
                     backoff.reset();
-                    self.stats.last_broker_ok_ms.store(now_ms(), Ordering::Relaxed);
+                    self.stats
+                        .last_broker_ok_ms
+                        .store(now_ms(), Ordering::Relaxed);
                     self.stats.claims.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .claimed

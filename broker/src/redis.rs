@@ -207,36 +207,48 @@ impl Op {
         EvalBuilder {
             lua,
             keys: Vec::new(),
-            args: Vec::new(),
+            cmd: None,
         }
     }
 }
 
+/// An `EVALSHA`: keys first, then arguments, which are written straight
+/// into the command (no copy per argument).
 struct EvalBuilder {
     lua: &'static Lua,
     keys: Vec<String>,
-    args: Vec<Vec<u8>>,
+    /// The command, begun at the first argument (once the keys are known).
+    cmd: Option<Cmd>,
 }
 
 impl EvalBuilder {
     fn key(mut self, key: String) -> Self {
+        debug_assert!(self.cmd.is_none(), "keys go before arguments");
         self.keys.push(key);
         self
     }
 
+    fn begun(&mut self) -> &mut Cmd {
+        let (lua, keys) = (self.lua, &mut self.keys);
+        self.cmd.get_or_insert_with(|| {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(lua.script.get_hash()).arg(keys.len());
+            for key in keys.drain(..) {
+                cmd.arg(key);
+            }
+            cmd
+        })
+    }
+
     fn arg(mut self, arg: impl ToRedisArgs) -> Self {
-        self.args.extend(arg.to_redis_args());
+        self.begun().arg(arg);
         self
     }
 
-    fn build(self) -> Op {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.lua.script.get_hash())
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&self.args);
+    fn build(mut self) -> Op {
+        self.begun();
         Op {
-            cmd,
+            cmd: self.cmd.expect("begun above"),
             lua: Some(self.lua),
         }
     }
@@ -487,43 +499,51 @@ impl RedisBroker {
 
     /// Runs commands in one round trip; per command its reply or its error.
     /// Scripts the server does not know (it restarted) are loaded and those
-    /// commands run again. A connection failure fails the whole batch.
-    async fn pipeline(&self, ops: &[Op], what: &str) -> Result<Vec<Result<Value>>> {
-        let mut out: Vec<Option<Result<Value>>> = (0..ops.len()).map(|_| None).collect();
-        let mut todo: Vec<usize> = (0..ops.len()).collect();
+    /// commands run again (the only commands ever copied). A connection
+    /// failure fails the whole batch.
+    async fn pipeline(&self, ops: Vec<Op>, what: &str) -> Result<Vec<Result<Value>>> {
+        let n = ops.len();
+        let mut out: Vec<Option<Result<Value>>> = (0..n).map(|_| None).collect();
         let mut conn = self.conn.clone();
+        // Round 0 sends everything; round 1 only what hit NOSCRIPT.
+        let mut luas: Vec<Option<&'static Lua>> = Vec::with_capacity(n);
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for op in ops {
+            luas.push(op.lua);
+            pipe.add_command(op.cmd);
+        }
+        let mut indices: Vec<usize> = (0..n).collect();
         for round in 0..2 {
-            if todo.is_empty() {
+            if indices.is_empty() {
                 break;
-            }
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for &i in &todo {
-                pipe.add_command(ops[i].cmd.clone());
             }
             let replies: Vec<Value> = pipe
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.err(e, what))?;
-            if replies.len() != todo.len() {
+            if replies.len() != indices.len() {
                 return Err(Error::Malformed(format!(
                     "{what}: {} replies to {} commands",
                     replies.len(),
-                    todo.len()
+                    indices.len()
                 )));
             }
             let mut again = Vec::new();
             let mut load: BTreeMap<&'static str, &'static Lua> = BTreeMap::new();
-            for (&i, reply) in todo.iter().zip(replies) {
+            let mut retry = redis::pipe();
+            retry.ignore_errors();
+            for ((&i, reply), cmd) in indices.iter().zip(replies).zip(pipe.cmd_iter()) {
                 match reply {
                     Value::ServerError(e)
                         if round == 0
                             && e.kind() == Some(redis::ServerErrorKind::NoScript)
-                            && ops[i].lua.is_some() =>
+                            && luas[i].is_some() =>
                     {
-                        let lua = ops[i].lua.expect("checked above");
+                        let lua = luas[i].expect("checked above");
                         load.insert(lua.name, lua);
                         again.push(i);
+                        retry.add_command(cmd.clone());
                     }
                     Value::ServerError(e) => {
                         out[i] = Some(Err(self.err(RedisError::from(e), what)));
@@ -540,7 +560,8 @@ impl RedisBroker {
                     .await
                     .map_err(|e| self.err(e, "cannot load a script"))?;
             }
-            todo = again;
+            indices = again;
+            pipe = retry;
         }
         Ok(out
             .into_iter()
@@ -550,7 +571,7 @@ impl RedisBroker {
 
     /// Runs one script.
     async fn eval(&self, op: Op, what: &str) -> Result<Value> {
-        self.pipeline(std::slice::from_ref(&op), what)
+        self.pipeline(vec![op], what)
             .await?
             .pop()
             .unwrap_or_else(|| Err(Error::Backend(format!("{what}: no reply"))))
@@ -1088,7 +1109,7 @@ impl Broker for RedisBroker {
         let mut names_cmd = redis::cmd("HGETALL");
         names_cmd.arg(self.keys.names());
         ops.push(Op::cmd(names_cmd));
-        let mut replies = self.pipeline(&ops, "cannot list modules").await?;
+        let mut replies = self.pipeline(ops, "cannot list modules").await?;
         let names_reply = replies.pop().expect("one reply per command")?;
         let mut names: HashMap<String, Vec<String>> = HashMap::new();
         for (name, hex) in reply::fields(&names_reply) {
@@ -1137,7 +1158,7 @@ impl Broker for RedisBroker {
                     .build(),
             );
         }
-        for r in self.pipeline(&ops, "cannot submit calls").await? {
+        for r in self.pipeline(ops, "cannot submit calls").await? {
             r?;
         }
         Ok(())
@@ -1153,7 +1174,7 @@ impl Broker for RedisBroker {
         state.arg(self.keys.call(id));
         let mut replies = self
             .pipeline(
-                &[Op::cmd(get), Op::cmd(state)],
+                vec![Op::cmd(get), Op::cmd(state)],
                 "cannot read a call's status",
             )
             .await?
@@ -1251,7 +1272,7 @@ impl Broker for RedisBroker {
         };
         let mut ops = self.host_record_ops(&info.id, Some(info), &stats)?;
         ops.push(self.host_event_op("host_online", &info.id));
-        for r in self.pipeline(&ops, "cannot register a host").await? {
+        for r in self.pipeline(ops, "cannot register a host").await? {
             r?;
         }
         Ok(())
@@ -1279,7 +1300,7 @@ impl Broker for RedisBroker {
             }
             ops.push(op.build());
         }
-        let replies = self.pipeline(&ops, "cannot send a heartbeat").await?;
+        let replies = self.pipeline(ops, "cannot send a heartbeat").await?;
         for r in replies {
             let v = r?;
             if let Some(lost) = as_array(&v) {
@@ -1311,7 +1332,7 @@ impl Broker for RedisBroker {
                 );
             }
         }
-        for r in self.pipeline(&ops, "cannot deregister a host").await? {
+        for r in self.pipeline(ops, "cannot deregister a host").await? {
             r?;
         }
         Ok(())
@@ -1462,7 +1483,7 @@ impl Broker for RedisBroker {
                     .build(),
             );
         }
-        let replies = self.pipeline(&ops, "cannot publish results").await?;
+        let replies = self.pipeline(ops, "cannot publish results").await?;
         let mut out = Vec::with_capacity(replies.len());
         for ((delivery, _), r) in done.iter().zip(replies) {
             match r {
@@ -1536,7 +1557,7 @@ impl Broker for RedisBroker {
         let mut range = redis::cmd("ZRANGE");
         range.arg(self.keys.hosts()).arg(0).arg(-1);
         let replies = self
-            .pipeline(&[Op::cmd(trim), Op::cmd(range)], "cannot list hosts")
+            .pipeline(vec![Op::cmd(trim), Op::cmd(range)], "cannot list hosts")
             .await?;
         let ids: Vec<String> = match replies.into_iter().nth(1) {
             Some(Ok(v)) => as_array(&v)
@@ -1556,7 +1577,7 @@ impl Broker for RedisBroker {
         let mut out = Vec::new();
         for (id, r) in ids
             .iter()
-            .zip(self.pipeline(&ops, "cannot list hosts").await?)
+            .zip(self.pipeline(ops, "cannot list hosts").await?)
         {
             let v = r?;
             let parts = as_array(&v).unwrap_or_default();
@@ -1700,7 +1721,7 @@ impl Broker for RedisBroker {
                     .build()
             })
             .collect();
-        let replies = self.pipeline(&ops, "cannot read queue stats").await?;
+        let replies = self.pipeline(ops, "cannot read queue stats").await?;
         let mut out = Vec::with_capacity(names.len());
         for (q, r) in names.into_iter().zip(replies) {
             let v = r?;
@@ -1758,7 +1779,7 @@ impl Broker for RedisBroker {
         let mut groups = redis::cmd("XINFO");
         groups.arg("GROUPS").arg(&stream);
         let mut replies = self
-            .pipeline(&[Op::cmd(newest), Op::cmd(groups)], WHAT)
+            .pipeline(vec![Op::cmd(newest), Op::cmd(groups)], WHAT)
             .await?
             .into_iter();
         let newest = replies.next().expect("two replies")?;
@@ -1817,7 +1838,7 @@ impl Broker for RedisBroker {
                         self.purge_op(queue, "stream", id.as_bytes(), raw)
                     })
                     .collect();
-                purged += count_ones(self.pipeline(&ops, WHAT).await?)?;
+                purged += count_ones(self.pipeline(ops, WHAT).await?)?;
             }
         }
         // Delayed calls. Members promoted meanwhile are purged from the
@@ -1841,7 +1862,7 @@ impl Broker for RedisBroker {
                 .map(|m| self.purge_op(queue, "delayed", m, m))
                 .collect();
             // A member not removed was promoted meanwhile: it is gone from the set.
-            purged += count_ones(self.pipeline(&ops, WHAT).await?)?;
+            purged += count_ones(self.pipeline(ops, WHAT).await?)?;
         }
         Ok(purged)
     }
@@ -1857,11 +1878,8 @@ impl Broker for RedisBroker {
         }
         let mut known = redis::cmd("SADD");
         known.arg(self.keys.queues()).arg(queue);
-        let ops = [Op::cmd(flag), Op::cmd(known)];
-        for r in self
-            .pipeline(&ops, "cannot pause or resume a queue")
-            .await?
-        {
+        let ops = vec![Op::cmd(flag), Op::cmd(known)];
+        for r in self.pipeline(ops, "cannot pause or resume a queue").await? {
             r?;
         }
         Ok(())
@@ -2070,13 +2088,13 @@ impl RedisBroker {
         let mut gone = Vec::new();
         for (id, r) in ids
             .iter()
-            .zip(self.pipeline(&ops, "cannot list hosts").await?)
+            .zip(self.pipeline(ops, "cannot list hosts").await?)
         {
             if as_int(&r?) == Some(0) {
                 gone.push(self.host_gone_op(id, "expired"));
             }
         }
-        for r in self.pipeline(&gone, "cannot list hosts").await? {
+        for r in self.pipeline(gone, "cannot list hosts").await? {
             r?;
         }
         Ok(())

@@ -33,9 +33,10 @@
 //!
 //! # How a call moves
 //!
-//! `submit` runs one script per call (pipelined): `XADD` to the stream, or
-//! `ZADD` to the delayed set with a countdown, and the state hash, in one
-//! step. `claim` runs, per queue, a script that promotes due delayed calls,
+//! `submit` runs one script per queue for a whole batch of calls (in chunks
+//! of a few hundred, pipelined): per call `XADD` to the stream, or `ZADD` to
+//! the delayed set with a countdown, and the state hash, in one step.
+//! `claim` runs, per queue, a script that promotes due delayed calls,
 //! reclaims entries idle for longer than the lease (`XPENDING IDLE` +
 //! `XCLAIM`, which counts a delivery) and reads new entries (`XREADGROUP >`),
 //! all without blocking; only when that finds nothing does it block in
@@ -130,6 +131,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a broker re-reads which modules are rate-limited.
 const MODULE_LIMITS_REFRESH: Duration = Duration::from_secs(1);
+/// Calls one submit script queues at most (a script blocks the server while
+/// it runs, so huge batches are cut into chunks, still in one round trip).
+const SUBMIT_CHUNK: usize = 256;
 /// Entries one purge round trip handles.
 const PURGE_BATCH: usize = 256;
 
@@ -1134,29 +1138,42 @@ impl Broker for RedisBroker {
     }
 
     async fn submit(&self, calls: &[Call], countdown: Option<Duration>) -> Result<()> {
-        let mut ops = Vec::with_capacity(calls.len());
+        // Check everything before anything is queued.
+        let mut jsons = Vec::with_capacity(calls.len());
         for call in calls {
             check_call(call)?;
-            let json =
-                serde_json::to_string(call).map_err(|e| Error::InvalidCall(e.to_string()))?;
-            let countdown_ms: i64 = countdown.map_or(-1, |d| d.as_millis() as i64);
-            ops.push(
-                Op::eval(&SCRIPTS.submit)
-                    .key(self.keys.stream(&call.queue))
-                    .key(self.keys.delayed(&call.queue))
-                    .key(self.keys.call(&call.id))
+            jsons.push(serde_json::to_string(call).map_err(|e| Error::InvalidCall(e.to_string()))?);
+        }
+        // One script per queue and chunk, all in one round trip.
+        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, call) in calls.iter().enumerate() {
+            by_queue.entry(call.queue.as_str()).or_default().push(i);
+        }
+        let countdown_ms: i64 = countdown.map_or(-1, |d| d.as_millis() as i64);
+        let state_ttl = self.state_ttl_ms(countdown.unwrap_or_default());
+        let mut ops = Vec::new();
+        for (queue, indices) in &by_queue {
+            for chunk in indices.chunks(SUBMIT_CHUNK) {
+                let mut op = Op::eval(&SCRIPTS.submit)
+                    .key(self.keys.stream(queue))
+                    .key(self.keys.delayed(queue))
                     .key(self.keys.events())
-                    .key(self.keys.queues())
-                    .arg(json)
-                    .arg(&call.id)
-                    .arg(&call.queue)
-                    .arg(call.attempt)
-                    .arg(self.state_ttl_ms(countdown.unwrap_or_default()))
-                    .arg(countdown_ms)
-                    .arg(&call.task)
-                    .arg(call.submitted_ms)
-                    .build(),
-            );
+                    .key(self.keys.queues());
+                for &i in chunk {
+                    op = op.key(self.keys.call(&calls[i].id));
+                }
+                let mut op = op.arg(*queue).arg(state_ttl).arg(countdown_ms);
+                for &i in chunk {
+                    let call = &calls[i];
+                    op = op
+                        .arg(jsons[i].as_str())
+                        .arg(&call.id)
+                        .arg(call.attempt)
+                        .arg(&call.task)
+                        .arg(call.submitted_ms);
+                }
+                ops.push(op.build());
+            }
         }
         for r in self.pipeline(ops, "cannot submit calls").await? {
             r?;

@@ -48,8 +48,18 @@
 //! its entries with `XCLAIM ... JUSTID`, which resets the idle time without
 //! counting. Every script that acts for a delivery first checks that the entry
 //! is still pending with that count (nobody reclaimed it), and `complete` and
-//! `retry` also check the call's token, recorded by `start`. So a host whose
-//! lease lapsed can neither publish nor acknowledge what is no longer its own.
+//! `retry` also check the call's token, recorded when the call started. So a
+//! host whose lease lapsed can neither publish nor acknowledge what is no
+//! longer its own.
+//!
+//! The claim starts what it hands out in the same script (`start_call` in
+//! `common.lua`: the call state becomes `running` under the delivery's token,
+//! or a revoked call gets its `revoked` envelope, and a revoked or finished
+//! one is acknowledged), so a host needs no `start` round trip per call; the
+//! blocking path does the same in its admission script. Tokens are a random
+//! prefix per claim plus the entry id. These two scripts name the per-call
+//! keys of what they read from the stream (`P:call:ID` and friends) without
+//! declaring them, as they cannot know them beforehand.
 //!
 //! Waiting never polls: publishing a result adds an entry to `P:wake:ID`; a
 //! waiter checks for the result, then `XREAD BLOCK`s on that stream from id 0.
@@ -625,32 +635,22 @@ impl RedisBroker {
         (self.config.lease * 10).max(Duration::from_secs(300))
     }
 
-    /// Turns a raw stream entry into a delivery, or buries it.
+    /// Turns a raw stream entry into a delivery, or buries it. `started` is
+    /// what the claim script did about starting it; `token_prefix` makes its
+    /// token (see [`delivery_token`]).
+    #[allow(clippy::too_many_arguments)]
     async fn accept_entry(
         &self,
         queue: &str,
         entry_id: String,
-        fields: Vec<(String, Vec<u8>)>,
+        fields: &[(String, Vec<u8>)],
+        parsed: std::result::Result<Call, String>,
         deliveries: u32,
+        started: Option<StartOutcome>,
+        token_prefix: &str,
         out: &mut Vec<Delivery>,
     ) -> Result<()> {
-        let raw = fields
-            .iter()
-            .find(|(f, _)| f == "call")
-            .map(|(_, v)| v.as_slice());
-        let parsed = match raw {
-            None => Err("entry has no `call` field".to_string()),
-            Some(raw) => serde_json::from_slice::<Call>(raw)
-                .map_err(|e| format!("`call` is not a valid call: {e}"))
-                .and_then(|c| {
-                    // Ids become key names: only well-formed ones get that far.
-                    if is_valid_call_id(&c.id) {
-                        Ok(c)
-                    } else {
-                        Err(format!("call id {:?} is not valid", c.id))
-                    }
-                }),
-        };
+        let raw = call_field(fields);
         match parsed {
             Err(reason) => {
                 let raw = raw.unwrap_or_default();
@@ -706,9 +706,10 @@ impl RedisBroker {
                 out.push(Delivery {
                     call,
                     queue: queue.to_string(),
+                    token: delivery_token(token_prefix, &entry_id),
                     entry_id,
-                    token: new_token(),
                     deliveries,
+                    started,
                 });
                 Ok(())
             }
@@ -766,14 +767,17 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// The queue's pause flag and rate buckets, then the limited modules'
-    /// buckets: the leading keys of `claim.lua` and `admit.lua`.
+    /// The queue's keys, its pause flag and rate bucket, the events and
+    /// counters its started calls touch, then the limited modules' buckets:
+    /// the keys of `claim.lua` and `admit.lua`.
     fn limit_keys(&self, queue: &str, modules: &[ModuleHash]) -> Vec<String> {
         let mut keys = vec![
             self.keys.stream(queue),
             self.keys.delayed(queue),
             self.keys.paused(queue),
             self.keys.bucket(&RateScope::Queue(queue.to_string())),
+            self.keys.events(),
+            self.keys.done(queue),
         ];
         keys.extend(
             modules
@@ -826,6 +830,7 @@ impl RedisBroker {
         for key in self.limit_keys(queue, modules) {
             op = op.key(key);
         }
+        let token_prefix = new_token();
         let mut op = op
             .arg(host_id)
             .arg(want)
@@ -836,7 +841,14 @@ impl RedisBroker {
                 self.consumer_gc_idle().as_millis() as u64
             } else {
                 0
-            });
+            })
+            .arg(&self.keys.prefix)
+            .arg(&token_prefix)
+            .arg(self.config.max_deliveries)
+            .arg(queue)
+            .arg(self.state_ttl_ms(Duration::ZERO))
+            .arg(self.marker_ttl_ms())
+            .arg(WAKE_TTL.as_millis() as u64);
         for m in modules {
             op = op.arg(m.to_hex());
         }
@@ -851,8 +863,19 @@ impl RedisBroker {
             let fields = e.get(1).map(reply::fields).unwrap_or_default();
             let deliveries = e.get(2).and_then(as_int).ok_or_else(bad)?;
             let deliveries = u32::try_from(deliveries).unwrap_or(u32::MAX);
-            self.accept_entry(queue, id, fields, deliveries, out)
-                .await?;
+            let started = start_outcome(e.get(3));
+            let parsed = parse_call(call_field(&fields));
+            self.accept_entry(
+                queue,
+                id,
+                &fields,
+                parsed,
+                deliveries,
+                started,
+                &token_prefix,
+                out,
+            )
+            .await?;
         }
         let blockable = parts.get(2).and_then(as_int) == Some(1);
         Ok((
@@ -862,37 +885,65 @@ impl RedisBroker {
     }
 
     /// Runs the admission checks (pause, rate limits) over entries a
-    /// blocking read handed out; returns those admitted.
+    /// blocking read handed out and starts those admitted, in one script;
+    /// turns those admitted into deliveries.
+    #[allow(clippy::too_many_arguments)]
     async fn admit(
         &self,
+        host_id: &str,
         queue: &str,
         modules: &[ModuleHash],
         entries: reply::Entries,
-    ) -> Result<reply::Entries> {
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
         if entries.is_empty() {
-            return Ok(entries);
+            return Ok(());
         }
+        let parsed: Vec<std::result::Result<Call, String>> = entries
+            .iter()
+            .map(|(_, fields)| parse_call(call_field(fields)))
+            .collect();
+        let token_prefix = new_token();
         let mut op = Op::eval(&SCRIPTS.admit);
         for key in self.limit_keys(queue, modules) {
             op = op.key(key);
         }
-        op = op.arg(modules.len());
+        op = op
+            .arg(host_id)
+            .arg(&self.keys.prefix)
+            .arg(&token_prefix)
+            .arg(queue)
+            .arg(self.state_ttl_ms(Duration::ZERO))
+            .arg(self.marker_ttl_ms())
+            .arg(WAKE_TTL.as_millis() as u64)
+            .arg(modules.len());
         for m in modules {
             op = op.arg(m.to_hex());
         }
-        for (id, _) in &entries {
-            op = op.arg(id);
+        for ((id, _), call) in entries.iter().zip(&parsed) {
+            op = match call {
+                Ok(c) => op
+                    .arg(id)
+                    .arg(&c.id)
+                    .arg(&c.task)
+                    .arg(c.attempt)
+                    .arg(c.submitted_ms),
+                Err(_) => op.arg(id).arg("").arg("").arg(0).arg(0),
+            };
         }
         let reply = self.eval(op.build(), "cannot admit claimed calls").await?;
-        let admitted: HashSet<String> = as_array(&reply)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(as_string)
-            .collect();
-        Ok(entries
-            .into_iter()
-            .filter(|(id, _)| admitted.contains(id))
-            .collect())
+        let outcomes = as_array(&reply)
+            .filter(|o| o.len() == entries.len())
+            .ok_or_else(|| Error::Malformed("unexpected reply of the admit script".into()))?;
+        for (((id, fields), call), outcome) in entries.into_iter().zip(parsed).zip(outcomes) {
+            if as_bytes(outcome) == Some(b"no") {
+                continue;
+            }
+            let started = start_outcome(Some(outcome));
+            self.accept_entry(queue, id, &fields, call, 1, started, &token_prefix, out)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Blocks in `XREADGROUP` on all queues for new entries.
@@ -936,9 +987,8 @@ impl RedisBroker {
                 continue;
             };
             // If this fails the entries stay pending and are reclaimed after the lease.
-            for (id, fields) in self.admit(queue, modules, entries).await? {
-                self.accept_entry(queue, id, fields, 1, &mut got).await?;
-            }
+            self.admit(host_id, queue, modules, entries, &mut got)
+                .await?;
         }
         // Several streams may each answer with up to `max`: hand back the surplus.
         if got.len() > max {
@@ -1430,6 +1480,10 @@ impl Broker for RedisBroker {
     }
 
     async fn start(&self, delivery: &Delivery, host_id: &str) -> Result<StartOutcome> {
+        // The claim revoked or skipped it already (and acknowledged its entry).
+        if let Some(outcome @ (StartOutcome::Revoked | StartOutcome::Skip)) = delivery.started {
+            return Ok(outcome);
+        }
         let call = &delivery.call;
         let op = Op::eval(&SCRIPTS.start)
             .key(self.keys.stream(&delivery.queue))
@@ -2338,6 +2392,47 @@ pub(crate) fn check_rate(scope: &RateScope, rate: Option<&Rate>) -> Result<()> {
 /// A fresh fencing token: 128 random bits.
 pub(crate) fn new_token() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+/// The token of a delivery handed out by one claim: the claim's random
+/// prefix and the entry id (unique per claim), as the claim scripts write it.
+fn delivery_token(prefix: &str, entry_id: &str) -> String {
+    format!("{prefix}:{entry_id}")
+}
+
+/// The `call` field of a stream entry.
+fn call_field(fields: &[(String, Vec<u8>)]) -> Option<&[u8]> {
+    fields
+        .iter()
+        .find(|(f, _)| f == "call")
+        .map(|(_, v)| v.as_slice())
+}
+
+/// A queued call, or why it is garbage.
+fn parse_call(raw: Option<&[u8]>) -> std::result::Result<Call, String> {
+    match raw {
+        None => Err("entry has no `call` field".to_string()),
+        Some(raw) => serde_json::from_slice::<Call>(raw)
+            .map_err(|e| format!("`call` is not a valid call: {e}"))
+            .and_then(|c| {
+                // Ids become key names: only well-formed ones get that far.
+                if is_valid_call_id(&c.id) {
+                    Ok(c)
+                } else {
+                    Err(format!("call id {:?} is not valid", c.id))
+                }
+            }),
+    }
+}
+
+/// What a claim script did about starting an entry (`None`: not started).
+fn start_outcome(v: Option<&Value>) -> Option<StartOutcome> {
+    match v.and_then(as_bytes)? {
+        b"run" => Some(StartOutcome::Run),
+        b"revoked" => Some(StartOutcome::Revoked),
+        b"skip" => Some(StartOutcome::Skip),
+        _ => None,
+    }
 }
 
 /// The id of a garbage call, if it has a usable one.

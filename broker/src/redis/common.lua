@@ -264,3 +264,66 @@ local function id_after(a, b)
   end
   return (tonumber(as) or 0) > (tonumber(bs) or 0)
 end
+
+-- The id, task, attempt and submit time of a call JSON as wasq writes it
+-- (`{"id":…,"module":…,"task":…,"args":…,…,"attempt":N,"submitted_ms":N,…}`),
+-- read without decoding the args; nil if it does not look like that (the
+-- host then parses it and starts it itself).
+local function call_head(call)
+  if type(call) ~= 'string' then
+    return nil
+  end
+  local id, task = string.match(string.sub(call, 1, 512),
+    '^{"id":"([%w_%-]+)","module":"%x+","task":"([%w_]+)"')
+  if not id or #id > 128 then
+    return nil
+  end
+  -- Both follow the args, so the last match is the call's own.
+  local attempt, submitted
+  for a, s in string.gmatch(string.sub(call, -1024), '"attempt":(%d+),"submitted_ms":(%d+)') do
+    attempt, submitted = a, s
+  end
+  if not attempt then
+    return nil
+  end
+  return id, task, attempt, submitted
+end
+
+-- Marks a claimed call running under this delivery's token, unless it was
+-- revoked (its `revoked` envelope is published) or already has a final
+-- result; the entry is acknowledged in both cases. With `already`, the call
+-- is running under this token: nothing is written again. `c` holds the
+-- keys (stream, call, result, revoked, wake, events, done), the delivery
+-- (entry, deliveries, token, host) and the call (id, queue, task, attempt,
+-- submitted), and the TTLs (ttl, marker_ttl, wake_ttl).
+-- Returns 'run', 'revoked' or 'skip'.
+local function start_call(c, now, already)
+  -- The usual case costs one command: neither key exists.
+  if redis.call('EXISTS', c.result, c.revoked) > 0 then
+    local revoked = redis.call('EXISTS', c.revoked) == 1
+    if key_type(c.result) == 'string' then
+      ack(c.stream, c.entry)
+      if revoked then
+        return 'revoked'
+      end
+      return 'skip'
+    end
+    if revoked then
+      local env = failure_envelope(c.id, 'revoked', 'revoked', 'revoked before it started', c.attempt)
+      publish(c.result, c.call, c.wake, env, c.ttl, c.marker_ttl, c.wake_ttl, c.token)
+      ack(c.stream, c.entry)
+      event(c.events, 'revoked', c.id, c.queue, c.task, c.host, now, 'revoked',
+        latency_since(c.submitted))
+      count_final(c.done, nil, now, '')
+      return 'revoked'
+    end
+  end
+  if already then
+    return 'run'
+  end
+  redis.call('HSET', c.call, 'state', 'running', 'queue', c.queue, 'token', c.token,
+    'host', c.host, 'attempt', c.attempt, 'entry', c.entry, 'deliveries', c.deliveries)
+  set_ttl(c.call, c.ttl)
+  event(c.events, 'started', c.id, c.queue, c.task, c.host, now)
+  return 'run'
+end

@@ -16,7 +16,7 @@
 //! | `P:{q:NAME}:delayed` | sorted set | call JSON scored by due time (ms, Redis clock): countdowns and retries | promoted into the stream when due |
 //! | `P:call:ID` | hash | `state` (`queued`/`running`/`retrying`), `queue`, `attempt`, `token`, `host`, `entry`, `deliveries`, `last` (envelope of the failed attempt) | TTL: result TTL (+ delay); after the final result only a marker `state=done`, `token` for at most an hour |
 //! | `P:result:ID` | string | the final envelope JSON | TTL: result TTL (none if zero) |
-//! | `P:wake:ID` | stream, `MAXLEN 1` | one entry once the result exists; waiters `XREAD BLOCK` on it | TTL: 5 minutes |
+//! | `P:wake:ID` | stream, `MAXLEN 1` | one entry once the result exists, field `env`: the final envelope JSON; waiters `XREAD BLOCK` on it | TTL: 5 minutes |
 //! | `P:revoked:ID` | string | `1` when the call was revoked | TTL: result TTL |
 //! | `P:host:ID` | hash | `info`, `stats` (JSON) of a live host | TTL: the lease, renewed by heartbeats |
 //! | `P:hosts` | sorted set | host ids scored by when their record can go | trimmed on every heartbeat and listing |
@@ -61,10 +61,14 @@
 //! keys of what they read from the stream (`P:call:ID` and friends) without
 //! declaring them, as they cannot know them beforehand.
 //!
-//! Waiting never polls: publishing a result adds an entry to `P:wake:ID`; a
-//! waiter checks for the result, then `XREAD BLOCK`s on that stream from id 0.
-//! `XREAD` does not consume, so every waiter wakes, and an entry added between
-//! the check and the block is seen at once.
+//! Waiting never polls: publishing a result adds an entry carrying the
+//! envelope to `P:wake:ID`; a waiter reads that stream from id 0 together
+//! with the call's state (one round trip, which ends the wait if the result
+//! is there), then `XREAD BLOCK`s on it from id 0, which returns the
+//! envelope itself. `XREAD` does not consume, so every waiter wakes, and an
+//! entry added between the check and the block is seen at once. Only a
+//! timeout, an unknown id or a result older than the wake-up's TTL costs a
+//! read of `P:result:ID`.
 //!
 //! # Pauses and rate limits
 //!
@@ -1004,7 +1008,7 @@ impl RedisBroker {
     }
 
     /// Blocks until the wake-up stream of `id` has an entry or `block` passes.
-    async fn block_on_wake(&self, id: &str, block: Duration) -> Result<bool> {
+    async fn block_on_wake(&self, id: &str, block: Duration) -> Result<Woken> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(1)
@@ -1018,7 +1022,17 @@ impl RedisBroker {
             .query(&cmd, block)
             .await
             .map_err(|e| self.err(e, "cannot wait for a result"))?;
-        Ok(!matches!(reply, Value::Nil))
+        Ok(woken(id, &reply))
+    }
+
+    /// The final envelope of a call, `None` if it is still pending, or
+    /// [`Error::UnknownCall`].
+    async fn final_status(&self, id: &str) -> Result<Option<Envelope>> {
+        match self.status(id).await? {
+            Some(env) if env.state.is_final() => Ok(Some(env)),
+            Some(_) => Ok(None),
+            None => Err(Error::UnknownCall(id.to_string())),
+        }
     }
 
     fn pending_envelope(
@@ -1259,10 +1273,46 @@ impl Broker for RedisBroker {
     }
 
     async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<Option<Envelope>> {
-        match self.status(id).await? {
-            None => return Err(Error::UnknownCall(id.to_string())),
-            Some(env) if env.state.is_final() => return Ok(Some(env)),
-            Some(_) => {}
+        if !is_valid_call_id(id) {
+            return Err(Error::UnknownCall(id.to_string()));
+        }
+        // One round trip: the wake-up (it carries the envelope, for five
+        // minutes after the result) and whether the call is pending.
+        let mut peek = redis::cmd("XREAD");
+        peek.arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(self.keys.wake(id))
+            .arg("0-0");
+        let mut state = redis::cmd("HGET");
+        state.arg(self.keys.call(id)).arg("state");
+        let mut replies = self
+            .pipeline(
+                vec![Op::cmd(peek), Op::cmd(state)],
+                "cannot wait for a result",
+            )
+            .await?
+            .into_iter();
+        // A wake-up key holding garbage is overwritten when the result comes.
+        let peeked = match replies.next().expect("two replies") {
+            Ok(v) => woken(id, &v),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(_) => Woken::Nothing,
+        };
+        let state = replies.next().expect("two replies")?;
+        match peeked {
+            Woken::Envelope(env) => return Ok(Some(*env)),
+            Woken::Bare => return self.final_status(id).await,
+            Woken::Nothing => {}
+        }
+        let pending = matches!(as_bytes(&state), Some(b"queued" | b"running" | b"retrying"));
+        if !pending {
+            // Unknown, or final with its wake-up gone: the stored result says.
+            match self.status(id).await? {
+                None => return Err(Error::UnknownCall(id.to_string())),
+                Some(env) if env.state.is_final() => return Ok(Some(env)),
+                Some(_) => {}
+            }
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -1273,18 +1323,16 @@ impl Broker for RedisBroker {
             if block.is_zero() {
                 break;
             }
-            if self.block_on_wake(id, block).await? {
-                break;
+            match self.block_on_wake(id, block).await? {
+                Woken::Envelope(env) => return Ok(Some(*env)),
+                Woken::Bare => break,
+                Woken::Nothing => {}
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
         }
-        match self.status(id).await? {
-            Some(env) if env.state.is_final() => Ok(Some(env)),
-            Some(_) => Ok(None),
-            None => Err(Error::UnknownCall(id.to_string())),
-        }
+        self.final_status(id).await
     }
 
     async fn revoke(&self, id: &str) -> Result<bool> {
@@ -2423,6 +2471,33 @@ fn parse_call(raw: Option<&[u8]>) -> std::result::Result<Call, String> {
                 }
             }),
     }
+}
+
+/// What a read of a wake-up stream found.
+enum Woken {
+    /// No entry: no result yet.
+    Nothing,
+    /// The final envelope the entry carries.
+    Envelope(Box<Envelope>),
+    /// An entry without a usable envelope (written by an older wasq):
+    /// the result exists, read it.
+    Bare,
+}
+
+/// The wake-up in an `XREAD` reply of `id`'s wake-up stream.
+fn woken(id: &str, reply: &Value) -> Woken {
+    let Some(streams) = stream_entries(reply) else {
+        return Woken::Nothing;
+    };
+    let Some((_, fields)) = streams.into_iter().flat_map(|(_, e)| e).next() else {
+        return Woken::Nothing;
+    };
+    fields
+        .iter()
+        .find(|(f, _)| f == "env")
+        .and_then(|(_, v)| serde_json::from_slice::<Envelope>(v).ok())
+        .filter(|env| env.state.is_final() && env.id == id)
+        .map_or(Woken::Bare, |env| Woken::Envelope(Box::new(env)))
 }
 
 /// What a claim script did about starting an entry (`None`: not started).

@@ -46,7 +46,8 @@ end
 
 -- Stores a final envelope, leaves a short-lived marker of which delivery
 -- published it (so a retried `complete` is idempotent) and wakes every
--- waiter. The caller has checked that no final result exists yet.
+-- waiter: the wake-up entry carries the envelope (field `env`), so a waiter
+-- needs no second read. The caller has checked that no final result exists yet.
 local function publish(result_key, call_key, wake_key, envelope, ttl, marker_ttl, wake_ttl, token)
   local wt = key_type(wake_key)
   if wt ~= 'none' and wt ~= 'stream' then
@@ -61,7 +62,7 @@ local function publish(result_key, call_key, wake_key, envelope, ttl, marker_ttl
   redis.call('DEL', call_key)
   redis.call('HSET', call_key, 'state', 'done', 'token', token or '')
   redis.call('PEXPIRE', call_key, marker_ttl)
-  redis.call('XADD', wake_key, 'MAXLEN', 1, '*', 'done', '1')
+  redis.call('XADD', wake_key, 'MAXLEN', 1, '*', 'env', envelope)
   redis.call('PEXPIRE', wake_key, wake_ttl)
 end
 

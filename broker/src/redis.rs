@@ -29,7 +29,7 @@
 //! | `P:rate:module:HEX` | hash | a module's token bucket, the same fields | one per limit |
 //! | `P:rates` | hash | `queue:NAME` / `module:HEX` → `PER_SECOND:BURST`: every limit set | the operator |
 //! | `P:{q:NAME}:done` | hash | final results per second (field: the second) | fields older than 2 minutes are pruned; TTL 3 minutes |
-//! | `P:{q:NAME}:latency` | stream | `ms`: submission-to-result latency of calls hosts finished | `MAXLEN ~ 1000`; TTL 3 minutes |
+//! | `P:{q:NAME}:latency` | stream | `ms`: submission-to-result latency of calls hosts finished, one field per result of a published batch | `MAXLEN ~ 1000`; TTL 3 minutes |
 //!
 //! # How a call moves
 //!
@@ -148,6 +148,8 @@ const MODULE_LIMITS_REFRESH: Duration = Duration::from_secs(1);
 /// Calls one submit script queues at most (a script blocks the server while
 /// it runs, so huge batches are cut into chunks, still in one round trip).
 const SUBMIT_CHUNK: usize = 256;
+/// Results one complete script publishes at most.
+const COMPLETE_CHUNK: usize = 128;
 /// Entries one purge round trip handles.
 const PURGE_BATCH: usize = 256;
 
@@ -1570,49 +1572,60 @@ impl Broker for RedisBroker {
     }
 
     async fn complete(&self, done: &[(Delivery, Envelope)]) -> Result<Vec<bool>> {
-        let mut ops = Vec::with_capacity(done.len());
+        let mut jsons = Vec::with_capacity(done.len());
         for (delivery, envelope) in done {
             check_final(delivery, envelope)?;
-            let json =
-                serde_json::to_string(envelope).map_err(|e| Error::InvalidCall(e.to_string()))?;
-            let call = &delivery.call;
-            ops.push(
-                Op::eval(&SCRIPTS.complete)
-                    .key(self.keys.stream(&delivery.queue))
-                    .key(self.keys.call(&call.id))
-                    .key(self.keys.result(&call.id))
-                    .key(self.keys.wake(&call.id))
-                    .key(self.keys.events())
-                    .key(self.keys.done(&delivery.queue))
-                    .key(self.keys.latency(&delivery.queue))
-                    .arg(&delivery.entry_id)
-                    .arg(delivery.deliveries)
-                    .arg(&delivery.token)
-                    .arg(json)
-                    .arg(self.result_ttl_ms())
-                    .arg(self.marker_ttl_ms())
-                    .arg(WAKE_TTL.as_millis() as u64)
-                    .arg(&call.id)
-                    .arg(envelope.state.as_str())
-                    .arg(&delivery.queue)
-                    .arg(&envelope.host)
-                    .arg(&call.task)
-                    .arg(envelope.error.as_ref().map_or("", |e| e.kind.as_str()))
-                    .arg(call.submitted_ms)
-                    .build(),
+            jsons.push(
+                serde_json::to_string(envelope).map_err(|e| Error::InvalidCall(e.to_string()))?,
             );
         }
+        // One script per queue and chunk, all in one round trip.
+        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, (d, _)) in done.iter().enumerate() {
+            by_queue.entry(d.queue.as_str()).or_default().push(i);
+        }
+        let chunks: Vec<&[usize]> = by_queue
+            .values()
+            .flat_map(|indices| indices.chunks(COMPLETE_CHUNK))
+            .collect();
+        let ops = chunks
+            .iter()
+            .map(|chunk| self.complete_op(done, &jsons, chunk))
+            .collect();
         let replies = self.pipeline(ops, "cannot publish results").await?;
-        let mut out = Vec::with_capacity(replies.len());
-        for ((delivery, _), r) in done.iter().zip(replies) {
+        let mut out = vec![false; done.len()];
+        let mut alone = Vec::new();
+        for (chunk, r) in chunks.iter().zip(replies) {
             match r {
-                Ok(v) => out.push(as_int(&v) == Some(1)),
-                Err(e) if !e.is_transient() => {
-                    // One call's bad data must not hide the others' outcome.
-                    warn!(call_id = %delivery.call.id, cause = %e, "result not published");
-                    out.push(false);
+                Ok(v) => {
+                    let flags = as_array(&v).unwrap_or_default();
+                    for (k, &i) in chunk.iter().enumerate() {
+                        out[i] = flags.get(k).and_then(as_int) == Some(1);
+                    }
                 }
-                Err(e) => return Err(e),
+                Err(e) if e.is_transient() => return Err(e),
+                // One call's bad data stopped the script: find out per call
+                // (repeating a completion is harmless).
+                Err(_) => alone.extend(chunk.iter().copied()),
+            }
+        }
+        if !alone.is_empty() {
+            let ops = alone
+                .iter()
+                .map(|&i| self.complete_op(done, &jsons, &[i]))
+                .collect();
+            let replies = self.pipeline(ops, "cannot publish results").await?;
+            for (&i, r) in alone.iter().zip(replies) {
+                match r {
+                    Ok(v) => {
+                        out[i] = as_array(&v).and_then(|f| f.first()).and_then(as_int) == Some(1);
+                    }
+                    Err(e) if !e.is_transient() => {
+                        // One call's bad data must not hide the others' outcome.
+                        warn!(call_id = %done[i].0.call.id, cause = %e, "result not published");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(out)
@@ -2097,6 +2110,45 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
+    /// The complete script for the deliveries `chunk` (indices into `done`
+    /// and `jsons`, their envelopes' JSON), all of one queue.
+    fn complete_op(&self, done: &[(Delivery, Envelope)], jsons: &[String], chunk: &[usize]) -> Op {
+        let queue = &done[chunk[0]].0.queue;
+        let mut op = Op::eval(&SCRIPTS.complete)
+            .key(self.keys.stream(queue))
+            .key(self.keys.events())
+            .key(self.keys.done(queue))
+            .key(self.keys.latency(queue));
+        for &i in chunk {
+            let id = &done[i].0.call.id;
+            op = op
+                .key(self.keys.call(id))
+                .key(self.keys.result(id))
+                .key(self.keys.wake(id));
+        }
+        let mut op = op
+            .arg(self.result_ttl_ms())
+            .arg(self.marker_ttl_ms())
+            .arg(WAKE_TTL.as_millis() as u64)
+            .arg(queue);
+        for &i in chunk {
+            let (delivery, envelope) = &done[i];
+            let call = &delivery.call;
+            op = op
+                .arg(&delivery.entry_id)
+                .arg(delivery.deliveries)
+                .arg(&delivery.token)
+                .arg(jsons[i].as_str())
+                .arg(&call.id)
+                .arg(envelope.state.as_str())
+                .arg(&envelope.host)
+                .arg(&call.task)
+                .arg(envelope.error.as_ref().map_or("", |e| e.kind.as_str()))
+                .arg(call.submitted_ms);
+        }
+        op.build()
+    }
+
     /// The purge script for one waiting entry (`stream`) or delayed member.
     fn purge_op(&self, queue: &str, from: &str, entry: &[u8], raw: &[u8]) -> Op {
         let call = serde_json::from_slice::<Call>(raw)

@@ -14,9 +14,10 @@
 //!                                  (delivery limit reached ──► failed `lost`, dead-lettered)
 //! ```
 //!
-//! Every claim hands out a [`Delivery`] with a fresh token. `start`, `complete`,
-//! `retry` and `release` check the token atomically, so a host that lost its
-//! lease (and whose call was given to another host) can no longer publish.
+//! Every claim hands out a [`Delivery`] with a fresh token, and starts it in
+//! the same step ([`Delivery::started`]). `start`, `complete`, `retry` and
+//! `release` check the token atomically, so a host that lost its lease (and
+//! whose call was given to another host) can no longer publish.
 
 use std::future::Future;
 use std::time::Duration;
@@ -41,6 +42,14 @@ pub struct Delivery {
     /// How many times this entry has been delivered, from 1. Above the
     /// broker's delivery limit, a call is failed as `lost` instead.
     pub deliveries: u32,
+    /// What the claim did about starting it. Claims start what they hand
+    /// out, in the same step, so a host needs no [`Broker::start`] round
+    /// trip: `Some(Run)` means the call is `running` under this delivery's
+    /// token; `Some(Revoked)` or `Some(Skip)` that it must not run (see
+    /// [`StartOutcome`]; the entry is acknowledged and any `revoked`
+    /// envelope published). `None` when the claim could not start it (a
+    /// call it could not read): call [`Broker::start`] before running it.
+    pub started: Option<StartOutcome>,
 }
 
 /// What [`Broker::start`] found.
@@ -290,8 +299,11 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Marks a claimed call running (records host, attempt and this
     /// delivery's token), unless it was revoked or already finished, or the
-    /// delivery is stale. Call it before running, and before `complete` or
-    /// `retry`, which only accept the token recorded here. Safe to repeat.
+    /// delivery is stale. `complete` and `retry` only accept the token
+    /// recorded here. Claims do this already for what they hand out (see
+    /// [`Delivery::started`]); call it before running a delivery whose
+    /// `started` is `None`. Safe to repeat: for a started delivery it only
+    /// checks again (revoked since, or stale) and records nothing new.
     fn start(
         &self,
         delivery: &Delivery,

@@ -477,6 +477,72 @@ impl LocalBroker {
         }
     }
 
+    /// Marks an owned delivery's call running (see [`Broker::start`]).
+    fn start_now(
+        &self,
+        inner: &mut Inner,
+        delivery: &Delivery,
+        host_id: &str,
+        now: Instant,
+    ) -> StartOutcome {
+        let id = &delivery.call.id;
+        let revoked = Self::is_revoked_now(inner, id, now);
+        if Self::has_result(inner, id, now) {
+            Self::ack(inner, delivery);
+            return if revoked {
+                StartOutcome::Revoked
+            } else {
+                StartOutcome::Skip
+            };
+        }
+        let call = &delivery.call;
+        let ev = |kind| CallEvent {
+            kind,
+            id,
+            queue: &delivery.queue,
+            task: &call.task,
+            host: host_id,
+            error_kind: (kind == "revoked").then_some(ErrorKind::Revoked),
+            submitted_ms: call.submitted_ms,
+            from_run: false,
+        };
+        if revoked {
+            let mut env = Envelope::failed(
+                id.clone(),
+                TaskError::new(ErrorKind::Revoked, "revoked before it started"),
+            );
+            env.attempt = call.attempt;
+            self.publish(inner, env, &delivery.token, now);
+            Self::ack(inner, delivery);
+            self.emit(inner, ev("revoked"), now);
+            return StartOutcome::Revoked;
+        }
+        let already = inner.calls.get(id).is_some_and(|c| {
+            c.state == State::Running && c.token.as_deref() == Some(delivery.token.as_str())
+        });
+        if already {
+            return StartOutcome::Run;
+        }
+        let expires = self.ttl_from(now, Duration::ZERO);
+        inner.calls.insert(
+            id.clone(),
+            CallState {
+                state: State::Running,
+                attempt: call.attempt,
+                token: Some(delivery.token.clone()),
+                host: host_id.to_string(),
+                last: None,
+                expires,
+                queue: delivery.queue.clone(),
+                task: call.task.clone(),
+                submitted_ms: call.submitted_ms,
+                entry: delivery.entry_id.parse().ok(),
+            },
+        );
+        self.emit(inner, ev("started"), now);
+        StartOutcome::Run
+    }
+
     /// One pass: promote, then (unless paused, within the rate limits)
     /// reclaim and read. Returns the deliveries and when the next one could
     /// become available without a notification.
@@ -544,6 +610,7 @@ impl LocalBroker {
                     entry_id: entry.to_string(),
                     token: new_token(),
                     deliveries: p.deliveries,
+                    started: None,
                 });
             }
             for p in q.pending.values() {
@@ -584,6 +651,7 @@ impl LocalBroker {
                     entry_id: entry.to_string(),
                     token: new_token(),
                     deliveries: 1,
+                    started: None,
                 });
             }
             for (due, call) in skipped {
@@ -633,6 +701,10 @@ impl LocalBroker {
                 },
             );
             self.emit(inner, ev("dead"), now);
+        }
+        // Claims start what they hand out (see `Delivery::started`).
+        for d in &mut out {
+            d.started = Some(self.start_now(inner, d, host_id, now));
         }
         (out, next)
     }
@@ -964,61 +1036,16 @@ impl Broker for LocalBroker {
     }
 
     async fn start(&self, delivery: &Delivery, host_id: &str) -> Result<StartOutcome> {
+        // The claim revoked or skipped it already (and acknowledged its entry).
+        if let Some(outcome @ (StartOutcome::Revoked | StartOutcome::Skip)) = delivery.started {
+            return Ok(outcome);
+        }
         let now = Instant::now();
         let mut inner = self.lock();
         if Self::owned(&mut inner, delivery).is_none() {
             return Ok(StartOutcome::Skip);
         }
-        let id = &delivery.call.id;
-        let revoked = Self::is_revoked_now(&inner, id, now);
-        if Self::has_result(&inner, id, now) {
-            Self::ack(&mut inner, delivery);
-            return Ok(if revoked {
-                StartOutcome::Revoked
-            } else {
-                StartOutcome::Skip
-            });
-        }
-        let call = &delivery.call;
-        let ev = |kind| CallEvent {
-            kind,
-            id,
-            queue: &delivery.queue,
-            task: &call.task,
-            host: host_id,
-            error_kind: (kind == "revoked").then_some(ErrorKind::Revoked),
-            submitted_ms: call.submitted_ms,
-            from_run: false,
-        };
-        if revoked {
-            let mut env = Envelope::failed(
-                id.clone(),
-                TaskError::new(ErrorKind::Revoked, "revoked before it started"),
-            );
-            env.attempt = call.attempt;
-            self.publish(&mut inner, env, &delivery.token, now);
-            Self::ack(&mut inner, delivery);
-            self.emit(&mut inner, ev("revoked"), now);
-            return Ok(StartOutcome::Revoked);
-        }
-        let expires = self.ttl_from(now, Duration::ZERO);
-        inner.calls.insert(
-            id.clone(),
-            CallState {
-                state: State::Running,
-                attempt: call.attempt,
-                token: Some(delivery.token.clone()),
-                host: host_id.to_string(),
-                last: None,
-                expires,
-                queue: delivery.queue.clone(),
-                task: call.task.clone(),
-                submitted_ms: call.submitted_ms,
-                entry: delivery.entry_id.parse().ok(),
-            },
-        );
-        self.emit(&mut inner, ev("started"), now);
-        Ok(StartOutcome::Run)
+        Ok(self.start_now(&mut inner, delivery, host_id, now))
     }
 
     async fn complete(&self, done: &[(Delivery, Envelope)]) -> Result<Vec<bool>> {

@@ -16,7 +16,7 @@
 //! | `P:{q:NAME}:delayed` | sorted set | call JSON scored by due time (ms, Redis clock): countdowns and retries | promoted into the stream when due |
 //! | `P:call:ID` | hash | `state` (`queued`/`running`/`retrying`), `queue`, `attempt`, `token`, `host`, `entry`, `deliveries`, `last` (envelope of the failed attempt) | TTL: result TTL (+ delay); after the final result only a marker `state=done`, `token` for at most an hour |
 //! | `P:result:ID` | string | the final envelope JSON | TTL: result TTL (none if zero) |
-//! | `P:wake:ID` | stream, `MAXLEN 1` | one entry once the result exists; waiters `XREAD BLOCK` on it | TTL: 5 minutes |
+//! | `P:wake:ID` | stream, `MAXLEN 1` | one entry once the result exists, field `env`: the final envelope JSON; waiters `XREAD BLOCK` on it | TTL: 5 minutes |
 //! | `P:revoked:ID` | string | `1` when the call was revoked | TTL: result TTL |
 //! | `P:host:ID` | hash | `info`, `stats` (JSON) of a live host | TTL: the lease, renewed by heartbeats |
 //! | `P:hosts` | sorted set | host ids scored by when their record can go | trimmed on every heartbeat and listing |
@@ -29,13 +29,14 @@
 //! | `P:rate:module:HEX` | hash | a module's token bucket, the same fields | one per limit |
 //! | `P:rates` | hash | `queue:NAME` / `module:HEX` → `PER_SECOND:BURST`: every limit set | the operator |
 //! | `P:{q:NAME}:done` | hash | final results per second (field: the second) | fields older than 2 minutes are pruned; TTL 3 minutes |
-//! | `P:{q:NAME}:latency` | stream | `ms`: submission-to-result latency of calls hosts finished | `MAXLEN ~ 1000`; TTL 3 minutes |
+//! | `P:{q:NAME}:latency` | stream | `ms`: submission-to-result latency of calls hosts finished, one field per result of a published batch | `MAXLEN ~ 1000`; TTL 3 minutes |
 //!
 //! # How a call moves
 //!
-//! `submit` runs one script per call (pipelined): `XADD` to the stream, or
-//! `ZADD` to the delayed set with a countdown, and the state hash, in one
-//! step. `claim` runs, per queue, a script that promotes due delayed calls,
+//! `submit` runs one script per queue for a whole batch of calls (in chunks
+//! of a few hundred, pipelined): per call `XADD` to the stream, or `ZADD` to
+//! the delayed set with a countdown, and the state hash, in one step.
+//! `claim` runs, per queue, a script that promotes due delayed calls,
 //! reclaims entries idle for longer than the lease (`XPENDING IDLE` +
 //! `XCLAIM`, which counts a delivery) and reads new entries (`XREADGROUP >`),
 //! all without blocking; only when that finds nothing does it block in
@@ -47,13 +48,27 @@
 //! its entries with `XCLAIM ... JUSTID`, which resets the idle time without
 //! counting. Every script that acts for a delivery first checks that the entry
 //! is still pending with that count (nobody reclaimed it), and `complete` and
-//! `retry` also check the call's token, recorded by `start`. So a host whose
-//! lease lapsed can neither publish nor acknowledge what is no longer its own.
+//! `retry` also check the call's token, recorded when the call started. So a
+//! host whose lease lapsed can neither publish nor acknowledge what is no
+//! longer its own.
 //!
-//! Waiting never polls: publishing a result adds an entry to `P:wake:ID`; a
-//! waiter checks for the result, then `XREAD BLOCK`s on that stream from id 0.
-//! `XREAD` does not consume, so every waiter wakes, and an entry added between
-//! the check and the block is seen at once.
+//! The claim starts what it hands out in the same script (`start_call` in
+//! `common.lua`: the call state becomes `running` under the delivery's token,
+//! or a revoked call gets its `revoked` envelope, and a revoked or finished
+//! one is acknowledged), so a host needs no `start` round trip per call; the
+//! blocking path does the same in its admission script. Tokens are a random
+//! prefix per claim plus the entry id. These two scripts name the per-call
+//! keys of what they read from the stream (`P:call:ID` and friends) without
+//! declaring them, as they cannot know them beforehand.
+//!
+//! Waiting never polls: publishing a result adds an entry carrying the
+//! envelope to `P:wake:ID`; a waiter reads that stream from id 0 together
+//! with the call's state (one round trip, which ends the wait if the result
+//! is there), then `XREAD BLOCK`s on it from id 0, which returns the
+//! envelope itself. `XREAD` does not consume, so every waiter wakes, and an
+//! entry added between the check and the block is seen at once. Only a
+//! timeout, an unknown id or a result older than the wake-up's TTL costs a
+//! read of `P:result:ID`.
 //!
 //! # Pauses and rate limits
 //!
@@ -130,6 +145,11 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a broker re-reads which modules are rate-limited.
 const MODULE_LIMITS_REFRESH: Duration = Duration::from_secs(1);
+/// Calls one submit script queues at most (a script blocks the server while
+/// it runs, so huge batches are cut into chunks, still in one round trip).
+const SUBMIT_CHUNK: usize = 256;
+/// Results one complete script publishes at most.
+const COMPLETE_CHUNK: usize = 128;
 /// Entries one purge round trip handles.
 const PURGE_BATCH: usize = 256;
 
@@ -207,36 +227,48 @@ impl Op {
         EvalBuilder {
             lua,
             keys: Vec::new(),
-            args: Vec::new(),
+            cmd: None,
         }
     }
 }
 
+/// An `EVALSHA`: keys first, then arguments, which are written straight
+/// into the command (no copy per argument).
 struct EvalBuilder {
     lua: &'static Lua,
     keys: Vec<String>,
-    args: Vec<Vec<u8>>,
+    /// The command, begun at the first argument (once the keys are known).
+    cmd: Option<Cmd>,
 }
 
 impl EvalBuilder {
     fn key(mut self, key: String) -> Self {
+        debug_assert!(self.cmd.is_none(), "keys go before arguments");
         self.keys.push(key);
         self
     }
 
+    fn begun(&mut self) -> &mut Cmd {
+        let (lua, keys) = (self.lua, &mut self.keys);
+        self.cmd.get_or_insert_with(|| {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(lua.script.get_hash()).arg(keys.len());
+            for key in keys.drain(..) {
+                cmd.arg(key);
+            }
+            cmd
+        })
+    }
+
     fn arg(mut self, arg: impl ToRedisArgs) -> Self {
-        self.args.extend(arg.to_redis_args());
+        self.begun().arg(arg);
         self
     }
 
-    fn build(self) -> Op {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.lua.script.get_hash())
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&self.args);
+    fn build(mut self) -> Op {
+        self.begun();
         Op {
-            cmd,
+            cmd: self.cmd.expect("begun above"),
             lua: Some(self.lua),
         }
     }
@@ -487,43 +519,51 @@ impl RedisBroker {
 
     /// Runs commands in one round trip; per command its reply or its error.
     /// Scripts the server does not know (it restarted) are loaded and those
-    /// commands run again. A connection failure fails the whole batch.
-    async fn pipeline(&self, ops: &[Op], what: &str) -> Result<Vec<Result<Value>>> {
-        let mut out: Vec<Option<Result<Value>>> = (0..ops.len()).map(|_| None).collect();
-        let mut todo: Vec<usize> = (0..ops.len()).collect();
+    /// commands run again (the only commands ever copied). A connection
+    /// failure fails the whole batch.
+    async fn pipeline(&self, ops: Vec<Op>, what: &str) -> Result<Vec<Result<Value>>> {
+        let n = ops.len();
+        let mut out: Vec<Option<Result<Value>>> = (0..n).map(|_| None).collect();
         let mut conn = self.conn.clone();
+        // Round 0 sends everything; round 1 only what hit NOSCRIPT.
+        let mut luas: Vec<Option<&'static Lua>> = Vec::with_capacity(n);
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for op in ops {
+            luas.push(op.lua);
+            pipe.add_command(op.cmd);
+        }
+        let mut indices: Vec<usize> = (0..n).collect();
         for round in 0..2 {
-            if todo.is_empty() {
+            if indices.is_empty() {
                 break;
-            }
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for &i in &todo {
-                pipe.add_command(ops[i].cmd.clone());
             }
             let replies: Vec<Value> = pipe
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.err(e, what))?;
-            if replies.len() != todo.len() {
+            if replies.len() != indices.len() {
                 return Err(Error::Malformed(format!(
                     "{what}: {} replies to {} commands",
                     replies.len(),
-                    todo.len()
+                    indices.len()
                 )));
             }
             let mut again = Vec::new();
             let mut load: BTreeMap<&'static str, &'static Lua> = BTreeMap::new();
-            for (&i, reply) in todo.iter().zip(replies) {
+            let mut retry = redis::pipe();
+            retry.ignore_errors();
+            for ((&i, reply), cmd) in indices.iter().zip(replies).zip(pipe.cmd_iter()) {
                 match reply {
                     Value::ServerError(e)
                         if round == 0
                             && e.kind() == Some(redis::ServerErrorKind::NoScript)
-                            && ops[i].lua.is_some() =>
+                            && luas[i].is_some() =>
                     {
-                        let lua = ops[i].lua.expect("checked above");
+                        let lua = luas[i].expect("checked above");
                         load.insert(lua.name, lua);
                         again.push(i);
+                        retry.add_command(cmd.clone());
                     }
                     Value::ServerError(e) => {
                         out[i] = Some(Err(self.err(RedisError::from(e), what)));
@@ -540,7 +580,8 @@ impl RedisBroker {
                     .await
                     .map_err(|e| self.err(e, "cannot load a script"))?;
             }
-            todo = again;
+            indices = again;
+            pipe = retry;
         }
         Ok(out
             .into_iter()
@@ -550,7 +591,7 @@ impl RedisBroker {
 
     /// Runs one script.
     async fn eval(&self, op: Op, what: &str) -> Result<Value> {
-        self.pipeline(std::slice::from_ref(&op), what)
+        self.pipeline(vec![op], what)
             .await?
             .pop()
             .unwrap_or_else(|| Err(Error::Backend(format!("{what}: no reply"))))
@@ -600,32 +641,22 @@ impl RedisBroker {
         (self.config.lease * 10).max(Duration::from_secs(300))
     }
 
-    /// Turns a raw stream entry into a delivery, or buries it.
+    /// Turns a raw stream entry into a delivery, or buries it. `started` is
+    /// what the claim script did about starting it; `token_prefix` makes its
+    /// token (see [`delivery_token`]).
+    #[allow(clippy::too_many_arguments)]
     async fn accept_entry(
         &self,
         queue: &str,
         entry_id: String,
-        fields: Vec<(String, Vec<u8>)>,
+        fields: &[(String, Vec<u8>)],
+        parsed: std::result::Result<Call, String>,
         deliveries: u32,
+        started: Option<StartOutcome>,
+        token_prefix: &str,
         out: &mut Vec<Delivery>,
     ) -> Result<()> {
-        let raw = fields
-            .iter()
-            .find(|(f, _)| f == "call")
-            .map(|(_, v)| v.as_slice());
-        let parsed = match raw {
-            None => Err("entry has no `call` field".to_string()),
-            Some(raw) => serde_json::from_slice::<Call>(raw)
-                .map_err(|e| format!("`call` is not a valid call: {e}"))
-                .and_then(|c| {
-                    // Ids become key names: only well-formed ones get that far.
-                    if is_valid_call_id(&c.id) {
-                        Ok(c)
-                    } else {
-                        Err(format!("call id {:?} is not valid", c.id))
-                    }
-                }),
-        };
+        let raw = call_field(fields);
         match parsed {
             Err(reason) => {
                 let raw = raw.unwrap_or_default();
@@ -681,9 +712,10 @@ impl RedisBroker {
                 out.push(Delivery {
                     call,
                     queue: queue.to_string(),
+                    token: delivery_token(token_prefix, &entry_id),
                     entry_id,
-                    token: new_token(),
                     deliveries,
+                    started,
                 });
                 Ok(())
             }
@@ -741,14 +773,17 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// The queue's pause flag and rate buckets, then the limited modules'
-    /// buckets: the leading keys of `claim.lua` and `admit.lua`.
+    /// The queue's keys, its pause flag and rate bucket, the events and
+    /// counters its started calls touch, then the limited modules' buckets:
+    /// the keys of `claim.lua` and `admit.lua`.
     fn limit_keys(&self, queue: &str, modules: &[ModuleHash]) -> Vec<String> {
         let mut keys = vec![
             self.keys.stream(queue),
             self.keys.delayed(queue),
             self.keys.paused(queue),
             self.keys.bucket(&RateScope::Queue(queue.to_string())),
+            self.keys.events(),
+            self.keys.done(queue),
         ];
         keys.extend(
             modules
@@ -801,6 +836,7 @@ impl RedisBroker {
         for key in self.limit_keys(queue, modules) {
             op = op.key(key);
         }
+        let token_prefix = new_token();
         let mut op = op
             .arg(host_id)
             .arg(want)
@@ -811,7 +847,14 @@ impl RedisBroker {
                 self.consumer_gc_idle().as_millis() as u64
             } else {
                 0
-            });
+            })
+            .arg(&self.keys.prefix)
+            .arg(&token_prefix)
+            .arg(self.config.max_deliveries)
+            .arg(queue)
+            .arg(self.state_ttl_ms(Duration::ZERO))
+            .arg(self.marker_ttl_ms())
+            .arg(WAKE_TTL.as_millis() as u64);
         for m in modules {
             op = op.arg(m.to_hex());
         }
@@ -826,8 +869,19 @@ impl RedisBroker {
             let fields = e.get(1).map(reply::fields).unwrap_or_default();
             let deliveries = e.get(2).and_then(as_int).ok_or_else(bad)?;
             let deliveries = u32::try_from(deliveries).unwrap_or(u32::MAX);
-            self.accept_entry(queue, id, fields, deliveries, out)
-                .await?;
+            let started = start_outcome(e.get(3));
+            let parsed = parse_call(call_field(&fields));
+            self.accept_entry(
+                queue,
+                id,
+                &fields,
+                parsed,
+                deliveries,
+                started,
+                &token_prefix,
+                out,
+            )
+            .await?;
         }
         let blockable = parts.get(2).and_then(as_int) == Some(1);
         Ok((
@@ -837,37 +891,65 @@ impl RedisBroker {
     }
 
     /// Runs the admission checks (pause, rate limits) over entries a
-    /// blocking read handed out; returns those admitted.
+    /// blocking read handed out and starts those admitted, in one script;
+    /// turns those admitted into deliveries.
+    #[allow(clippy::too_many_arguments)]
     async fn admit(
         &self,
+        host_id: &str,
         queue: &str,
         modules: &[ModuleHash],
         entries: reply::Entries,
-    ) -> Result<reply::Entries> {
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
         if entries.is_empty() {
-            return Ok(entries);
+            return Ok(());
         }
+        let parsed: Vec<std::result::Result<Call, String>> = entries
+            .iter()
+            .map(|(_, fields)| parse_call(call_field(fields)))
+            .collect();
+        let token_prefix = new_token();
         let mut op = Op::eval(&SCRIPTS.admit);
         for key in self.limit_keys(queue, modules) {
             op = op.key(key);
         }
-        op = op.arg(modules.len());
+        op = op
+            .arg(host_id)
+            .arg(&self.keys.prefix)
+            .arg(&token_prefix)
+            .arg(queue)
+            .arg(self.state_ttl_ms(Duration::ZERO))
+            .arg(self.marker_ttl_ms())
+            .arg(WAKE_TTL.as_millis() as u64)
+            .arg(modules.len());
         for m in modules {
             op = op.arg(m.to_hex());
         }
-        for (id, _) in &entries {
-            op = op.arg(id);
+        for ((id, _), call) in entries.iter().zip(&parsed) {
+            op = match call {
+                Ok(c) => op
+                    .arg(id)
+                    .arg(&c.id)
+                    .arg(&c.task)
+                    .arg(c.attempt)
+                    .arg(c.submitted_ms),
+                Err(_) => op.arg(id).arg("").arg("").arg(0).arg(0),
+            };
         }
         let reply = self.eval(op.build(), "cannot admit claimed calls").await?;
-        let admitted: HashSet<String> = as_array(&reply)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(as_string)
-            .collect();
-        Ok(entries
-            .into_iter()
-            .filter(|(id, _)| admitted.contains(id))
-            .collect())
+        let outcomes = as_array(&reply)
+            .filter(|o| o.len() == entries.len())
+            .ok_or_else(|| Error::Malformed("unexpected reply of the admit script".into()))?;
+        for (((id, fields), call), outcome) in entries.into_iter().zip(parsed).zip(outcomes) {
+            if as_bytes(outcome) == Some(b"no") {
+                continue;
+            }
+            let started = start_outcome(Some(outcome));
+            self.accept_entry(queue, id, &fields, call, 1, started, &token_prefix, out)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Blocks in `XREADGROUP` on all queues for new entries.
@@ -911,9 +993,8 @@ impl RedisBroker {
                 continue;
             };
             // If this fails the entries stay pending and are reclaimed after the lease.
-            for (id, fields) in self.admit(queue, modules, entries).await? {
-                self.accept_entry(queue, id, fields, 1, &mut got).await?;
-            }
+            self.admit(host_id, queue, modules, entries, &mut got)
+                .await?;
         }
         // Several streams may each answer with up to `max`: hand back the surplus.
         if got.len() > max {
@@ -929,7 +1010,7 @@ impl RedisBroker {
     }
 
     /// Blocks until the wake-up stream of `id` has an entry or `block` passes.
-    async fn block_on_wake(&self, id: &str, block: Duration) -> Result<bool> {
+    async fn block_on_wake(&self, id: &str, block: Duration) -> Result<Woken> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(1)
@@ -943,7 +1024,17 @@ impl RedisBroker {
             .query(&cmd, block)
             .await
             .map_err(|e| self.err(e, "cannot wait for a result"))?;
-        Ok(!matches!(reply, Value::Nil))
+        Ok(woken(id, &reply))
+    }
+
+    /// The final envelope of a call, `None` if it is still pending, or
+    /// [`Error::UnknownCall`].
+    async fn final_status(&self, id: &str) -> Result<Option<Envelope>> {
+        match self.status(id).await? {
+            Some(env) if env.state.is_final() => Ok(Some(env)),
+            Some(_) => Ok(None),
+            None => Err(Error::UnknownCall(id.to_string())),
+        }
     }
 
     fn pending_envelope(
@@ -1088,7 +1179,7 @@ impl Broker for RedisBroker {
         let mut names_cmd = redis::cmd("HGETALL");
         names_cmd.arg(self.keys.names());
         ops.push(Op::cmd(names_cmd));
-        let mut replies = self.pipeline(&ops, "cannot list modules").await?;
+        let mut replies = self.pipeline(ops, "cannot list modules").await?;
         let names_reply = replies.pop().expect("one reply per command")?;
         let mut names: HashMap<String, Vec<String>> = HashMap::new();
         for (name, hex) in reply::fields(&names_reply) {
@@ -1113,31 +1204,44 @@ impl Broker for RedisBroker {
     }
 
     async fn submit(&self, calls: &[Call], countdown: Option<Duration>) -> Result<()> {
-        let mut ops = Vec::with_capacity(calls.len());
+        // Check everything before anything is queued.
+        let mut jsons = Vec::with_capacity(calls.len());
         for call in calls {
             check_call(call)?;
-            let json =
-                serde_json::to_string(call).map_err(|e| Error::InvalidCall(e.to_string()))?;
-            let countdown_ms: i64 = countdown.map_or(-1, |d| d.as_millis() as i64);
-            ops.push(
-                Op::eval(&SCRIPTS.submit)
-                    .key(self.keys.stream(&call.queue))
-                    .key(self.keys.delayed(&call.queue))
-                    .key(self.keys.call(&call.id))
-                    .key(self.keys.events())
-                    .key(self.keys.queues())
-                    .arg(json)
-                    .arg(&call.id)
-                    .arg(&call.queue)
-                    .arg(call.attempt)
-                    .arg(self.state_ttl_ms(countdown.unwrap_or_default()))
-                    .arg(countdown_ms)
-                    .arg(&call.task)
-                    .arg(call.submitted_ms)
-                    .build(),
-            );
+            jsons.push(serde_json::to_string(call).map_err(|e| Error::InvalidCall(e.to_string()))?);
         }
-        for r in self.pipeline(&ops, "cannot submit calls").await? {
+        // One script per queue and chunk, all in one round trip.
+        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, call) in calls.iter().enumerate() {
+            by_queue.entry(call.queue.as_str()).or_default().push(i);
+        }
+        let countdown_ms: i64 = countdown.map_or(-1, |d| d.as_millis() as i64);
+        let state_ttl = self.state_ttl_ms(countdown.unwrap_or_default());
+        let mut ops = Vec::new();
+        for (queue, indices) in &by_queue {
+            for chunk in indices.chunks(SUBMIT_CHUNK) {
+                let mut op = Op::eval(&SCRIPTS.submit)
+                    .key(self.keys.stream(queue))
+                    .key(self.keys.delayed(queue))
+                    .key(self.keys.events())
+                    .key(self.keys.queues());
+                for &i in chunk {
+                    op = op.key(self.keys.call(&calls[i].id));
+                }
+                let mut op = op.arg(*queue).arg(state_ttl).arg(countdown_ms);
+                for &i in chunk {
+                    let call = &calls[i];
+                    op = op
+                        .arg(jsons[i].as_str())
+                        .arg(&call.id)
+                        .arg(call.attempt)
+                        .arg(&call.task)
+                        .arg(call.submitted_ms);
+                }
+                ops.push(op.build());
+            }
+        }
+        for r in self.pipeline(ops, "cannot submit calls").await? {
             r?;
         }
         Ok(())
@@ -1153,7 +1257,7 @@ impl Broker for RedisBroker {
         state.arg(self.keys.call(id));
         let mut replies = self
             .pipeline(
-                &[Op::cmd(get), Op::cmd(state)],
+                vec![Op::cmd(get), Op::cmd(state)],
                 "cannot read a call's status",
             )
             .await?
@@ -1171,10 +1275,46 @@ impl Broker for RedisBroker {
     }
 
     async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<Option<Envelope>> {
-        match self.status(id).await? {
-            None => return Err(Error::UnknownCall(id.to_string())),
-            Some(env) if env.state.is_final() => return Ok(Some(env)),
-            Some(_) => {}
+        if !is_valid_call_id(id) {
+            return Err(Error::UnknownCall(id.to_string()));
+        }
+        // One round trip: the wake-up (it carries the envelope, for five
+        // minutes after the result) and whether the call is pending.
+        let mut peek = redis::cmd("XREAD");
+        peek.arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(self.keys.wake(id))
+            .arg("0-0");
+        let mut state = redis::cmd("HGET");
+        state.arg(self.keys.call(id)).arg("state");
+        let mut replies = self
+            .pipeline(
+                vec![Op::cmd(peek), Op::cmd(state)],
+                "cannot wait for a result",
+            )
+            .await?
+            .into_iter();
+        // A wake-up key holding garbage is overwritten when the result comes.
+        let peeked = match replies.next().expect("two replies") {
+            Ok(v) => woken(id, &v),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(_) => Woken::Nothing,
+        };
+        let state = replies.next().expect("two replies")?;
+        match peeked {
+            Woken::Envelope(env) => return Ok(Some(*env)),
+            Woken::Bare => return self.final_status(id).await,
+            Woken::Nothing => {}
+        }
+        let pending = matches!(as_bytes(&state), Some(b"queued" | b"running" | b"retrying"));
+        if !pending {
+            // Unknown, or final with its wake-up gone: the stored result says.
+            match self.status(id).await? {
+                None => return Err(Error::UnknownCall(id.to_string())),
+                Some(env) if env.state.is_final() => return Ok(Some(env)),
+                Some(_) => {}
+            }
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -1185,18 +1325,16 @@ impl Broker for RedisBroker {
             if block.is_zero() {
                 break;
             }
-            if self.block_on_wake(id, block).await? {
-                break;
+            match self.block_on_wake(id, block).await? {
+                Woken::Envelope(env) => return Ok(Some(*env)),
+                Woken::Bare => break,
+                Woken::Nothing => {}
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
         }
-        match self.status(id).await? {
-            Some(env) if env.state.is_final() => Ok(Some(env)),
-            Some(_) => Ok(None),
-            None => Err(Error::UnknownCall(id.to_string())),
-        }
+        self.final_status(id).await
     }
 
     async fn revoke(&self, id: &str) -> Result<bool> {
@@ -1251,7 +1389,7 @@ impl Broker for RedisBroker {
         };
         let mut ops = self.host_record_ops(&info.id, Some(info), &stats)?;
         ops.push(self.host_event_op("host_online", &info.id));
-        for r in self.pipeline(&ops, "cannot register a host").await? {
+        for r in self.pipeline(ops, "cannot register a host").await? {
             r?;
         }
         Ok(())
@@ -1279,7 +1417,7 @@ impl Broker for RedisBroker {
             }
             ops.push(op.build());
         }
-        let replies = self.pipeline(&ops, "cannot send a heartbeat").await?;
+        let replies = self.pipeline(ops, "cannot send a heartbeat").await?;
         for r in replies {
             let v = r?;
             if let Some(lost) = as_array(&v) {
@@ -1311,7 +1449,7 @@ impl Broker for RedisBroker {
                 );
             }
         }
-        for r in self.pipeline(&ops, "cannot deregister a host").await? {
+        for r in self.pipeline(ops, "cannot deregister a host").await? {
             r?;
         }
         Ok(())
@@ -1392,6 +1530,10 @@ impl Broker for RedisBroker {
     }
 
     async fn start(&self, delivery: &Delivery, host_id: &str) -> Result<StartOutcome> {
+        // The claim revoked or skipped it already (and acknowledged its entry).
+        if let Some(outcome @ (StartOutcome::Revoked | StartOutcome::Skip)) = delivery.started {
+            return Ok(outcome);
+        }
         let call = &delivery.call;
         let op = Op::eval(&SCRIPTS.start)
             .key(self.keys.stream(&delivery.queue))
@@ -1430,49 +1572,60 @@ impl Broker for RedisBroker {
     }
 
     async fn complete(&self, done: &[(Delivery, Envelope)]) -> Result<Vec<bool>> {
-        let mut ops = Vec::with_capacity(done.len());
+        let mut jsons = Vec::with_capacity(done.len());
         for (delivery, envelope) in done {
             check_final(delivery, envelope)?;
-            let json =
-                serde_json::to_string(envelope).map_err(|e| Error::InvalidCall(e.to_string()))?;
-            let call = &delivery.call;
-            ops.push(
-                Op::eval(&SCRIPTS.complete)
-                    .key(self.keys.stream(&delivery.queue))
-                    .key(self.keys.call(&call.id))
-                    .key(self.keys.result(&call.id))
-                    .key(self.keys.wake(&call.id))
-                    .key(self.keys.events())
-                    .key(self.keys.done(&delivery.queue))
-                    .key(self.keys.latency(&delivery.queue))
-                    .arg(&delivery.entry_id)
-                    .arg(delivery.deliveries)
-                    .arg(&delivery.token)
-                    .arg(json)
-                    .arg(self.result_ttl_ms())
-                    .arg(self.marker_ttl_ms())
-                    .arg(WAKE_TTL.as_millis() as u64)
-                    .arg(&call.id)
-                    .arg(envelope.state.as_str())
-                    .arg(&delivery.queue)
-                    .arg(&envelope.host)
-                    .arg(&call.task)
-                    .arg(envelope.error.as_ref().map_or("", |e| e.kind.as_str()))
-                    .arg(call.submitted_ms)
-                    .build(),
+            jsons.push(
+                serde_json::to_string(envelope).map_err(|e| Error::InvalidCall(e.to_string()))?,
             );
         }
-        let replies = self.pipeline(&ops, "cannot publish results").await?;
-        let mut out = Vec::with_capacity(replies.len());
-        for ((delivery, _), r) in done.iter().zip(replies) {
+        // One script per queue and chunk, all in one round trip.
+        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, (d, _)) in done.iter().enumerate() {
+            by_queue.entry(d.queue.as_str()).or_default().push(i);
+        }
+        let chunks: Vec<&[usize]> = by_queue
+            .values()
+            .flat_map(|indices| indices.chunks(COMPLETE_CHUNK))
+            .collect();
+        let ops = chunks
+            .iter()
+            .map(|chunk| self.complete_op(done, &jsons, chunk))
+            .collect();
+        let replies = self.pipeline(ops, "cannot publish results").await?;
+        let mut out = vec![false; done.len()];
+        let mut alone = Vec::new();
+        for (chunk, r) in chunks.iter().zip(replies) {
             match r {
-                Ok(v) => out.push(as_int(&v) == Some(1)),
-                Err(e) if !e.is_transient() => {
-                    // One call's bad data must not hide the others' outcome.
-                    warn!(call_id = %delivery.call.id, cause = %e, "result not published");
-                    out.push(false);
+                Ok(v) => {
+                    let flags = as_array(&v).unwrap_or_default();
+                    for (k, &i) in chunk.iter().enumerate() {
+                        out[i] = flags.get(k).and_then(as_int) == Some(1);
+                    }
                 }
-                Err(e) => return Err(e),
+                Err(e) if e.is_transient() => return Err(e),
+                // One call's bad data stopped the script: find out per call
+                // (repeating a completion is harmless).
+                Err(_) => alone.extend(chunk.iter().copied()),
+            }
+        }
+        if !alone.is_empty() {
+            let ops = alone
+                .iter()
+                .map(|&i| self.complete_op(done, &jsons, &[i]))
+                .collect();
+            let replies = self.pipeline(ops, "cannot publish results").await?;
+            for (&i, r) in alone.iter().zip(replies) {
+                match r {
+                    Ok(v) => {
+                        out[i] = as_array(&v).and_then(|f| f.first()).and_then(as_int) == Some(1);
+                    }
+                    Err(e) if !e.is_transient() => {
+                        // One call's bad data must not hide the others' outcome.
+                        warn!(call_id = %done[i].0.call.id, cause = %e, "result not published");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(out)
@@ -1536,7 +1689,7 @@ impl Broker for RedisBroker {
         let mut range = redis::cmd("ZRANGE");
         range.arg(self.keys.hosts()).arg(0).arg(-1);
         let replies = self
-            .pipeline(&[Op::cmd(trim), Op::cmd(range)], "cannot list hosts")
+            .pipeline(vec![Op::cmd(trim), Op::cmd(range)], "cannot list hosts")
             .await?;
         let ids: Vec<String> = match replies.into_iter().nth(1) {
             Some(Ok(v)) => as_array(&v)
@@ -1556,7 +1709,7 @@ impl Broker for RedisBroker {
         let mut out = Vec::new();
         for (id, r) in ids
             .iter()
-            .zip(self.pipeline(&ops, "cannot list hosts").await?)
+            .zip(self.pipeline(ops, "cannot list hosts").await?)
         {
             let v = r?;
             let parts = as_array(&v).unwrap_or_default();
@@ -1700,7 +1853,7 @@ impl Broker for RedisBroker {
                     .build()
             })
             .collect();
-        let replies = self.pipeline(&ops, "cannot read queue stats").await?;
+        let replies = self.pipeline(ops, "cannot read queue stats").await?;
         let mut out = Vec::with_capacity(names.len());
         for (q, r) in names.into_iter().zip(replies) {
             let v = r?;
@@ -1758,7 +1911,7 @@ impl Broker for RedisBroker {
         let mut groups = redis::cmd("XINFO");
         groups.arg("GROUPS").arg(&stream);
         let mut replies = self
-            .pipeline(&[Op::cmd(newest), Op::cmd(groups)], WHAT)
+            .pipeline(vec![Op::cmd(newest), Op::cmd(groups)], WHAT)
             .await?
             .into_iter();
         let newest = replies.next().expect("two replies")?;
@@ -1817,7 +1970,7 @@ impl Broker for RedisBroker {
                         self.purge_op(queue, "stream", id.as_bytes(), raw)
                     })
                     .collect();
-                purged += count_ones(self.pipeline(&ops, WHAT).await?)?;
+                purged += count_ones(self.pipeline(ops, WHAT).await?)?;
             }
         }
         // Delayed calls. Members promoted meanwhile are purged from the
@@ -1841,7 +1994,7 @@ impl Broker for RedisBroker {
                 .map(|m| self.purge_op(queue, "delayed", m, m))
                 .collect();
             // A member not removed was promoted meanwhile: it is gone from the set.
-            purged += count_ones(self.pipeline(&ops, WHAT).await?)?;
+            purged += count_ones(self.pipeline(ops, WHAT).await?)?;
         }
         Ok(purged)
     }
@@ -1857,11 +2010,8 @@ impl Broker for RedisBroker {
         }
         let mut known = redis::cmd("SADD");
         known.arg(self.keys.queues()).arg(queue);
-        let ops = [Op::cmd(flag), Op::cmd(known)];
-        for r in self
-            .pipeline(&ops, "cannot pause or resume a queue")
-            .await?
-        {
+        let ops = vec![Op::cmd(flag), Op::cmd(known)];
+        for r in self.pipeline(ops, "cannot pause or resume a queue").await? {
             r?;
         }
         Ok(())
@@ -1960,6 +2110,45 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
+    /// The complete script for the deliveries `chunk` (indices into `done`
+    /// and `jsons`, their envelopes' JSON), all of one queue.
+    fn complete_op(&self, done: &[(Delivery, Envelope)], jsons: &[String], chunk: &[usize]) -> Op {
+        let queue = &done[chunk[0]].0.queue;
+        let mut op = Op::eval(&SCRIPTS.complete)
+            .key(self.keys.stream(queue))
+            .key(self.keys.events())
+            .key(self.keys.done(queue))
+            .key(self.keys.latency(queue));
+        for &i in chunk {
+            let id = &done[i].0.call.id;
+            op = op
+                .key(self.keys.call(id))
+                .key(self.keys.result(id))
+                .key(self.keys.wake(id));
+        }
+        let mut op = op
+            .arg(self.result_ttl_ms())
+            .arg(self.marker_ttl_ms())
+            .arg(WAKE_TTL.as_millis() as u64)
+            .arg(queue);
+        for &i in chunk {
+            let (delivery, envelope) = &done[i];
+            let call = &delivery.call;
+            op = op
+                .arg(&delivery.entry_id)
+                .arg(delivery.deliveries)
+                .arg(&delivery.token)
+                .arg(jsons[i].as_str())
+                .arg(&call.id)
+                .arg(envelope.state.as_str())
+                .arg(&envelope.host)
+                .arg(&call.task)
+                .arg(envelope.error.as_ref().map_or("", |e| e.kind.as_str()))
+                .arg(call.submitted_ms);
+        }
+        op.build()
+    }
+
     /// The purge script for one waiting entry (`stream`) or delayed member.
     fn purge_op(&self, queue: &str, from: &str, entry: &[u8], raw: &[u8]) -> Op {
         let call = serde_json::from_slice::<Call>(raw)
@@ -2070,13 +2259,13 @@ impl RedisBroker {
         let mut gone = Vec::new();
         for (id, r) in ids
             .iter()
-            .zip(self.pipeline(&ops, "cannot list hosts").await?)
+            .zip(self.pipeline(ops, "cannot list hosts").await?)
         {
             if as_int(&r?) == Some(0) {
                 gone.push(self.host_gone_op(id, "expired"));
             }
         }
-        for r in self.pipeline(&gone, "cannot list hosts").await? {
+        for r in self.pipeline(gone, "cannot list hosts").await? {
             r?;
         }
         Ok(())
@@ -2303,6 +2492,74 @@ pub(crate) fn check_rate(scope: &RateScope, rate: Option<&Rate>) -> Result<()> {
 /// A fresh fencing token: 128 random bits.
 pub(crate) fn new_token() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+/// The token of a delivery handed out by one claim: the claim's random
+/// prefix and the entry id (unique per claim), as the claim scripts write it.
+fn delivery_token(prefix: &str, entry_id: &str) -> String {
+    format!("{prefix}:{entry_id}")
+}
+
+/// The `call` field of a stream entry.
+fn call_field(fields: &[(String, Vec<u8>)]) -> Option<&[u8]> {
+    fields
+        .iter()
+        .find(|(f, _)| f == "call")
+        .map(|(_, v)| v.as_slice())
+}
+
+/// A queued call, or why it is garbage.
+fn parse_call(raw: Option<&[u8]>) -> std::result::Result<Call, String> {
+    match raw {
+        None => Err("entry has no `call` field".to_string()),
+        Some(raw) => serde_json::from_slice::<Call>(raw)
+            .map_err(|e| format!("`call` is not a valid call: {e}"))
+            .and_then(|c| {
+                // Ids become key names: only well-formed ones get that far.
+                if is_valid_call_id(&c.id) {
+                    Ok(c)
+                } else {
+                    Err(format!("call id {:?} is not valid", c.id))
+                }
+            }),
+    }
+}
+
+/// What a read of a wake-up stream found.
+enum Woken {
+    /// No entry: no result yet.
+    Nothing,
+    /// The final envelope the entry carries.
+    Envelope(Box<Envelope>),
+    /// An entry without a usable envelope (written by an older wasq):
+    /// the result exists, read it.
+    Bare,
+}
+
+/// The wake-up in an `XREAD` reply of `id`'s wake-up stream.
+fn woken(id: &str, reply: &Value) -> Woken {
+    let Some(streams) = stream_entries(reply) else {
+        return Woken::Nothing;
+    };
+    let Some((_, fields)) = streams.into_iter().flat_map(|(_, e)| e).next() else {
+        return Woken::Nothing;
+    };
+    fields
+        .iter()
+        .find(|(f, _)| f == "env")
+        .and_then(|(_, v)| serde_json::from_slice::<Envelope>(v).ok())
+        .filter(|env| env.state.is_final() && env.id == id)
+        .map_or(Woken::Bare, |env| Woken::Envelope(Box::new(env)))
+}
+
+/// What a claim script did about starting an entry (`None`: not started).
+fn start_outcome(v: Option<&Value>) -> Option<StartOutcome> {
+    match v.and_then(as_bytes)? {
+        b"run" => Some(StartOutcome::Run),
+        b"revoked" => Some(StartOutcome::Revoked),
+        b"skip" => Some(StartOutcome::Skip),
+        _ => None,
+    }
 }
 
 /// The id of a garbage call, if it has a usable one.

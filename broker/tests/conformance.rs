@@ -1432,7 +1432,7 @@ async fn redis_garbage_at_the_result_key() {
     assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
     let env = succeeded(&d, json!(9), "h1");
     assert_eq!(b.complete(&[(d, env.clone())]).await.unwrap(), vec![true]);
-    assert_eq!(b.status(&call.id).await.unwrap(), Some(env));
+    assert_eq!(b.status(&call.id).await.unwrap(), Some(env.clone()));
 
     // A string that is not an envelope is an error too, never a panic.
     let _: () = redis::cmd("SET")
@@ -1442,6 +1442,20 @@ async fn redis_garbage_at_the_result_key() {
         .await
         .unwrap();
     assert!(matches!(b.status(&call.id).await, Err(Error::Malformed(_))));
+    // A waiter gets the envelope the wake-up carries (it never reads the
+    // result key while the wake-up lives)...
+    assert_eq!(
+        b.wait(&call.id, Some(Duration::from_millis(10)))
+            .await
+            .unwrap(),
+        Some(env)
+    );
+    // ...and once the wake-up is gone, the garbage is an error.
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{prefix}:wake:{}", call.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(matches!(
         b.wait(&call.id, Some(Duration::from_millis(10))).await,
         Err(Error::Malformed(_))

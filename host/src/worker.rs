@@ -342,7 +342,8 @@ impl<B: Broker> Worker<B> {
     }
 }
 
-/// One call, from `start` to handing its envelope to the publisher.
+/// One call, from its start (usually done by the claim) to handing its
+/// envelope to the publisher.
 #[allow(clippy::too_many_arguments)]
 #[instrument(skip_all, fields(call_id = %delivery.call.id, task = %delivery.call.task, attempt = delivery.call.attempt))]
 async fn execute<B: Broker>(
@@ -366,19 +367,24 @@ async fn execute<B: Broker>(
         stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         slot_freed.notify_one();
     };
+    // Claims start what they hand out; only a delivery the claim could not
+    // start costs a `start` round trip.
     let mut backoff = Backoff::new();
-    let started = loop {
-        match broker.start(&delivery, &host_id).await {
-            Ok(s) => break Some(s),
-            Err(e) if e.is_transient() && !cancel.is_cancelled() => {
-                stats.broker_errors.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(backoff.next()).await;
+    let started = match delivery.started {
+        Some(outcome) => Some(outcome),
+        None => loop {
+            match broker.start(&delivery, &host_id).await {
+                Ok(s) => break Some(s),
+                Err(e) if e.is_transient() && !cancel.is_cancelled() => {
+                    stats.broker_errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff.next()).await;
+                }
+                Err(e) => {
+                    warn!(cause = %e, "cannot start call; leaving it for redelivery");
+                    break None;
+                }
             }
-            Err(e) => {
-                warn!(cause = %e, "cannot start call; leaving it for redelivery");
-                break None;
-            }
-        }
+        },
     };
     if started != Some(StartOutcome::Run) {
         debug!(outcome = ?started, "not running call");

@@ -2,17 +2,27 @@
 -- paused and within its rate limit, reclaim entries idle for longer than
 -- the lease (their host stopped heartbeating) and read new entries, holding
 -- back those whose module is over its rate limit; all without blocking. The
--- caller blocks separately if this returns nothing.
--- KEYS: 1 stream, 2 delayed, 3 paused flag, 4 queue rate bucket,
---       5.. rate buckets of rate-limited modules
+-- caller blocks separately if this returns nothing. What it hands out it
+-- also starts (`start_call`), so a host needs no `start` round trip; entries
+-- past the delivery limit, or whose call it cannot read, it leaves to the
+-- host (to dead-letter, or to start itself).
+-- Touches the per-call keys (P:call:ID, P:result:ID, P:revoked:ID,
+-- P:wake:ID) of the calls it starts, which it can only name once it has
+-- read them.
+-- KEYS: 1 stream, 2 delayed, 3 paused flag, 4 queue rate bucket, 5 events,
+--       6 queue's done counter, 7.. rate buckets of rate-limited modules
 -- ARGV: 1 consumer, 2 max entries, 3 lease ms, 4 reclaim? (1/0),
 --       5 max promotions, 6 consumer gc idle ms (0 = skip the gc),
---       7.. module hex of each of KEYS[5..]
+--       7 key prefix, 8 token prefix (a delivery's token is it, ':' and the
+--       entry id), 9 delivery limit, 10 queue, 11 state ttl ms,
+--       12 marker ttl ms, 13 wake ttl ms,
+--       14.. module hex of each of KEYS[7..]
 -- Returns {ms until claiming may find something without a new entry
 --          arriving: a delayed call due or a rate bucket refilled (-1: none),
---          {{entry id, {field, value, ...}, deliveries}, ...},
+--          {{entry id, {field, value, ...}, deliveries, outcome}, ...},
 --          1 if a blocking read of new entries may hand them out now, else 0
 --          (paused, or the queue's bucket is empty)}
+-- where outcome is what `start_call` returned, or '' if not started.
 local stream, delayed = KEYS[1], KEYS[2]
 local consumer, want, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
@@ -59,8 +69,8 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
   end
 
   local modules, limited = {}, false
-  for i = 5, #KEYS do
-    modules[ARGV[i + 2]] = KEYS[i]
+  for i = 7, #KEYS do
+    modules[ARGV[i + 7]] = KEYS[i]
     limited = true
   end
   -- Held-back entries make room for more: read again, a few times at most.
@@ -84,6 +94,26 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
     end
   end
   bucket_take(KEYS[4], now, #out)
+end
+
+-- Start what we hand out.
+local prefix, max_deliveries = ARGV[7], tonumber(ARGV[9])
+for _, o in ipairs(out) do
+  local outcome = ''
+  if o[3] <= max_deliveries then
+    local id, task, attempt, submitted = call_head(field_of(o[2], 'call'))
+    if id then
+      outcome = start_call({
+        stream = stream, call = prefix .. ':call:' .. id, result = prefix .. ':result:' .. id,
+        revoked = prefix .. ':revoked:' .. id, wake = prefix .. ':wake:' .. id,
+        events = KEYS[5], done = KEYS[6],
+        entry = o[1], deliveries = o[3], token = ARGV[8] .. ':' .. o[1], host = consumer,
+        id = id, queue = ARGV[10], task = task, attempt = attempt, submitted = submitted,
+        ttl = ARGV[11], marker_ttl = ARGV[12], wake_ttl = ARGV[13],
+      }, now, false)
+    end
+  end
+  o[4] = outcome
 end
 
 -- Forget consumers (old host processes) that hold nothing and were idle long.

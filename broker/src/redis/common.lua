@@ -8,9 +8,14 @@
 --   * validate and read first, write last: a Lua error does not roll back the
 --     writes made before it.
 
-local function now_ms()
+-- The Redis clock in ms, with µs as the fraction.
+local function clock_ms()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+
+local function now_ms()
+  return math.floor(clock_ms())
 end
 
 local function set_ttl(key, ttl)
@@ -44,25 +49,39 @@ local function ack(stream, entry)
   redis.call('XDEL', stream, entry)
 end
 
--- Stores a final envelope, leaves a short-lived marker of which delivery
--- published it (so a retried `complete` is idempotent) and wakes every
--- waiter. The caller has checked that no final result exists yet.
-local function publish(result_key, call_key, wake_key, envelope, ttl, marker_ttl, wake_ttl, token)
-  local wt = key_type(wake_key)
-  if wt ~= 'none' and wt ~= 'stream' then
+-- Leaves a short-lived marker of which delivery published the (just
+-- stored) final envelope, so a retried `complete` is idempotent, and wakes
+-- every waiter: the wake-up entry carries the envelope (field `env`), so a
+-- waiter needs no second read.
+local function mark_published(call_key, wake_key, envelope, marker_ttl, wake_ttl, token)
+  redis.call('DEL', call_key)
+  redis.call('HSET', call_key, 'state', 'done', 'token', token or '')
+  redis.call('PEXPIRE', call_key, marker_ttl)
+  local added = redis.pcall('XADD', wake_key, 'MAXLEN', 1, '*', 'env', envelope)
+  if type(added) == 'table' and added.err then
+    -- Not a stream (garbage): replace it.
     redis.call('DEL', wake_key)
+    redis.call('XADD', wake_key, 'MAXLEN', 1, '*', 'env', envelope)
   end
+  redis.call('PEXPIRE', wake_key, wake_ttl)
+end
+
+-- Stores a final envelope (`ttl` 0 keeps it forever), writing over anything
+-- else at its key.
+local function store_result(result_key, envelope, ttl)
   ttl = tonumber(ttl)
   if ttl > 0 then
     redis.call('SET', result_key, envelope, 'PX', ttl)
   else
     redis.call('SET', result_key, envelope)
   end
-  redis.call('DEL', call_key)
-  redis.call('HSET', call_key, 'state', 'done', 'token', token or '')
-  redis.call('PEXPIRE', call_key, marker_ttl)
-  redis.call('XADD', wake_key, 'MAXLEN', 1, '*', 'done', '1')
-  redis.call('PEXPIRE', wake_key, wake_ttl)
+end
+
+-- Stores a final envelope, marks who published it and wakes every waiter
+-- (see mark_published). The caller has checked that no final result exists yet.
+local function publish(result_key, call_key, wake_key, envelope, ttl, marker_ttl, wake_ttl, token)
+  store_result(result_key, envelope, ttl)
+  mark_published(call_key, wake_key, envelope, marker_ttl, wake_ttl, token)
 end
 
 -- A failed (or revoked) envelope that no run produced, in the shape of
@@ -93,30 +112,44 @@ local function event(events_key, kind, id, queue, task, host, ts, err, latency)
 end
 
 -- The ms from `submitted` (ms since the epoch, the submitter's clock) to
--- now, as text with µs; '' when the submit time is unknown.
-local function latency_since(submitted)
+-- now (`clock`, from clock_ms, or read here), as text with µs; '' when the
+-- submit time is unknown.
+local function latency_since(submitted, clock)
   submitted = tonumber(submitted)
   if not submitted or submitted <= 0 then
     return ''
   end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  local now = clock or clock_ms()
   return string.format('%.3f', math.max(0, now - submitted))
 end
 
 -- Best effort: the per-queue counters behind queue_stats. `done_key` is a
 -- hash of final results per second (field: the second; older than two
 -- minutes pruned); `lat_key` (optional) a capped stream of the latencies of
--- results hosts produced.
-local function count_final(done_key, lat_key, now, latency)
-  local sample = lat_key and latency and latency ~= ''
-  if sample then
-    redis.pcall('XADD', lat_key, 'MAXLEN', '~', 1000, '*', 'ms', latency)
+-- results hosts produced, each entry holding one or more `ms` fields.
+-- `latencies` is one latency (text), or a list of them; `n` (default 1)
+-- how many results to count.
+local function count_final(done_key, lat_key, now, latencies, n)
+  if lat_key and latencies then
+    local args = {'XADD', lat_key, 'MAXLEN', '~', 1000, '*'}
+    if type(latencies) ~= 'table' then
+      latencies = {latencies}
+    end
+    for _, l in ipairs(latencies) do
+      if l ~= '' then
+        args[#args + 1] = 'ms'
+        args[#args + 1] = l
+      end
+    end
+    if #args > 6 then
+      redis.pcall(unpack(args))
+    end
   end
   local sec = math.floor(now / 1000)
   -- The first result of a second prunes and renews the TTLs (so both keys
   -- go once the queue has been idle for a few minutes).
-  if redis.pcall('HINCRBY', done_key, sec, 1) == 1 then
+  local count = redis.pcall('HINCRBY', done_key, sec, n or 1)
+  if type(count) == 'number' and count == (n or 1) then
     local fields = redis.pcall('HKEYS', done_key)
     if type(fields) == 'table' and not fields.err then
       for _, f in ipairs(fields) do
@@ -263,4 +296,67 @@ local function id_after(a, b)
     return am > bm
   end
   return (tonumber(as) or 0) > (tonumber(bs) or 0)
+end
+
+-- The id, task, attempt and submit time of a call JSON as wasq writes it
+-- (`{"id":…,"module":…,"task":…,"args":…,…,"attempt":N,"submitted_ms":N,…}`),
+-- read without decoding the args; nil if it does not look like that (the
+-- host then parses it and starts it itself).
+local function call_head(call)
+  if type(call) ~= 'string' then
+    return nil
+  end
+  local id, task = string.match(string.sub(call, 1, 512),
+    '^{"id":"([%w_%-]+)","module":"%x+","task":"([%w_]+)"')
+  if not id or #id > 128 then
+    return nil
+  end
+  -- Both follow the args, so the last match is the call's own.
+  local attempt, submitted
+  for a, s in string.gmatch(string.sub(call, -1024), '"attempt":(%d+),"submitted_ms":(%d+)') do
+    attempt, submitted = a, s
+  end
+  if not attempt then
+    return nil
+  end
+  return id, task, attempt, submitted
+end
+
+-- Marks a claimed call running under this delivery's token, unless it was
+-- revoked (its `revoked` envelope is published) or already has a final
+-- result; the entry is acknowledged in both cases. With `already`, the call
+-- is running under this token: nothing is written again. `c` holds the
+-- keys (stream, call, result, revoked, wake, events, done), the delivery
+-- (entry, deliveries, token, host) and the call (id, queue, task, attempt,
+-- submitted), and the TTLs (ttl, marker_ttl, wake_ttl).
+-- Returns 'run', 'revoked' or 'skip'.
+local function start_call(c, now, already)
+  -- The usual case costs one command: neither key exists.
+  if redis.call('EXISTS', c.result, c.revoked) > 0 then
+    local revoked = redis.call('EXISTS', c.revoked) == 1
+    if key_type(c.result) == 'string' then
+      ack(c.stream, c.entry)
+      if revoked then
+        return 'revoked'
+      end
+      return 'skip'
+    end
+    if revoked then
+      local env = failure_envelope(c.id, 'revoked', 'revoked', 'revoked before it started', c.attempt)
+      publish(c.result, c.call, c.wake, env, c.ttl, c.marker_ttl, c.wake_ttl, c.token)
+      ack(c.stream, c.entry)
+      event(c.events, 'revoked', c.id, c.queue, c.task, c.host, now, 'revoked',
+        latency_since(c.submitted))
+      count_final(c.done, nil, now, '')
+      return 'revoked'
+    end
+  end
+  if already then
+    return 'run'
+  end
+  redis.call('HSET', c.call, 'state', 'running', 'queue', c.queue, 'token', c.token,
+    'host', c.host, 'attempt', c.attempt, 'entry', c.entry, 'deliveries', c.deliveries)
+  set_ttl(c.call, c.ttl)
+  event(c.events, 'started', c.id, c.queue, c.task, c.host, now)
+  return 'run'
 end

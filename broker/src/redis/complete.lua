@@ -1,32 +1,65 @@
--- complete: publish a final envelope if this delivery still holds the call;
--- the first final result wins.
--- KEYS: 1 stream, 2 call state, 3 result, 4 wake, 5 events, 6 queue's done
---       counter, 7 queue's latency samples
--- ARGV: 1 entry, 2 deliveries, 3 token, 4 envelope JSON, 5 result ttl ms,
---       6 marker ttl ms, 7 wake ttl ms, 8 id, 9 final state, 10 queue, 11 host, 12 task,
---       13 error kind ('' = none), 14 submit time ms
--- Returns 1 if published (or already published by this same delivery), else 0.
-local stream, entry, token = KEYS[1], ARGV[1], ARGV[3]
-local state, current = unpack(redis.call('HMGET', KEYS[2], 'state', 'token'))
-if state == 'done' and current == token then
-  return 1
+-- complete: publish the final envelopes of a batch of deliveries of one
+-- queue, each only if its delivery still holds the call; the
+-- first final result wins. One TIME for the batch.
+-- KEYS: 1 stream, 2 events, 3 queue's done counter, 4 queue's latency
+--       samples, then 3 per delivery: call state, result, wake
+-- ARGV: 1 result ttl ms, 2 marker ttl ms, 3 wake ttl ms, 4 queue, then 10
+--       per delivery (in the order of its keys): entry, deliveries, token,
+--       envelope JSON, id, final state, host, task, error kind ('' = none),
+--       submit time ms
+-- Returns per delivery 1 if published (or already published by this same
+-- delivery), else 0.
+local stream = KEYS[1]
+local queue = ARGV[4]
+local clock, now = nil, nil
+local published, latencies = 0, {}
+local out = {}
+for k = 0, (#KEYS - 4) / 3 - 1 do
+  local call_key, result_key, wake_key = KEYS[5 + 3 * k], KEYS[6 + 3 * k], KEYS[7 + 3 * k]
+  local a = 5 + 10 * k
+  local entry, deliveries, token, envelope = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local ok = 0
+  local state, current = unpack(redis.call('HMGET', call_key, 'state', 'token'))
+  if state == 'done' and current == token then
+    ok = 1
+  elseif current == token and owns(stream, entry, deliveries) then
+    if not clock then
+      clock = clock_ms()
+      now = math.floor(clock)
+    end
+    -- First final result wins: store ours only where there is none. The
+    -- usual case costs one SET NX instead of TYPE + SET.
+    local ttl = tonumber(ARGV[1])
+    local stored
+    if ttl > 0 then
+      stored = redis.call('SET', result_key, envelope, 'PX', ttl, 'NX')
+    else
+      stored = redis.call('SET', result_key, envelope, 'NX')
+    end
+    if not stored and key_type(result_key) ~= 'string' then
+      -- Garbage at the result key: ours replaces it.
+      store_result(result_key, envelope, ttl)
+      stored = true
+    end
+    if stored then
+      mark_published(call_key, wake_key, envelope, ARGV[2], ARGV[3], token)
+      ack(stream, entry)
+      local latency = latency_since(ARGV[a + 9], clock)
+      event(KEYS[2], ARGV[a + 5], ARGV[a + 4], queue, ARGV[a + 7], ARGV[a + 6], now,
+        ARGV[a + 8], latency)
+      published = published + 1
+      latencies[#latencies + 1] = latency
+      ok = 1
+    else
+      -- Someone else's final result is already there: it stays. Our entry is done.
+      ack(stream, entry)
+      redis.call('HDEL', call_key, 'token')
+    end
+  end
+  out[#out + 1] = ok
 end
-if current ~= token then
-  return 0
+if published > 0 then
+  -- One latency entry and one count for the whole batch.
+  count_final(KEYS[3], KEYS[4], now, latencies, published)
 end
-if not owns(stream, entry, ARGV[2]) then
-  return 0
-end
-local now = now_ms()
-if key_type(KEYS[3]) == 'string' then
-  -- Someone else's final result is already there: it stays. Our entry is done.
-  ack(stream, entry)
-  redis.call('HDEL', KEYS[2], 'token')
-  return 0
-end
-publish(KEYS[3], KEYS[2], KEYS[4], ARGV[4], ARGV[5], ARGV[6], ARGV[7], token)
-ack(stream, entry)
-local latency = latency_since(ARGV[14])
-event(KEYS[5], ARGV[9], ARGV[8], ARGV[10], ARGV[12], ARGV[11], now, ARGV[13], latency)
-count_final(KEYS[6], KEYS[7], now, latency)
-return 1
+return out

@@ -49,10 +49,15 @@ local samples = {}
 if key_type(KEYS[6]) == 'stream' then
   local lat = redis.call('XREVRANGE', KEYS[6], '+', tostring(now - window), 'COUNT',
     tonumber(ARGV[3]))
+  -- An entry holds the samples of one batch of results (`ms` repeated).
+  local most = tonumber(ARGV[3])
   for _, e in ipairs(lat) do
-    local ms = tonumber(field_of(e[2] or {}, 'ms'))
-    if ms then
-      samples[#samples + 1] = ms
+    local fields = e[2] or {}
+    for i = 1, #fields - 1, 2 do
+      local ms = fields[i] == 'ms' and tonumber(fields[i + 1])
+      if ms and #samples < most then
+        samples[#samples + 1] = ms
+      end
     end
   end
 end

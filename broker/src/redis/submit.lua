@@ -1,18 +1,27 @@
--- submit: queue one call (or park it in the delayed set) and record it as queued.
--- KEYS: 1 stream, 2 delayed, 3 call state, 4 events, 5 known queues
--- ARGV: 1 call JSON, 2 id, 3 queue, 4 attempt, 5 state ttl ms (0 = none),
---       6 countdown ms (negative = none), 7 task, 8 submit time ms
+-- submit: queue a batch of calls of one queue (or park them in the delayed
+-- set) and record each as queued. One TIME and one SADD per batch.
+-- KEYS: 1 stream, 2 delayed, 3 events, 4 known queues, 5.. call state of each call
+-- ARGV: 1 queue, 2 state ttl ms (0 = none), 3 countdown ms (negative = none),
+--       then 5 per call, in the order of KEYS[5..]: call JSON, id, attempt,
+--       task, submit time ms
+-- Returns the number of calls queued.
+local queue, ttl, countdown = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
-local countdown = tonumber(ARGV[6])
-if countdown >= 0 then
-  redis.call('ZADD', KEYS[2], now + countdown, ARGV[1])
-else
-  redis.call('XADD', KEYS[1], '*', 'call', ARGV[1])
+local n = #KEYS - 4
+for k = 0, n - 1 do
+  local a = 4 + 5 * k
+  local json, id, attempt, task, submitted = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local call_key = KEYS[5 + k]
+  if countdown >= 0 then
+    redis.call('ZADD', KEYS[2], now + countdown, json)
+  else
+    redis.call('XADD', KEYS[1], '*', 'call', json)
+  end
+  redis.call('DEL', call_key)
+  redis.call('HSET', call_key, 'state', 'queued', 'queue', queue, 'attempt', attempt,
+    'task', task, 'submitted', submitted)
+  set_ttl(call_key, ttl)
+  event(KEYS[3], 'queued', id, queue, task, '', now)
 end
-redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[3], 'state', 'queued', 'queue', ARGV[3], 'attempt', ARGV[4],
-  'task', ARGV[7], 'submitted', ARGV[8])
-set_ttl(KEYS[3], ARGV[5])
-redis.pcall('SADD', KEYS[5], ARGV[3])
-event(KEYS[4], 'queued', ARGV[2], ARGV[3], ARGV[7], '', now)
-return 1
+redis.pcall('SADD', KEYS[4], queue)
+return n

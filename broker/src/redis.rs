@@ -1707,6 +1707,7 @@ impl Broker for RedisBroker {
             })
             .collect();
         let mut out = Vec::new();
+        let mut gone = Vec::new();
         for (id, r) in ids
             .iter()
             .zip(self.pipeline(ops, "cannot list hosts").await?)
@@ -1716,7 +1717,10 @@ impl Broker for RedisBroker {
             let info = parts.first().and_then(as_bytes);
             let stats = parts.get(1).and_then(as_bytes);
             let Some(stats) = stats else {
-                continue; // lease expired: the host is dead
+                // Its lease expired since the reaping above: reap it too, so
+                // that no host leaves the list without its `host_offline`.
+                gone.push(self.host_gone_op(id, "expired"));
+                continue;
             };
             let stats: HostStats = serde_json::from_slice(stats).unwrap_or_default();
             let info = info
@@ -1730,6 +1734,9 @@ impl Broker for RedisBroker {
                     started_ms: 0,
                 });
             out.push((info, stats));
+        }
+        for r in self.pipeline(gone, "cannot list hosts").await? {
+            r?;
         }
         Ok(out)
     }

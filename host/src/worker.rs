@@ -123,6 +123,10 @@ struct Running {
     delivery: Delivery,
     cancel: Cancel,
     since: Instant,
+    /// Its envelope is with the publisher: the entry stays (and is kept
+    /// fresh by heartbeats) until it is published, but there is nothing to
+    /// interrupt, check for revocation or hand back on shutdown.
+    finished: bool,
 }
 
 /// A worker host: a broker, a sandbox and a config.
@@ -257,6 +261,7 @@ impl<B: Broker> Worker<B> {
                             delivery: delivery.clone(),
                             cancel: cancel.clone(),
                             since: Instant::now(),
+                            finished: false,
                         },
                     );
                 tasks.spawn(execute(
@@ -283,17 +288,21 @@ impl<B: Broker> Worker<B> {
                 Err(_) => break,
             }
         }
-        // Interrupt and hand back what is left, so another host takes it at once.
-        let left: Vec<Delivery> = {
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            running
-                .drain()
-                .map(|(_, r)| {
-                    r.cancel.cancel();
-                    r.delivery
-                })
-                .collect()
-        };
+        // Interrupt and hand back what is left, so another host takes it at
+        // once. Calls that finished stay for the publisher: releasing them
+        // would throw their results away (the release takes the token).
+        let mut left: Vec<Delivery> = Vec::new();
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, r| {
+                if r.finished {
+                    return true;
+                }
+                r.cancel.cancel();
+                left.push(r.delivery.clone());
+                false
+            });
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         for d in &left {
@@ -443,6 +452,13 @@ async fn execute<B: Broker>(
     }
     stats.calls.record_final(&env);
     // The publisher forgets the delivery once the envelope is out.
+    if let Some(r) = running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(&delivery.token)
+    {
+        r.finished = true;
+    }
     let _ = done.send((delivery, env));
 }
 
@@ -512,7 +528,7 @@ async fn heartbeat_loop<B: Broker>(
                     .values()
                     // Short calls finish before a check would matter; only
                     // calls running longer than one interval cost a round trip.
-                    .filter(|r| !r.cancel.is_cancelled() && r.since.elapsed() >= config.revoke_check)
+                    .filter(|r| !r.finished && !r.cancel.is_cancelled() && r.since.elapsed() >= config.revoke_check)
                     .map(|r| (r.delivery.call.id.clone(), r.cancel.clone()))
                     .collect();
                 for (id, cancel) in ids {

@@ -130,7 +130,9 @@ struct Running {
     delivery: Delivery,
     cancel: Cancel,
     since: Instant,
-    /// Its envelope went to the publisher: shutdown must not release it.
+    /// Its envelope is with the publisher: the entry stays (and is kept
+    /// fresh by heartbeats) until it is published, but there is nothing to
+    /// interrupt, check for revocation or hand back on shutdown.
     finished: bool,
 }
 
@@ -300,23 +302,20 @@ impl<B: Broker> Worker<B> {
             }
         }
         // Interrupt and hand back what is left, so another host takes it at
-        // once; calls that finished stay for the publisher.
-        let left: Vec<Delivery> = {
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            let unfinished: Vec<String> = running
-                .iter()
-                .filter(|(_, r)| !r.finished)
-                .map(|(token, _)| token.clone())
-                .collect();
-            unfinished
-                .iter()
-                .filter_map(|token| running.remove(token))
-                .map(|r| {
-                    r.cancel.cancel();
-                    r.delivery
-                })
-                .collect()
-        };
+        // once. Calls that finished stay for the publisher: releasing them
+        // would throw their results away (the release takes the token).
+        let mut left: Vec<Delivery> = Vec::new();
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, r| {
+                if r.finished {
+                    return true;
+                }
+                r.cancel.cancel();
+                left.push(r.delivery.clone());
+                false
+            });
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         for d in &left {
@@ -545,7 +544,7 @@ async fn heartbeat_loop<B: Broker>(
                     .values()
                     // Short calls finish before a check would matter; only
                     // calls running longer than one interval cost a round trip.
-                    .filter(|r| !r.cancel.is_cancelled() && r.since.elapsed() >= config.revoke_check)
+                    .filter(|r| !r.finished && !r.cancel.is_cancelled() && r.since.elapsed() >= config.revoke_check)
                     .map(|r| (r.delivery.call.id.clone(), r.cancel.clone()))
                     .collect();
                 for (id, cancel) in ids {

@@ -57,6 +57,18 @@ fn assert_kind(o: &RunOutcome, k: ErrorKind) {
     assert_eq!(kind(o), Some(k), "outcome: {:?}", o.result);
 }
 
+/// Ended as `timeout`, not before its limit and not long after it.
+#[track_caller]
+fn assert_timed_out(o: &RunOutcome, limit: Duration) {
+    assert_kind(o, ErrorKind::Timeout);
+    assert!(o.duration >= limit, "stopped early: {:?}", o.duration);
+    assert!(
+        o.duration < Duration::from_secs(5),
+        "stopped late: {:?}",
+        o.duration
+    );
+}
+
 fn limits() -> Limits {
     Limits::default()
 }
@@ -140,13 +152,7 @@ async fn timeout_busy_loop_obeyed_and_violated() {
     };
     assert_ok(&run(&m, "count", t).await);
     let o = run(&m, "spin", t).await;
-    assert_kind(&o, ErrorKind::Timeout);
-    assert!(o.duration >= Duration::from_millis(300));
-    assert!(
-        o.duration < Duration::from_secs(5),
-        "stopped late: {:?}",
-        o.duration
-    );
+    assert_timed_out(&o, t.timeout);
 }
 
 /// Bulk memory instructions cost one unit of fuel however many bytes they
@@ -168,13 +174,7 @@ async fn timeout_stops_bulk_memory_loops_that_fuel_cannot_see() {
     };
     assert_ok(&run(&m, "fill_once", t).await);
     let o = run(&m, "fill_forever", t).await;
-    assert_kind(&o, ErrorKind::Timeout);
-    assert!(o.duration >= Duration::from_millis(300));
-    assert!(
-        o.duration < Duration::from_secs(5),
-        "stopped late: {:?}",
-        o.duration
-    );
+    assert_timed_out(&o, t.timeout);
     assert!(
         o.fuel_used < t.fuel / 1000,
         "fuel alone would have stopped it: {} used",

@@ -420,7 +420,17 @@ async fn revocation_survives_host_restarts() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(c.state(&waiting.id).await, State::Revoked);
     assert_eq!(c.starts_of(&waiting.id), 0, "{}", c.hosts[b].log());
-    assert_eq!(c.starts_of(&running.id), 1, "only on the host that died");
+    // The claim itself marks a call running, so host a may have been killed
+    // before it logged the start; what matters is that b never ran it.
+    assert!(c.starts_of(&running.id) <= 1, "only on the host that died");
+    assert!(
+        !c.hosts[b]
+            .log()
+            .lines()
+            .any(|l| l.contains("call started") && l.contains(running.id.as_str())),
+        "the host that reclaimed it ran it: {}",
+        c.hosts[b].log()
+    );
     assert_eq!(
         c.stats("default")["pending"],
         0,

@@ -4,180 +4,13 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Proc, describe, run, task_module, wasq};
+use common::cluster::{Cluster, call};
+use common::{Proc, describe, run, task_module};
 use serde_json::{Value, json};
-use wasq_broker::testing::{RedisServer, unique_prefix};
-use wasq_broker::{
-    Broker, BrokerConfig, Call, CallLimits, Envelope, ErrorKind, ModuleHash, RedisBroker, State,
-    new_call_id, now_ms,
-};
-
-struct Cluster {
-    redis: RedisServer,
-    prefix: String,
-    hosts: Vec<Proc>,
-    dir: tempfile::TempDir,
-    broker: Arc<RedisBroker>,
-}
-
-impl Cluster {
-    async fn start(test: &str) -> Self {
-        let redis = RedisServer::start();
-        let prefix = unique_prefix(test);
-        let broker = Arc::new(
-            RedisBroker::connect(&redis.url(), &prefix, BrokerConfig::default())
-                .await
-                .expect("connect"),
-        );
-        Self {
-            redis,
-            prefix,
-            hosts: Vec::new(),
-            dir: tempfile::tempdir().unwrap(),
-            broker,
-        }
-    }
-
-    /// A `wasq` command pointed at this cluster.
-    fn cli(&self) -> Command {
-        let mut cmd = wasq();
-        cmd.env("WASQ_REDIS_URL", self.redis.url())
-            .env("WASQ_PREFIX", &self.prefix);
-        cmd
-    }
-
-    /// Runs a `wasq` command to completion; asserts its exit status.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = run(self.cli().args(args));
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "wasq {args:?}\n{}",
-            describe(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Runs a `wasq ... --json` command and parses its output.
-    fn json(&self, args: &[&str]) -> Value {
-        let text = self.ok(args);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("wasq {args:?}: {e}\n{text}"))
-    }
-
-    /// Starts `wasq host run` with extra flags; returns its index.
-    fn host(&mut self, extra: &[&str]) -> usize {
-        let i = self.hosts.len();
-        let log = self.dir.path().join(format!("host{i}.log"));
-        let child = self
-            .cli()
-            .args(["host", "run"])
-            .args(extra)
-            .env("RUST_LOG", "wasq_host=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start host");
-        self.hosts.push(Proc {
-            child,
-            name: format!("host{i}"),
-            log,
-        });
-        i
-    }
-
-    /// Waits until exactly `n` hosts hold a live lease.
-    async fn wait_hosts(&self, n: usize, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let live = self.broker.hosts().await.map(|h| h.len()).unwrap_or(0);
-            if live == n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{live} hosts live, not {n}, after {secs} s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn upload(&self, module: &str) -> ModuleHash {
-        let bytes = std::fs::read(task_module(module)).unwrap();
-        self.broker.put_module(&bytes).await.unwrap().0
-    }
-
-    async fn submit(&self, calls: &[Call]) {
-        self.broker.submit(calls, None).await.unwrap();
-    }
-
-    async fn wait(&self, id: &str, secs: u64) -> Envelope {
-        match self
-            .broker
-            .wait(id, Some(Duration::from_secs(secs)))
-            .await
-            .unwrap()
-        {
-            Some(env) => env,
-            None => panic!("no result for {id} within {secs} s"),
-        }
-    }
-
-    async fn state(&self, id: &str) -> State {
-        self.broker.status(id).await.unwrap().unwrap().state
-    }
-
-    /// Polls (across process boundaries, with a deadline) until `id` is in `state`.
-    async fn wait_state(&self, id: &str, state: State, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while self.state(id).await != state {
-            assert!(Instant::now() < deadline, "{id} never reached {state}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// How many hosts logged starting `id` (each start is one execution).
-    fn starts_of(&self, id: &str) -> usize {
-        self.hosts
-            .iter()
-            .map(|h| {
-                h.log()
-                    .lines()
-                    .filter(|l| l.contains("call started") && l.contains(id))
-                    .count()
-            })
-            .sum()
-    }
-
-    /// The stats of one queue, as `wasq stats --json` prints them.
-    fn stats(&self, queue: &str) -> Value {
-        let all = self.json(&["stats", "--json"]);
-        all.as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["queue"] == queue)
-            .unwrap_or_else(|| panic!("queue {queue} not in {all}"))
-            .clone()
-    }
-}
-
-fn call(module: ModuleHash, task: &str, args: Value) -> Call {
-    Call {
-        id: new_call_id(),
-        module,
-        task: task.into(),
-        args: serde_json::value::to_raw_value(&args).unwrap(),
-        limits: CallLimits::default(),
-        attempt: 1,
-        submitted_ms: now_ms(),
-        retry: None,
-        queue: "default".into(),
-    }
-}
+use wasq_broker::{Broker, Call, ErrorKind, State};
 
 /// Waits for a child process to exit, up to `secs`.
 fn wait_exit(p: &mut Proc, secs: u64) -> std::process::ExitStatus {
@@ -202,7 +35,7 @@ async fn events_and_hosts_are_seen_from_another_process() {
     let hash = c.upload("examples").await;
     c.host(&["--concurrency", "4", "--lease", "1"]);
     c.host(&["--concurrency", "4", "--lease", "1"]);
-    c.wait_hosts(2, 30).await;
+    c.wait_hosts_exactly(2, 30).await;
 
     // A second process follows the events from here on.
     let since = c
@@ -343,7 +176,7 @@ async fn revoked_calls_end_revoked_whether_queued_sleeping_or_spinning() {
     let examples = c.upload("examples").await;
     let hostile = c.upload("hostile").await;
     c.host(&["--concurrency", "2"]);
-    c.wait_hosts(1, 30).await;
+    c.wait_hosts_exactly(1, 30).await;
 
     // Two long calls fill the host; a third waits in the queue.
     let sleeping = call(examples, "long_processing", json!(["nap", 30.0]));
@@ -403,7 +236,7 @@ async fn revocation_survives_host_restarts() {
     // Revoked while its host is dead (killed, not yet noticed): the host
     // that reclaims it does not run it either.
     let a = c.host(&["--concurrency", "1", "--lease", "1"]);
-    c.wait_hosts(1, 30).await;
+    c.wait_hosts_exactly(1, 30).await;
     let running = call(hash, "long_processing", json!(["doomed", 30.0]));
     c.submit(std::slice::from_ref(&running)).await;
     c.wait_state(&running.id, State::Running, 30).await;
@@ -443,7 +276,7 @@ async fn queues_pause_resume_and_purge() {
     let mut c = Cluster::start("ops_queue").await;
     let hash = c.upload("examples").await;
     c.host(&["--concurrency", "4"]);
-    c.wait_hosts(1, 30).await;
+    c.wait_hosts_exactly(1, 30).await;
 
     let out = c.ok(&["queue", "pause", "default"]);
     assert!(out.contains("paused"), "{out}");
@@ -511,7 +344,7 @@ async fn dead_letters_are_listed_retried_and_dropped() {
         "--max-deliveries",
         "1",
     ]);
-    c.wait_hosts(1, 30).await;
+    c.wait_hosts_exactly(1, 30).await;
     let lost = call(hash, "long_processing", json!(["once", 3.0]));
     c.submit(std::slice::from_ref(&lost)).await;
     c.wait_state(&lost.id, State::Running, 30).await;
@@ -592,7 +425,7 @@ async fn a_rate_limit_holds_across_two_hosts() {
     let hash = c.upload("examples").await;
     c.host(&["--concurrency", "8"]);
     c.host(&["--concurrency", "8"]);
-    c.wait_hosts(2, 30).await;
+    c.wait_hosts_exactly(2, 30).await;
 
     let out = c.ok(&["queue", "rate", "default", "5/s"]);
     assert!(out.contains("5/s"), "{out}");

@@ -5,13 +5,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, describe, run, task_module, wasq};
+use common::{Proc, describe, header, http_get, run, task_module, wasq};
 use serde_json::{Value, json};
 use wasq_broker::testing::{RedisServer, unique_prefix};
 
@@ -95,26 +94,6 @@ impl Setup {
     }
 }
 
-/// `GET path` over HTTP/1.0: (status, content type, body).
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
-
 /// Samples of a Prometheus text exposition: `name{a="x",b="y"}` → value,
 /// with labels in the order given. Checks every line is well formed.
 fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
@@ -175,7 +154,8 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
     let hostile = task_module("hostile");
 
     // Before any call: the counters exist and are zero.
-    let (status, content_type, text) = http_get(addr, "/metrics");
+    let (status, head, text) = http_get(addr, "/metrics");
+    let content_type = header(&head, "content-type");
     assert_eq!(status, 200, "{text}");
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),

@@ -206,12 +206,13 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
     if config.runs(Phase::Cold) {
         let c = cluster::cold_start(target, &client, &config.bench100k, config.cold_reps).await?;
         progress(&format!(
-            "cold start ({} bytes): first call {:.1} ms, after restart {:.2} ms, warm {:.2} ms; compile {:.1} ms, deserialize {:.2} ms",
+            "cold start ({} bytes): first call {:.1} ms, after restart {:.2} ms, warm {:.2} ms; compile quick {:.1} ms, optimised {:.1} ms, deserialize {:.2} ms",
             c.module_bytes,
             c.first_call_ms,
             c.after_restart_ms,
             c.warm_call_ms,
             c.compile_ms,
+            c.optimize_ms,
             c.deserialize_ms
         ));
         report.cold_start = Some(c);

@@ -26,7 +26,8 @@
 //! | `wasq_broker_errors_total` | counter | failed broker (Redis) operations, each retried |
 //! | `wasq_module_cache_hits_total` | counter | module loads served from memory |
 //! | `wasq_module_cache_disk_hits_total` | counter | module loads served from the on-disk compiled cache |
-//! | `wasq_module_compiles_total` | counter | module loads that compiled |
+//! | `wasq_module_compiles_total` | counter | module loads that compiled (quick code when tiered) |
+//! | `wasq_module_optimizations_total` | counter | background compiles of optimised code swapped in |
 //! | `wasq_host_info{host,version}` | gauge | always 1; names the host process |
 
 use std::sync::Arc;
@@ -234,8 +235,14 @@ impl Collector for LiveValues {
         counter(
             e,
             "wasq_module_compiles",
-            "Module loads that compiled.",
+            "Module loads that compiled (quick code when tiered).",
             cache.compiled,
+        )?;
+        counter(
+            e,
+            "wasq_module_optimizations",
+            "Background compiles of optimised code swapped in.",
+            cache.optimized,
         )?;
         Ok(())
     }

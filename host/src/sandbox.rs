@@ -19,6 +19,15 @@
 //! blind to time spent in host calls; epochs measure wall time cheaply (one
 //! load and compare per loop header) and also interrupt a guest that is
 //! sleeping. wasq uses both.
+//!
+//! Tiered compilation ([`Compilation::Tiered`], the default): a module a host
+//! has never seen is compiled quickly (Cranelift without optimisations, the
+//! single-pass register allocator: about half the compile time) so its first
+//! calls start sooner; a background thread then compiles it optimised, swaps
+//! the optimised code in for the calls that start after, and writes only the
+//! optimised code to the disk cache. Both tiers carry the same fuel and epoch
+//! instrumentation (fuel is counted per wasm operator, so `fuel_used` is the
+//! same on either) and run under the same limits.
 
 mod module;
 mod run;
@@ -30,10 +39,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OnceCell};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, OptLevel};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, OptLevel, RegallocAlgorithm};
 use wasq_broker::{ErrorKind, Limits, ModuleHash, TaskError};
 
-pub use module::{LoadedModule, ModuleReport, inspect};
+pub use module::{LoadedModule, ModuleReport, Tier, inspect};
 pub use run::{CallState, RunOutcome};
 
 /// Default number of instance slots in the pooling allocator (calls that can
@@ -148,6 +157,36 @@ impl Cancel {
     }
 }
 
+/// How a [`Sandbox`] compiles the modules it has not seen (and has no disk
+/// cache entry for).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compilation {
+    /// Quick code first, optimised code swapped in by a background compile
+    /// (written to the disk cache). First calls start about twice as soon.
+    #[default]
+    Tiered,
+    /// Optimised code only, compiled before the first call runs.
+    Optimized,
+    /// Quick code only: never optimised, never written to the disk cache
+    /// (a disk cache entry, optimised, is still used). For one-off runs.
+    Quick,
+}
+
+impl std::str::FromStr for Compilation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tiered" => Ok(Self::Tiered),
+            "optimized" => Ok(Self::Optimized),
+            "quick" => Ok(Self::Quick),
+            other => Err(format!(
+                "unknown compilation {other:?}: use tiered, optimized or quick"
+            )),
+        }
+    }
+}
+
 /// How a [`Sandbox`] is set up. Plain data; every field has a `DEFAULT_*`.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -169,6 +208,8 @@ pub struct SandboxConfig {
     pub tick: Duration,
     /// Where compiled code is kept across restarts; `None` keeps it only in memory.
     pub cache_dir: Option<PathBuf>,
+    /// How new modules are compiled.
+    pub compilation: Compilation,
     /// Compiled modules kept in memory.
     pub cache_capacity: usize,
     /// The `host` field of envelopes (`name/pid`).
@@ -187,6 +228,7 @@ impl Default for SandboxConfig {
             pool_size: DEFAULT_POOL_SIZE,
             tick: DEFAULT_TICK,
             cache_dir: None,
+            compilation: Compilation::default(),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             host_name: default_host_name(),
         }
@@ -229,8 +271,10 @@ pub struct CacheStats {
     pub hits: u64,
     /// Loads that deserialized code from the disk cache.
     pub disk_hits: u64,
-    /// Loads that compiled.
+    /// Loads that compiled (quick code when tiered).
     pub compiled: u64,
+    /// Background compiles of optimised code swapped in (tiered).
+    pub optimized: u64,
 }
 
 /// Runs untrusted modules. Cheap to share (`Arc` inside); one per process.
@@ -240,8 +284,16 @@ pub struct Sandbox {
 }
 
 struct Inner {
+    /// Optimised code; the pooling allocator; the disk cache's engine.
     engine: Engine,
     linker: Linker<CallState>,
+    /// Quick code (no optimisation), instantiated on demand; absent with
+    /// [`Compilation::Optimized`].
+    quick: Option<(Engine, Linker<CallState>)>,
+    /// Hands quick-compiled modules to the background optimiser thread.
+    optimizer: Mutex<Option<std::sync::mpsc::Sender<module::Optimize>>>,
+    /// Optimisations queued or running.
+    pending: tokio::sync::watch::Sender<usize>,
     config: SandboxConfig,
     modules: Mutex<ModuleCache>,
     stats: Mutex<CacheStats>,
@@ -276,21 +328,50 @@ impl Sandbox {
                 source,
             })?;
         }
-        let engine = Engine::new(&engine_config(&config))
-            .map_err(|e| SetupError::Engine(format!("{e:#}")))?;
-        let linker = run::linker(&engine).map_err(|e| SetupError::Engine(format!("{e:#}")))?;
+        let setup = |e: wasmtime::Error| SetupError::Engine(format!("{e:#}"));
+        let engine = Engine::new(&engine_config(&config, false)).map_err(setup)?;
+        let linker = run::linker(&engine).map_err(setup)?;
+        let quick = match config.compilation {
+            Compilation::Optimized => None,
+            Compilation::Tiered | Compilation::Quick => {
+                let engine = Engine::new(&engine_config(&config, true)).map_err(setup)?;
+                let linker = run::linker(&engine).map_err(setup)?;
+                Some((engine, linker))
+            }
+        };
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_ticker(engine.weak(), config.tick, ticker_stop.clone());
-        Ok(Self {
-            inner: Arc::new(Inner {
-                engine,
-                linker,
-                config,
-                modules: Mutex::default(),
-                stats: Mutex::default(),
-                ticker_stop,
-            }),
-        })
+        let mut engines = vec![engine.weak()];
+        engines.extend(quick.as_ref().map(|(e, _)| e.weak()));
+        spawn_ticker(engines, config.tick, ticker_stop.clone());
+        let inner = Arc::new(Inner {
+            engine,
+            linker,
+            quick,
+            optimizer: Mutex::new(None),
+            pending: tokio::sync::watch::Sender::new(0),
+            config,
+            modules: Mutex::default(),
+            stats: Mutex::default(),
+            ticker_stop,
+        });
+        if inner.config.compilation == Compilation::Tiered {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("wasq-optimize".into())
+                .spawn(move || optimizer(weak, rx))
+                .map_err(|e| SetupError::Engine(format!("cannot start optimiser thread: {e}")))?;
+            *inner.optimizer.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        }
+        Ok(Self { inner })
+    }
+
+    /// Completes when no background optimisation is queued or running: every
+    /// module loaded so far runs optimised code (unless its optimisation
+    /// failed, which is logged) and is in the disk cache.
+    pub async fn settled(&self) {
+        let mut pending = self.inner.pending.subscribe();
+        let _ = pending.wait_for(|n| *n == 0).await;
     }
 
     /// The configuration it was built with.
@@ -403,7 +484,13 @@ impl Sandbox {
         std::thread::Builder::new()
             .name(format!("wasq-compile-{}", &hash.to_hex()[..8]))
             .spawn(move || {
-                let _ = tx.send(module::load(&this, hash, &bytes));
+                let loaded = module::load(&this, hash, &bytes).map(Arc::new);
+                if let Ok(m) = &loaded {
+                    if m.tier() == Tier::Quick && this.config().compilation == Compilation::Tiered {
+                        this.optimize_later(m.clone(), bytes);
+                    }
+                }
+                let _ = tx.send(loaded);
             })
             .map_err(|e| {
                 TaskError::new(
@@ -412,7 +499,7 @@ impl Sandbox {
                 )
             })?;
         match tokio::time::timeout(self.inner.config.compile_timeout, rx).await {
-            Ok(Ok(result)) => result.map(Arc::new),
+            Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(TaskError::new(
                 ErrorKind::InvalidModule,
                 "compiler thread died",
@@ -442,12 +529,28 @@ impl Sandbox {
         run::run(self, module, task, args, limits, cancel).await
     }
 
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.inner.engine
+    /// The engine and linker of optimised code.
+    pub(crate) fn optimizing(&self) -> (&Engine, &Linker<CallState>) {
+        (&self.inner.engine, &self.inner.linker)
     }
 
-    pub(crate) fn linker(&self) -> &Linker<CallState> {
-        &self.inner.linker
+    /// The engine and linker of quick code, if this sandbox compiles any.
+    pub(crate) fn quick(&self) -> Option<(&Engine, &Linker<CallState>)> {
+        self.inner.quick.as_ref().map(|(e, l)| (e, l))
+    }
+
+    fn optimize_later(&self, module: Arc<LoadedModule>, bytes: Vec<u8>) {
+        let optimizer = self
+            .inner
+            .optimizer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = optimizer.as_ref() {
+            self.inner.pending.send_modify(|n| *n += 1);
+            if tx.send(module::Optimize { module, bytes }).is_err() {
+                self.inner.pending.send_modify(|n| *n -= 1);
+            }
+        }
     }
 
     pub(crate) fn count(&self, f: impl FnOnce(&mut CacheStats)) {
@@ -455,17 +558,44 @@ impl Sandbox {
     }
 }
 
-fn engine_config(config: &SandboxConfig) -> Config {
+/// The background optimiser: compiles queued modules optimised, one at a
+/// time (Cranelift spreads each over the cores), until the sandbox is gone.
+fn optimizer(sandbox: std::sync::Weak<Inner>, jobs: std::sync::mpsc::Receiver<module::Optimize>) {
+    while let Ok(job) = jobs.recv() {
+        let Some(inner) = sandbox.upgrade() else {
+            return;
+        };
+        let sandbox = Sandbox { inner };
+        module::optimize(&sandbox, &job);
+        drop(job);
+        sandbox
+            .inner
+            .pending
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// The engine configuration: optimised code on the pooling allocator, or
+/// (`quick`) unoptimised code with the single-pass register allocator on the
+/// on-demand allocator (quick code runs only until its module is optimised,
+/// so it gets no pool of its own). Both have the same instrumentation and
+/// stack; the limits are enforced per store by the `ResourceLimiter`.
+fn engine_config(config: &SandboxConfig, quick: bool) -> Config {
     let mut cfg = Config::new();
     cfg.consume_fuel(true)
         .epoch_interruption(true)
-        .cranelift_opt_level(OptLevel::Speed)
         .max_wasm_stack(WASM_STACK)
         .async_stack_size(WASM_STACK + 1024 * 1024)
         .wasm_multi_memory(false)
         .wasm_memory64(false)
         .wasm_custom_page_sizes(false)
         .memory_init_cow(true);
+    if quick {
+        cfg.cranelift_opt_level(OptLevel::None)
+            .cranelift_regalloc_algorithm(RegallocAlgorithm::SinglePass);
+        return cfg;
+    }
+    cfg.cranelift_opt_level(OptLevel::Speed);
     let mut pool = wasmtime::PoolingAllocationConfig::default();
     let slots = config.pool_size.max(1);
     let max_memory = usize::try_from(config.limits.memory).unwrap_or(usize::MAX);
@@ -490,15 +620,17 @@ fn engine_config(config: &SandboxConfig) -> Config {
     cfg
 }
 
-fn spawn_ticker(engine: wasmtime::EngineWeak, tick: Duration, stop: Arc<AtomicBool>) {
+fn spawn_ticker(engines: Vec<wasmtime::EngineWeak>, tick: Duration, stop: Arc<AtomicBool>) {
     let _ = std::thread::Builder::new()
         .name("wasq-epoch".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(tick);
-                match engine.upgrade() {
-                    Some(e) => e.increment_epoch(),
-                    None => return,
+                for engine in &engines {
+                    match engine.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => return,
+                    }
                 }
             }
         });

@@ -1,12 +1,15 @@
 //! The sandbox against hostile and well-behaved WAT guests: every limit in a
 //! pair (obeyed, violated) asserting the exact error kind, bad pointers in
 //! every host function, invalid modules, and a host that keeps working after.
+//! Every run goes through both compilation tiers (quick and optimised code, on
+//! their two engines) at once, and the two must agree on the outcome and, where
+//! the end does not depend on the clock, on the exact fuel used.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use wasq_broker::{ErrorKind, Limits, ModuleHash};
-use wasq_host::{Cancel, RunOutcome, Sandbox, SandboxConfig};
+use wasq_host::{Cancel, Compilation, RunOutcome, Sandbox, SandboxConfig, Tier};
 
 fn wat(src: &str) -> Vec<u8> {
     wat::parse_str(src).expect("test guest is valid WAT")
@@ -17,26 +20,75 @@ const LIMITS: &str = include_str!("guests/limits.wat");
 const POINTERS: &str = include_str!("guests/pointers.wat");
 
 /// One sandbox shared by all tests in this file, like a host's: hostile calls
-/// must not disturb the ones after them.
+/// must not disturb the ones after them. Optimised code only.
 fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| {
-        Sandbox::new(SandboxConfig {
-            pool_size: 16,
-            ..SandboxConfig::default()
-        })
-        .expect("sandbox")
-    })
+    SANDBOX.get_or_init(|| compiling(Compilation::Optimized))
 }
 
-async fn run_with(module: &[u8], task: &str, args: &str, limits: Limits) -> RunOutcome {
-    let sb = sandbox();
+/// The same, running quick code only.
+fn quick_sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| compiling(Compilation::Quick))
+}
+
+fn compiling(compilation: Compilation) -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        pool_size: 16,
+        compilation,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox")
+}
+
+async fn run_on(sb: &Sandbox, module: &[u8], task: &str, args: &str, limits: Limits) -> RunOutcome {
     let module = match sb.load_bytes(module.to_vec()).await {
         Ok(m) => m,
         Err(e) => return RunOutcome::failed(e),
     };
     sb.run(&module, task, args.as_bytes(), &limits, &Cancel::new())
         .await
+}
+
+/// Runs on optimised and on quick code at once; asserts they agree and
+/// returns the optimised run's outcome.
+async fn run_with(module: &[u8], task: &str, args: &str, limits: Limits) -> RunOutcome {
+    let (optimized, quick) = tokio::join!(
+        run_on(sandbox(), module, task, args, limits),
+        run_on(quick_sandbox(), module, task, args, limits),
+    );
+    assert_same_outcome(&optimized, &quick);
+    optimized
+}
+
+#[track_caller]
+fn assert_same_outcome(optimized: &RunOutcome, quick: &RunOutcome) {
+    let what = |o: &RunOutcome| o.result.as_ref().map_err(|e| e.kind).cloned();
+    assert_eq!(
+        what(optimized),
+        what(quick),
+        "optimised and quick code disagree: {:?} vs {:?}",
+        optimized.result,
+        quick.result
+    );
+    // Where a run ends by the clock, or by the stack running out (quick code
+    // has larger frames), the fuel used up to there differs.
+    let clocked = matches!(
+        kind(optimized),
+        Some(ErrorKind::Timeout | ErrorKind::Revoked)
+    );
+    let stack = optimized
+        .result
+        .as_ref()
+        .is_err_and(|e| e.kind == ErrorKind::Trap && e.message.contains("stack"));
+    if !clocked && !stack {
+        assert_eq!(
+            optimized.fuel_used, quick.fuel_used,
+            "optimised and quick code used different fuel"
+        );
+        assert_eq!(optimized.logs, quick.logs);
+        assert_eq!(optimized.stdout, quick.stdout);
+    }
 }
 
 async fn run(module: &[u8], task: &str, limits: Limits) -> RunOutcome {
@@ -542,8 +594,13 @@ async fn integrity_is_checked_before_compiling() {
 
 #[tokio::test]
 async fn revocation_stops_spinning_and_sleeping_guests() {
-    let m = sandbox().load_bytes(wat(LIMITS)).await.unwrap();
-    for task in ["spin", "sleep_forever"] {
+    for (sb, task) in [
+        (sandbox(), "spin"),
+        (sandbox(), "sleep_forever"),
+        (quick_sandbox(), "spin"),
+        (quick_sandbox(), "sleep_forever"),
+    ] {
+        let m = sb.load_bytes(wat(LIMITS)).await.unwrap();
         let cancel = Cancel::new();
         let c = cancel.clone();
         tokio::spawn(async move {
@@ -554,7 +611,7 @@ async fn revocation_stops_spinning_and_sleeping_guests() {
             fuel: u64::MAX,
             ..limits()
         };
-        let o = sandbox().run(&m, task, b"[]", &lim, &cancel).await;
+        let o = sb.run(&m, task, b"[]", &lim, &cancel).await;
         assert_kind(&o, ErrorKind::Revoked);
         assert!(o.duration < Duration::from_secs(5));
     }
@@ -606,28 +663,100 @@ async fn many_concurrent_calls_share_one_sandbox() {
     }
 }
 
+/// A tiered sandbox runs a new module's first calls on quick code, swaps in
+/// optimised code compiled in the background (same results, same fuel) and
+/// writes that to the disk cache, from which a restarted host loads it.
 #[tokio::test]
-async fn disk_cache_survives_a_restart() {
+async fn tiered_compilation_swaps_in_optimised_code_and_caches_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = SandboxConfig {
         pool_size: 2,
         cache_dir: Some(dir.path().to_path_buf()),
         ..SandboxConfig::default()
     };
+    assert_eq!(config.compilation, Compilation::Tiered);
     let m = wat(BASIC);
+    let answer = |sb: &Sandbox, module: std::sync::Arc<wasq_host::LoadedModule>| {
+        let sb = sb.clone();
+        async move {
+            let o = sb
+                .run(&module, "answer", b"[]", &Limits::default(), &Cancel::new())
+                .await;
+            assert_eq!(o.result.unwrap(), serde_json::json!(42));
+            o.fuel_used
+        }
+    };
+    let quick_fuel;
     {
         let sb = Sandbox::new(config.clone()).unwrap();
-        sb.load_bytes(m.clone()).await.unwrap();
-        assert_eq!(sb.cache_stats().compiled, 1);
-        sb.load_bytes(m.clone()).await.unwrap();
-        assert_eq!(sb.cache_stats().hits, 1);
+        let module = sb.load_bytes(m.clone()).await.unwrap();
+        assert_eq!(module.loaded_tier(), Tier::Quick);
+        quick_fuel = answer(&sb, module.clone()).await;
+        let again = sb.load_bytes(m.clone()).await.unwrap();
+        assert!(std::sync::Arc::ptr_eq(&module, &again));
+        sb.settled().await;
+        assert_eq!(module.tier(), Tier::Optimized);
+        let stats = sb.cache_stats();
+        assert_eq!(
+            (stats.compiled, stats.optimized, stats.hits, stats.disk_hits),
+            (1, 1, 1, 0)
+        );
+        assert_eq!(answer(&sb, module).await, quick_fuel);
     }
+    assert_eq!(cwasm_files(dir.path()), 1);
     let sb = Sandbox::new(config).unwrap();
     let module = sb.load_bytes(m).await.unwrap();
     let stats = sb.cache_stats();
     assert_eq!((stats.compiled, stats.disk_hits), (0, 1));
-    let o = sb
-        .run(&module, "answer", b"[]", &Limits::default(), &Cancel::new())
-        .await;
-    assert_eq!(o.result.unwrap(), serde_json::json!(42));
+    assert_eq!(module.loaded_tier(), Tier::Optimized);
+    assert_eq!(answer(&sb, module).await, quick_fuel);
+    sb.settled().await;
+    assert_eq!(
+        sb.cache_stats().optimized,
+        0,
+        "cached code is not recompiled"
+    );
+}
+
+/// Quick code never reaches the disk cache; optimised code in it is used by
+/// every kind of sandbox.
+#[tokio::test]
+async fn only_optimised_code_is_written_to_the_disk_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |compilation| SandboxConfig {
+        pool_size: 2,
+        cache_dir: Some(dir.path().to_path_buf()),
+        compilation,
+        ..SandboxConfig::default()
+    };
+    let m = wat(BASIC);
+    let sb = Sandbox::new(config(Compilation::Quick)).unwrap();
+    let module = sb.load_bytes(m.clone()).await.unwrap();
+    sb.settled().await;
+    assert_eq!(module.tier(), Tier::Quick);
+    assert_eq!(cwasm_files(dir.path()), 0);
+
+    let sb = Sandbox::new(config(Compilation::Optimized)).unwrap();
+    let module = sb.load_bytes(m.clone()).await.unwrap();
+    assert_eq!(module.loaded_tier(), Tier::Optimized);
+    assert_eq!(sb.cache_stats().compiled, 1);
+    assert_eq!(cwasm_files(dir.path()), 1);
+
+    let sb = Sandbox::new(config(Compilation::Quick)).unwrap();
+    let module = sb.load_bytes(m).await.unwrap();
+    assert_eq!(module.loaded_tier(), Tier::Optimized);
+    assert_eq!(sb.cache_stats().disk_hits, 1);
+}
+
+fn cwasm_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "cwasm")
+        })
+        .count()
 }

@@ -433,11 +433,13 @@ pub async fn cold_start(
         let hosts = Hosts::start(target, &setup, client).await?;
         first.push(one_call(client, module, queue, "noop").await?);
         warm.push(one_call(client, module, queue, "noop").await?);
+        // The optimised code reaches the disk cache in the background.
+        hosts.sandboxes[0].settled().await;
         let stats = hosts.sandboxes[0].cache_stats();
         hosts.stop().await;
         ensure!(
-            stats.compiled == 1,
-            "the first host did not compile exactly once: {stats:?}"
+            stats.compiled == 1 && stats.optimized == 1,
+            "the first host did not compile (quick, then optimised) exactly once: {stats:?}"
         );
 
         let hosts = Hosts::start(target, &setup, client).await?;
@@ -450,7 +452,7 @@ pub async fn cold_start(
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let (compile, deserialize) = super::sandbox_cost::compile_and_deserialize(wasm, reps).await?;
+    let loads = super::sandbox_cost::load_times(wasm, reps).await?;
     let med = |v: &[f64]| median(v).unwrap_or(f64::NAN);
     Ok(ColdStart {
         module_bytes: wasm.len(),
@@ -458,8 +460,9 @@ pub async fn cold_start(
         first_call_ms: med(&first),
         after_restart_ms: med(&restart),
         warm_call_ms: med(&warm),
-        compile_ms: med(&compile),
-        deserialize_ms: med(&deserialize),
+        compile_ms: med(&loads.quick),
+        optimize_ms: med(&loads.optimized),
+        deserialize_ms: med(&loads.deserialize),
     })
 }
 

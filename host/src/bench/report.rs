@@ -96,8 +96,13 @@ pub struct ColdStart {
     pub after_restart_ms: f64,
     /// A call of the now cached module, ms, median (the floor of the two above).
     pub warm_call_ms: f64,
-    /// Sandbox only: `load_bytes` compiling the module, ms, median.
+    /// Sandbox only: `load_bytes` compiling the module to quick code (a
+    /// tiered host's first compile), ms, median.
     pub compile_ms: f64,
+    /// Sandbox only: `load_bytes` compiling optimised code (a tiered host's
+    /// background compile; `--compile optimized`), ms, median.
+    #[serde(default)]
+    pub optimize_ms: f64,
     /// Sandbox only: `load_bytes` reading compiled code from the disk cache, ms, median.
     pub deserialize_ms: f64,
 }

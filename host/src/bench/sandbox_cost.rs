@@ -13,14 +13,22 @@ use super::native;
 use super::plain::{Instrumentation, PlainEngine};
 use super::report::{CpuBound, SandboxCost, WarmCall};
 use super::stats::{median, process_cpu};
-use crate::{Cancel, LoadedModule, Sandbox, SandboxConfig};
+use crate::{Cancel, Compilation, LoadedModule, Sandbox, SandboxConfig, Tier};
 
-/// A sandbox as a host builds it, with `pool_size` slots, larger args (for
-/// the sha256 benchmark) and an optional disk cache.
+/// A sandbox as a host builds it (tiered compilation), with `pool_size`
+/// slots, larger args (for the sha256 benchmark) and an optional disk cache.
 ///
 /// # Errors
 /// If the sandbox cannot be built.
 pub fn bench_sandbox(pool_size: u32, cache_dir: Option<&Path>) -> anyhow::Result<Sandbox> {
+    compiling_sandbox(pool_size, cache_dir, Compilation::Tiered)
+}
+
+fn compiling_sandbox(
+    pool_size: u32,
+    cache_dir: Option<&Path>,
+    compilation: Compilation,
+) -> anyhow::Result<Sandbox> {
     Ok(Sandbox::new(SandboxConfig {
         limits: Limits {
             max_args: 64 * 1024 * 1024,
@@ -28,12 +36,15 @@ pub fn bench_sandbox(pool_size: u32, cache_dir: Option<&Path>) -> anyhow::Result
         },
         pool_size,
         cache_dir: cache_dir.map(Path::to_path_buf),
+        compilation,
         ..SandboxConfig::default()
     })?)
 }
 
-/// Loads a module into a fresh sandbox (a compile, or a read from the disk
-/// cache at `cache_dir`); returns the time `load_bytes` took.
+/// Loads a module into a fresh sandbox compiling `how` (a compile, or a read
+/// from the disk cache at `cache_dir`); returns the time `load_bytes` took,
+/// and then lets a tiered sandbox finish optimising (untimed), so the disk
+/// cache holds the optimised code.
 ///
 /// # Errors
 /// If the module does not load, or did not load the expected way.
@@ -41,44 +52,71 @@ pub async fn timed_load(
     wasm: &[u8],
     cache_dir: Option<&Path>,
     expect_disk_hit: bool,
+    how: Compilation,
 ) -> anyhow::Result<Duration> {
-    let sandbox = bench_sandbox(4, cache_dir)?;
+    let sandbox = compiling_sandbox(4, cache_dir, how)?;
     let started = Instant::now();
-    sandbox
+    let module = sandbox
         .load_bytes(wasm.to_vec())
         .await
         .map_err(|e| anyhow::anyhow!("cannot load the module: {e}"))?;
     let took = started.elapsed();
+    sandbox.settled().await;
     let stats = sandbox.cache_stats();
     if expect_disk_hit {
         ensure!(
-            stats.disk_hits == 1,
+            stats.disk_hits == 1 && module.loaded_tier() == Tier::Optimized,
             "expected a disk-cache hit, got {stats:?}"
         );
     } else {
-        ensure!(stats.compiled == 1, "expected a compile, got {stats:?}");
+        let tier = match how {
+            Compilation::Optimized => Tier::Optimized,
+            Compilation::Tiered | Compilation::Quick => Tier::Quick,
+        };
+        ensure!(
+            stats.compiled == 1 && module.loaded_tier() == tier,
+            "expected a compile to {tier:?} code, got {stats:?} and {module:?}"
+        );
     }
     Ok(took)
 }
 
-/// Compile and deserialize times of `wasm` in ms, `reps` times each.
+/// Load times of `wasm` in ms, `reps` times each: compiling quick code (what
+/// a tiered host does first), compiling optimised code (what it does in the
+/// background, and what `--compile optimized` does first), and reading the
+/// optimised code back from the disk cache.
 ///
 /// # Errors
 /// If loading fails or the cache directory cannot be made.
-pub async fn compile_and_deserialize(
-    wasm: &[u8],
-    reps: usize,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+pub async fn load_times(wasm: &[u8], reps: usize) -> anyhow::Result<LoadTimes> {
     let dir = scratch_dir("load")?;
-    let mut compile = Vec::new();
-    let mut deserialize = Vec::new();
+    let mut times = LoadTimes::default();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for _ in 0..reps.max(1) {
         let _ = std::fs::remove_dir_all(&dir);
-        compile.push(timed_load(wasm, Some(&dir), false).await?.as_secs_f64() * 1e3);
-        deserialize.push(timed_load(wasm, Some(&dir), true).await?.as_secs_f64() * 1e3);
+        times.quick.push(ms(
+            timed_load(wasm, Some(&dir), false, Compilation::Tiered).await?
+        ));
+        times.deserialize.push(ms(
+            timed_load(wasm, Some(&dir), true, Compilation::Tiered).await?
+        ));
+        times.optimized.push(ms(
+            timed_load(wasm, None, false, Compilation::Optimized).await?
+        ));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((compile, deserialize))
+    Ok(times)
+}
+
+/// Samples of [`load_times`], ms.
+#[derive(Debug, Default)]
+pub struct LoadTimes {
+    /// Compiling quick code.
+    pub quick: Vec<f64>,
+    /// Compiling optimised code.
+    pub optimized: Vec<f64>,
+    /// Reading optimised code from the disk cache.
+    pub deserialize: Vec<f64>,
 }
 
 /// A fresh directory under the system temp dir, unique to this process.
@@ -247,6 +285,13 @@ pub async fn sandbox_cost(examples: &[u8], bench: &SandboxBench) -> anyhow::Resu
         .load_bytes(examples.to_vec())
         .await
         .map_err(|e| anyhow::anyhow!("cannot load the examples module: {e}"))?;
+    // Steady state: the optimised code, as a host runs it once its
+    // background compile is done.
+    sandbox.settled().await;
+    ensure!(
+        module.tier() == Tier::Optimized,
+        "the examples module was not optimised"
+    );
     let warm_noop = warm_calls(
         &sandbox,
         &module,

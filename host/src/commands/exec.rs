@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use wasq_broker::{Limits, new_call_id};
-use wasq_host::{Cancel, RunOutcome, Sandbox, SandboxConfig};
+use wasq_host::{Cancel, Compilation, RunOutcome, Sandbox, SandboxConfig};
 
 use super::{LimitsArgs, print_envelope, read_module};
 
@@ -24,6 +24,9 @@ pub struct ExecCommand {
     /// Print exactly one JSON envelope on stdout.
     #[arg(long)]
     json: bool,
+    /// How to compile: quick (starts soonest), optimized (runs fastest) or tiered
+    #[arg(long, value_name = "HOW", default_value = "quick")]
+    compile: Compilation,
 }
 
 impl ExecCommand {
@@ -32,6 +35,7 @@ impl ExecCommand {
         let bytes = read_module(&self.module)?;
         let sandbox = Sandbox::new(SandboxConfig {
             pool_size: 2,
+            compilation: self.compile,
             ..SandboxConfig::default()
         })?;
         let limits: Limits = sandbox.limits().restrict(&self.limits.to_call_limits());

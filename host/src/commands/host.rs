@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasq_broker::{BrokerConfig, DEFAULT_MAX_DELIVERIES, Limits, is_valid_queue_name};
 use wasq_host::{
-    HostLabels, HostMetrics, Sandbox, SandboxConfig, Worker, WorkerConfig, WorkerStats,
+    Compilation, HostLabels, HostMetrics, Sandbox, SandboxConfig, Worker, WorkerConfig, WorkerStats,
 };
 
 use super::{RedisArgs, UsageError, parse_secs};
@@ -103,6 +103,15 @@ pub struct HostRunCommand {
     /// Directory for compiled modules, so a restarted host starts warm
     #[arg(long, value_name = "DIR", env = "WASQ_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// How new modules compile: tiered (quick code first, optimised swapped
+    /// in from the background), optimized, or quick
+    #[arg(
+        long,
+        value_name = "HOW",
+        default_value = "tiered",
+        env = "WASQ_COMPILE"
+    )]
+    compile: Compilation,
     /// Host lease (seconds): calls of a host silent this long are reclaimed
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
     lease: Duration,
@@ -154,6 +163,7 @@ impl HostRunCommand {
                 .unwrap_or(u32::MAX)
                 .saturating_add(4),
             cache_dir: self.cache_dir.clone(),
+            compilation: self.compile,
             ..SandboxConfig::default()
         })?;
         let mut config = WorkerConfig::new(self.queues.clone(), concurrency, self.lease);

@@ -15,7 +15,7 @@ use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
 use wasmtime::{ExternType, InstancePre, Module};
 use wasq_broker::{ErrorKind, ModuleHash, TaskError, is_valid_task_name};
 
-use super::{CallState, Sandbox, SandboxConfig};
+use super::{CallState, Compilation, Sandbox, SandboxConfig};
 
 /// The `wasq` imports of ABI v1 (plus the `bad_input` extension).
 pub(crate) const WASQ_IMPORTS: &[&str] = &[
@@ -30,6 +30,15 @@ pub(crate) const WASQ_IMPORTS: &[&str] = &[
 /// The import module of WASI preview 1.
 pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
 
+/// Which code of a module new calls run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Compiled without optimisation, to start sooner.
+    Quick,
+    /// Compiled with Cranelift's optimisations (or read from the disk cache).
+    Optimized,
+}
+
 /// A compiled, checked module, ready to instantiate.
 pub struct LoadedModule {
     /// Its sha256.
@@ -38,8 +47,35 @@ pub struct LoadedModule {
     pub size: u64,
     /// Its task names, sorted.
     pub tasks: Vec<String>,
-    pub(crate) pre: InstancePre<CallState>,
+    /// The code it was loaded with, and which tier that is.
+    first: (Tier, InstancePre<CallState>),
+    /// Optimised code swapped in later by the background optimiser.
+    optimized: std::sync::OnceLock<InstancePre<CallState>>,
     pub(crate) has_initialize: bool,
+}
+
+impl LoadedModule {
+    /// Which code a call starting now runs.
+    pub fn tier(&self) -> Tier {
+        if self.optimized.get().is_some() {
+            Tier::Optimized
+        } else {
+            self.first.0
+        }
+    }
+
+    /// Which code it was loaded with: [`Tier::Quick`] when it was compiled
+    /// for a tiered or quick sandbox, [`Tier::Optimized`] when it came from
+    /// the disk cache or an optimising sandbox.
+    pub fn loaded_tier(&self) -> Tier {
+        self.first.0
+    }
+
+    /// The code a call starting now instantiates (its engine is
+    /// `pre.module().engine()`).
+    pub(crate) fn pre(&self) -> &InstancePre<CallState> {
+        self.optimized.get().unwrap_or(&self.first.1)
+    }
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -48,8 +84,15 @@ impl std::fmt::Debug for LoadedModule {
             .field("hash", &self.hash)
             .field("size", &self.size)
             .field("tasks", &self.tasks)
+            .field("tier", &self.tier())
             .finish_non_exhaustive()
     }
+}
+
+/// A quick-compiled module waiting for its optimised code.
+pub(crate) struct Optimize {
+    pub(crate) module: std::sync::Arc<LoadedModule>,
+    pub(crate) bytes: Vec<u8>,
 }
 
 /// What `wasq inspect` prints.
@@ -204,7 +247,9 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
 }
 
 /// Checks, compiles (or reads compiled code from the disk cache) and
-/// pre-links a module. Runs on a compiler thread.
+/// pre-links a module. Runs on a compiler thread. A disk cache entry is
+/// optimised code; without one, the code is quick unless the sandbox compiles
+/// [`Compilation::Optimized`], and only optimised code is written back.
 pub(crate) fn load(
     sandbox: &Sandbox,
     hash: ModuleHash,
@@ -212,39 +257,42 @@ pub(crate) fn load(
 ) -> Result<LoadedModule, TaskError> {
     let config = sandbox.config();
     let scan = scan(bytes, config)?;
-    let engine = sandbox.engine();
+    let (engine, linker) = sandbox.optimizing();
     let cached = config
         .cache_dir
         .as_deref()
         .map(|dir| cache_path(dir, engine, &hash));
     let mut module = None;
     if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
-        {
-            // SAFETY: the cache directory belongs to the host's operator (trusted,
-            // DESIGN.md "Security model"); files are written by `store` below via
-            // rename, so they are complete artifacts of this engine's
-            // configuration, and wasmtime checks the engine compatibility header.
-            #[allow(unsafe_code)]
-            match unsafe { Module::deserialize_file(engine, path) } {
-                Ok(m) => {
-                    sandbox.count(|s| s.disk_hits += 1);
-                    module = Some(m);
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), cause = %e, "ignoring unreadable compiled-module cache entry")
-                }
+        // SAFETY: the cache directory belongs to the host's operator (trusted,
+        // DESIGN.md "Security model"); files are written by `store` below via
+        // rename, so they are complete artifacts of this engine's
+        // configuration, and wasmtime checks the engine compatibility header.
+        #[allow(unsafe_code)]
+        match unsafe { Module::deserialize_file(engine, path) } {
+            Ok(m) => {
+                sandbox.count(|s| s.disk_hits += 1);
+                module = Some((Tier::Optimized, m, linker));
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), cause = %e, "ignoring unreadable compiled-module cache entry")
             }
         }
     }
-    let module = match module {
-        Some(m) => m,
-        None => {
+    let (tier, module, linker) = match (module, sandbox.quick()) {
+        (Some(m), _) => m,
+        (None, Some((engine, linker))) if config.compilation != Compilation::Optimized => {
+            let m = Module::from_binary(engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+            sandbox.count(|s| s.compiled += 1);
+            (Tier::Quick, m, linker)
+        }
+        (None, _) => {
             let m = Module::from_binary(engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
             sandbox.count(|s| s.compiled += 1);
             if let Some(path) = &cached {
                 store(&m, path);
             }
-            m
+            (Tier::Optimized, m, linker)
         }
     };
     let mut has_initialize = false;
@@ -267,17 +315,43 @@ pub(crate) fn load(
             }
         }
     }
-    let pre = sandbox
-        .linker()
+    let pre = linker
         .instantiate_pre(&module)
         .map_err(|e| invalid(format!("{e:#}")))?;
     Ok(LoadedModule {
         hash,
         size: bytes.len() as u64,
         tasks: scan.tasks.into_iter().collect(),
-        pre,
+        first: (tier, pre),
+        optimized: std::sync::OnceLock::new(),
         has_initialize,
     })
+}
+
+/// Compiles a quick-compiled module optimised, writes it to the disk cache
+/// and swaps it in: calls that start afterwards run it. A failure (the same
+/// bytes compiled once already) is logged; the module keeps its quick code.
+pub(crate) fn optimize(sandbox: &Sandbox, job: &Optimize) {
+    let (engine, linker) = sandbox.optimizing();
+    let hash = job.module.hash;
+    let compiled = Module::from_binary(engine, &job.bytes).and_then(|m| {
+        let pre = linker.instantiate_pre(&m)?;
+        Ok((m, pre))
+    });
+    match compiled {
+        Ok((m, pre)) => {
+            if let Some(dir) = &sandbox.config().cache_dir {
+                store(&m, &cache_path(dir, engine, &hash));
+            }
+            if job.module.optimized.set(pre).is_ok() {
+                sandbox.count(|s| s.optimized += 1);
+                tracing::debug!(module = %hash, "optimised code swapped in");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(module = %hash, cause = %format!("{e:#}"), "cannot optimise module; it keeps running quick code")
+        }
+    }
 }
 
 fn cache_path(dir: &Path, engine: &wasmtime::Engine, hash: &ModuleHash) -> PathBuf {

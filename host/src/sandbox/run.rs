@@ -357,7 +357,10 @@ pub(crate) async fn run(
         max_logs: limits.max_logs,
         task: task.to_string(),
     };
-    let mut store = Store::new(sandbox.engine(), state);
+    // The module's current code (quick or optimised) and the engine it was
+    // compiled by, which the store must belong to.
+    let pre = module.pre();
+    let mut store = Store::new(pre.module().engine(), state);
     store.limiter(|s| &mut s.limiter);
     // wasmtime counts fuel in an i64 and saturates near u64::MAX; a budget
     // of 2^63 is forever anyway, and keeps `fuel_used` exact.
@@ -379,7 +382,7 @@ pub(crate) async fn run(
     });
 
     let call = async {
-        let instance = module.pre.instantiate_async(&mut store).await?;
+        let instance = pre.instantiate_async(&mut store).await?;
         if module.has_initialize {
             let init = instance.get_typed_func::<(), ()>(&mut store, "_initialize")?;
             init.call_async(&mut store, ()).await?;

@@ -485,10 +485,11 @@ impl Sandbox {
             .name(format!("wasq-compile-{}", &hash.to_hex()[..8]))
             .spawn(move || {
                 let loaded = module::load(&this, hash, &bytes).map(Arc::new);
-                if let Ok(m) = &loaded {
-                    if m.tier() == Tier::Quick && this.config().compilation == Compilation::Tiered {
-                        this.optimize_later(m.clone(), bytes);
-                    }
+                if let Ok(m) = &loaded
+                    && m.tier() == Tier::Quick
+                    && this.config().compilation == Compilation::Tiered
+                {
+                    this.optimize_later(m.clone(), bytes);
                 }
                 let _ = tx.send(loaded);
             })

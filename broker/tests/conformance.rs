@@ -1675,3 +1675,144 @@ async fn redis_credentials_in_the_url() {
         "{err}"
     );
 }
+
+/// Blocked clients of the server (a claim parked in `XREADGROUP BLOCK`).
+async fn blocked_clients(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    info_field(conn, "clients", "blocked_clients").await
+}
+
+/// Scripts run by the server so far.
+async fn scripts_run(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split_once("calls=")?
+                .1
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+async fn info_field(
+    conn: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+    field: &str,
+) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}"))
+}
+
+/// After a blocking read hands out fewer calls than asked for (the queue is
+/// drained), the host's next claim blocks again at once: the only script it
+/// runs is the admission of what it reads, not the non-blocking pass. What
+/// that pass does still happens in time: a paused queue keeps its calls, a
+/// delayed call is promoted when due.
+#[tokio::test]
+async fn redis_a_drained_claim_blocks_again_without_the_pass() {
+    let server = RedisServer::start();
+    let b = std::sync::Arc::new(redis_broker(&server, "drained", config()).await);
+    let mut conn = raw(&server).await;
+    let claimer = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.claim("h1", &queues(), 8, Duration::from_secs(10))
+                .await
+                .unwrap()
+        })
+    };
+    while blocked_clients(&mut conn).await == 0 {
+        sleep(Duration::from_millis(5)).await;
+    }
+    let first = submit_one(&*b).await;
+    let got = claimer.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].call.id, first.id);
+    let finish = |got: Vec<Delivery>| {
+        let b = b.clone();
+        async move {
+            let done: Vec<_> = got
+                .into_iter()
+                .map(|d| {
+                    let env = succeeded(&d, json!(9), "h1");
+                    (d, env)
+                })
+                .collect();
+            b.complete(&done).await.unwrap();
+        }
+    };
+    finish(got).await;
+
+    let second = submit_one(&*b).await;
+    let before = scripts_run(&mut conn).await;
+    let got = b
+        .claim("h1", &queues(), 8, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].call.id, second.id);
+    assert_eq!(got[0].started, Some(StartOutcome::Run));
+    assert_eq!(
+        scripts_run(&mut conn).await - before,
+        1,
+        "a drained claim runs the admission script only"
+    );
+    finish(got).await;
+
+    // Paused while drained: the call is read, not admitted, and stays queued.
+    b.set_paused("default", true).await.unwrap();
+    let third = submit_one(&*b).await;
+    let got = b
+        .claim("h1", &queues(), 8, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "a paused queue handed out {got:?}");
+    assert_eq!(state_of(&*b, &third.id).await, State::Queued);
+    b.set_paused("default", false).await.unwrap();
+    let got = b
+        .claim("h1", &queues(), 8, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].call.id, third.id);
+    finish(got).await;
+
+    // A delayed call submitted while drained is promoted when due.
+    let module = b.put_module(WASM).await.unwrap().0;
+    let delayed = new_call(module, "[]");
+    let countdown = Duration::from_millis(300);
+    let t0 = Instant::now();
+    b.submit(std::slice::from_ref(&delayed), Some(countdown))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.is_empty() && t0.elapsed() < Duration::from_secs(5) {
+        got = b
+            .claim("h1", &queues(), 8, Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(got.len(), 1, "the delayed call was never handed out");
+    assert_eq!(got[0].call.id, delayed.id);
+    assert!(t0.elapsed() >= countdown - Duration::from_millis(50));
+}

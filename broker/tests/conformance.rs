@@ -659,8 +659,11 @@ async fn hosts_age_out<B: Broker>(b: &B) {
         b.heartbeat("a", &stats, &[]).await.unwrap();
         sleep(LEASE / 4).await;
     }
+    // One more beat right before looking, so only a stall of a whole lease
+    // between these two lines (not the loop's sleep) could age `a` out.
+    b.heartbeat("a", &stats, &[]).await.unwrap();
     let live = b.hosts().await.unwrap();
-    assert_eq!(live.len(), 1);
+    assert_eq!(live.len(), 1, "{live:?}");
     assert_eq!(live[0].0.id, "a");
     assert_eq!(live[0].0.concurrency, 4);
     assert_eq!(live[0].0.queues, queues());

@@ -214,3 +214,33 @@ fn inspect_lists_tasks_and_imports() {
         .current_dir(env!("CARGO_MANIFEST_DIR")));
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
+
+/// `--compile` picks the code a one-off run gets; quick and optimised code
+/// agree on the result and on the exact fuel, and a bad choice is a usage error.
+#[test]
+fn every_compilation_gives_the_same_result_and_fuel() {
+    let mut seen = Vec::new();
+    for how in ["quick", "optimized", "tiered"] {
+        let (env, code) = exec("examples", "fib", "[20]", &["--compile", how]);
+        assert_eq!(
+            (env["result"].clone(), code),
+            (json!(6765), 0),
+            "{how}: {env:#}"
+        );
+        seen.push(env["fuel_used"].as_u64().unwrap());
+    }
+    assert!(seen.iter().all(|f| *f == seen[0]), "fuel differs: {seen:?}");
+
+    let out = run(wasq().arg("exec").arg(task_module("examples")).args([
+        "add",
+        "[1, 2]",
+        "--compile",
+        "fastest",
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tiered, optimized or quick"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -363,6 +363,21 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
         "examples and hostile, once each"
     );
     assert_eq!(get(&m, "wasq_module_cache_disk_hits_total"), 0.0);
+    // Tiered compilation: each module's optimised code is compiled in the
+    // background and swapped in, once. Only a scrape can see when.
+    let optimized = || {
+        let (_, _, text) = http_get(addr, "/metrics");
+        get(&parse_metrics(&text), "wasq_module_optimizations_total")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while optimized() < 2.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        optimized(),
+        2.0,
+        "examples and hostile, optimised once each"
+    );
     let hits = get(&m, "wasq_module_cache_hits_total");
     assert!(hits >= 3.0 && hits + 2.0 <= 19.0, "cache hits {hits}");
     assert_eq!(get(&m, "wasq_broker_errors_total"), 0.0);

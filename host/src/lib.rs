@@ -2,7 +2,8 @@
 //! loop that feeds it calls from a broker.
 //!
 //! # Layout
-//! - `sandbox`: the wasmtime engine, module checks and cache, and the executor
+//! - `sandbox`: the wasmtime engines (quick and optimised code, see
+//!   [`Compilation`]), module checks and cache, and the executor
 //!   ([`Sandbox`], [`SandboxConfig`], [`RunOutcome`]).
 //! - `sandbox/module`: ABI checks and compile caps before wasmtime sees a module,
 //!   the on-disk compiled-code cache.

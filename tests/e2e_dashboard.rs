@@ -46,20 +46,9 @@ impl Cluster {
     /// Spawns `wasq ARGS` with its stderr in `NAME.log`; returns its index.
     fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
         let log = self.dir.join(format!("{name}.log"));
-        let child = self
-            .cli()
-            .args(args)
-            .env("RUST_LOG", "wasq_host=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start wasq {args:?}: {e}"));
-        self.procs.push(Proc {
-            child,
-            name: name.to_string(),
-            log,
-        });
+        let mut cmd = self.cli();
+        cmd.args(args);
+        self.procs.push(Proc::spawn(cmd, name, log));
         self.procs.len() - 1
     }
 

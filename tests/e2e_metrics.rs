@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{Proc, describe, header, http_get, run, task_module, wasq};
@@ -40,27 +40,16 @@ impl Setup {
     /// address it serves metrics on (read from its log).
     fn host_with_metrics(&self) -> (Proc, SocketAddr) {
         let log = self.dir.path().join("host.log");
-        let child = self
-            .cli()
-            .args([
-                "host",
-                "run",
-                "--concurrency",
-                "4",
-                "--metrics",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "wasq_host=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start host");
-        let host = Proc {
-            child,
-            name: "host".into(),
-            log,
-        };
+        let mut cmd = self.cli();
+        cmd.args([
+            "host",
+            "run",
+            "--concurrency",
+            "4",
+            "--metrics",
+            "127.0.0.1:0",
+        ]);
+        let host = Proc::spawn(cmd, "host", log);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let addr = host

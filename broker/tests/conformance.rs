@@ -57,6 +57,17 @@ async fn submit_one<B: Broker>(b: &B) -> Call {
     call
 }
 
+/// Submits one call due after `countdown`; returns it and when it was submitted.
+async fn submit_delayed<B: Broker>(b: &B, countdown: Duration) -> (Call, Instant) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    let call = new_call(module, "[]");
+    let t0 = Instant::now();
+    b.submit(std::slice::from_ref(&call), Some(countdown))
+        .await
+        .unwrap();
+    (call, t0)
+}
+
 /// Claims exactly one delivery within `block`.
 async fn claim_one<B: Broker>(b: &B, host: &str, block: Duration) -> Delivery {
     let mut got = b.claim(host, &queues(), 1, block).await.unwrap();
@@ -253,13 +264,8 @@ async fn retry_goes_through_the_delayed_set<B: Broker>(b: &B) {
 }
 
 async fn countdown_delays_a_call<B: Broker>(b: &B) {
-    let module = b.put_module(WASM).await.unwrap().0;
-    let call = new_call(module, "[]");
     let countdown = Duration::from_millis(600);
-    let t0 = Instant::now();
-    b.submit(std::slice::from_ref(&call), Some(countdown))
-        .await
-        .unwrap();
+    let (call, t0) = submit_delayed(b, countdown).await;
     assert_eq!(state_of(b, &call.id).await, State::Queued);
     assert!(
         b.claim("h1", &queues(), 8, Duration::ZERO)
@@ -1801,13 +1807,8 @@ async fn redis_a_drained_claim_blocks_again_without_the_pass() {
     finish(got).await;
 
     // A delayed call submitted while drained is promoted when due.
-    let module = b.put_module(WASM).await.unwrap().0;
-    let delayed = new_call(module, "[]");
     let countdown = Duration::from_millis(300);
-    let t0 = Instant::now();
-    b.submit(std::slice::from_ref(&delayed), Some(countdown))
-        .await
-        .unwrap();
+    let (delayed, t0) = submit_delayed(&*b, countdown).await;
     let mut got = Vec::new();
     while got.is_empty() && t0.elapsed() < Duration::from_secs(5) {
         got = b

@@ -1,7 +1,7 @@
 //! A cluster for end-to-end tests: a redis-server started by the test, real
 //! `wasq host run` processes and `wasq` commands pointed at it.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,21 +73,9 @@ impl Cluster {
     pub fn host(&mut self, extra: &[&str]) -> usize {
         let i = self.hosts.len();
         let log = self.dir.path().join(format!("host{i}.log"));
-        let child = self
-            .cli()
-            .args(["host", "run"])
-            .args(extra)
-            .env("RUST_LOG", "wasq_host=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start host");
-        self.hosts.push(Proc {
-            child,
-            name: format!("host{i}"),
-            log,
-        });
+        let mut cmd = self.cli();
+        cmd.args(["host", "run"]).args(extra);
+        self.hosts.push(Proc::spawn(cmd, format!("host{i}"), log));
         i
     }
 

@@ -75,6 +75,23 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `cmd` (a `wasq` command) with wasq's info logs on stderr,
+    /// captured in the file `log`, and no stdin or stdout.
+    pub fn spawn(mut cmd: Command, name: impl Into<String>, log: PathBuf) -> Proc {
+        let child = cmd
+            .env("RUST_LOG", "wasq_host=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Proc {
+            child,
+            name: name.into(),
+            log,
+        }
+    }
+
     /// Sends SIGKILL now.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -459,19 +459,25 @@ async fn execute<B: Broker>(
         forget(&running);
         return;
     }
+    // The publisher forgets the delivery once the envelope is out. A call
+    // no longer in `running` was taken back by a shutdown past its grace
+    // (interrupted, to be released to its queue): what the interruption
+    // produced is not its result and must not be published.
+    {
+        let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+        match running.get_mut(&delivery.token) {
+            Some(r) => r.finished = true,
+            None => {
+                debug!("call handed back on shutdown; dropping its interrupted outcome");
+                return;
+            }
+        }
+    }
     stats.done.fetch_add(1, Ordering::Relaxed);
     if !env.succeeded() {
         stats.failed.fetch_add(1, Ordering::Relaxed);
     }
     stats.calls.record_final(&env);
-    // The publisher forgets the delivery once the envelope is out.
-    if let Some(r) = running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_mut(&delivery.token)
-    {
-        r.finished = true;
-    }
     let _ = done.send((delivery, env));
 }
 

@@ -6,7 +6,9 @@
 //! | attempt | stopped by | kind |
 //! | --- | --- | --- |
 //! | loop forever | fuel (deterministic) | `fuel_exhausted` |
-//! | sleep / block in a host call | epoch ticker + deadline on the async call | `timeout` |
+//! | fill or copy huge buffers in a loop | fuel, charged per byte or element of bulk instructions | `fuel_exhausted` |
+//! | compute or call the host past the wall-clock limit | checks at every fuel yield and host call | `timeout` |
+//! | sleep / block in a host call | deadline on the async call | `timeout` |
 //! | grow memory or tables | [`ResourceLimiter`](wasmtime::ResourceLimiter) | `memory_limit` |
 //! | recurse deeply | wasmtime's stack limit | `trap` |
 //! | flood result, stdout, stderr, logs | bounded buffers that trap | `output_limit` |
@@ -15,17 +17,21 @@
 //! | huge or pathological module | size, function and body caps before compiling | `invalid_module` |
 //! | read files, env, network | WASI with no preopens, no env, no sockets | (sees nothing) |
 //!
-//! Fuel vs epochs: fuel counts instructions, so it is exact and reproducible but
-//! blind to time spent in host calls; epochs measure wall time cheaply (one
-//! load and compare per loop header) and also interrupt a guest that is
-//! sleeping. wasq uses both.
+//! Fuel and the clock: fuel counts instructions, so it is exact and
+//! reproducible; wasmtime charges bulk memory and table instructions
+//! (`memory.fill`, `memory.copy`, `table.fill`, ...) one unit per byte or
+//! element on top, so every unit of fuel is short. Running wasm yields to the host every
+//! [`SandboxConfig::check_fuel`] units (and enters it at every import call),
+//! and each time the host checks the wall-clock limit and revocation. wasm
+//! carries only fuel's instrumentation: epoch interruption on top of it cost
+//! call-heavy guests 2–3× (BENCHMARKS.md), where fuel alone costs about 1.2×.
 //!
 //! Tiered compilation ([`Compilation::Tiered`], the default): a module a host
 //! has never seen is compiled quickly (Cranelift without optimisations, the
 //! single-pass register allocator: about half the compile time) so its first
 //! calls start sooner; a background thread then compiles it optimised, swaps
 //! the optimised code in for the calls that start after, and writes only the
-//! optimised code to the disk cache. Both tiers carry the same fuel and epoch
+//! optimised code to the disk cache. Both tiers carry the same fuel
 //! instrumentation (fuel is counted per wasm operator, so `fuel_used` is the
 //! same on either) and run under the same limits.
 
@@ -48,9 +54,10 @@ pub use run::{CallState, RunOutcome};
 /// Default number of instance slots in the pooling allocator (calls that can
 /// run at the same time in one process).
 pub const DEFAULT_POOL_SIZE: u32 = 256;
-/// Default interval of the epoch ticker; the precision of wall-clock limits
-/// and revocation.
-pub const DEFAULT_TICK: Duration = Duration::from_millis(5);
+/// Default fuel between checks of the wall clock and revocation in running
+/// wasm: about a millisecond of compute (bulk instructions are charged per
+/// byte, so every unit is short). Lower is more precise and costs more yields.
+pub const DEFAULT_CHECK_FUEL: u64 = 1_000_000;
 /// Default cap on functions in one module.
 pub const DEFAULT_MAX_FUNCTIONS: u32 = 100_000;
 /// Default cap on the total bytes of function bodies in one module.
@@ -118,7 +125,7 @@ impl SandboxError {
 }
 
 /// Lets a caller stop a running call from outside (revocation). Checked at
-/// every epoch tick, and awaited alongside the call so a sleeping guest stops
+/// every fuel yield and host call, and awaited alongside the call so a sleeping guest stops
 /// at once.
 #[derive(Debug, Clone, Default)]
 pub struct Cancel(Arc<CancelInner>);
@@ -204,8 +211,9 @@ pub struct SandboxConfig {
     pub compile_timeout: Duration,
     /// Slots of the pooling allocator: calls running at once.
     pub pool_size: u32,
-    /// Epoch tick; the precision of timeouts and revocation.
-    pub tick: Duration,
+    /// Fuel a running call uses between checks of its wall-clock limit and
+    /// revocation; the precision of both.
+    pub check_fuel: u64,
     /// Where compiled code is kept across restarts; `None` keeps it only in memory.
     pub cache_dir: Option<PathBuf>,
     /// How new modules are compiled.
@@ -226,7 +234,7 @@ impl Default for SandboxConfig {
             max_function_bytes: DEFAULT_MAX_FUNCTION_BYTES,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
-            tick: DEFAULT_TICK,
+            check_fuel: DEFAULT_CHECK_FUEL,
             cache_dir: None,
             compilation: Compilation::default(),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
@@ -297,7 +305,6 @@ struct Inner {
     config: SandboxConfig,
     modules: Mutex<ModuleCache>,
     stats: Mutex<CacheStats>,
-    ticker_stop: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -306,16 +313,9 @@ struct ModuleCache {
     order: std::collections::VecDeque<ModuleHash>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
-    }
-}
-
 impl Sandbox {
     /// Builds the engine (with the pooling allocator sized for
-    /// `config.pool_size` concurrent calls), the linker, and starts the epoch
-    /// ticker thread.
+    /// `config.pool_size` concurrent calls) and the linker.
     ///
     /// # Errors
     /// When wasmtime rejects the configuration (for instance if the machine
@@ -339,10 +339,6 @@ impl Sandbox {
                 Some((engine, linker))
             }
         };
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let mut engines = vec![engine.weak()];
-        engines.extend(quick.as_ref().map(|(e, _)| e.weak()));
-        spawn_ticker(engines, config.tick, ticker_stop.clone());
         let inner = Arc::new(Inner {
             engine,
             linker,
@@ -352,7 +348,6 @@ impl Sandbox {
             config,
             modules: Mutex::default(),
             stats: Mutex::default(),
-            ticker_stop,
         });
         if inner.config.compilation == Compilation::Tiered {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -527,7 +522,22 @@ impl Sandbox {
         limits: &Limits,
         cancel: &Cancel,
     ) -> RunOutcome {
-        run::run(self, module, task, args, limits, cancel).await
+        run::run(self, module, task, args, false, limits, cancel).await
+    }
+
+    /// [`Sandbox::run`] with args already parsed as JSON (a queued call's):
+    /// only their being an array is checked, not their syntax again, which
+    /// for megabytes of args is a pass as long as the task's own.
+    pub async fn run_json(
+        &self,
+        module: &LoadedModule,
+        task: &str,
+        args: &serde_json::value::RawValue,
+        limits: &Limits,
+        cancel: &Cancel,
+    ) -> RunOutcome {
+        let args = args.get().as_bytes();
+        run::run(self, module, task, args, true, limits, cancel).await
     }
 
     /// The engine and linker of optimised code.
@@ -584,7 +594,6 @@ fn optimizer(sandbox: std::sync::Weak<Inner>, jobs: std::sync::mpsc::Receiver<mo
 fn engine_config(config: &SandboxConfig, quick: bool) -> Config {
     let mut cfg = Config::new();
     cfg.consume_fuel(true)
-        .epoch_interruption(true)
         .max_wasm_stack(WASM_STACK)
         .async_stack_size(WASM_STACK + 1024 * 1024)
         .wasm_multi_memory(false)
@@ -619,20 +628,4 @@ fn engine_config(config: &SandboxConfig, quick: bool) -> Config {
         .pagemap_scan(wasmtime::Enabled::Auto);
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     cfg
-}
-
-fn spawn_ticker(engines: Vec<wasmtime::EngineWeak>, tick: Duration, stop: Arc<AtomicBool>) {
-    let _ = std::thread::Builder::new()
-        .name("wasq-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
-                for engine in &engines {
-                    match engine.upgrade() {
-                        Some(e) => e.increment_epoch(),
-                        None => return,
-                    }
-                }
-            }
-        });
 }

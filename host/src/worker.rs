@@ -426,7 +426,7 @@ async fn execute<B: Broker>(
     let outcome = match module {
         Ok(m) => {
             sandbox
-                .run(&m, &call.task, call.args.get().as_bytes(), &limits, &cancel)
+                .run_json(&m, &call.task, &call.args, &limits, &cancel)
                 .await
         }
         Err(e) => RunOutcome::failed(e),

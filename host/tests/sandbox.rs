@@ -207,31 +207,113 @@ async fn timeout_busy_loop_obeyed_and_violated() {
     assert_timed_out(&o, t.timeout);
 }
 
-/// Bulk memory instructions cost one unit of fuel however many bytes they
-/// touch, so a loop of `memory.fill` over 64 MiB burns wall time at almost no
-/// fuel: only the wall-clock limit (epochs) stops it.
+/// Guests whose every task is one bulk instruction of a fixed length, or a
+/// loop of them.
+const BULK: &str = r#"(module
+    (memory (export "memory") 1024)
+    (table $t 65536 funcref)
+    (elem declare func $nothing)
+    (func $nothing)
+    (func (export "task.fill_1023")
+      (memory.fill (i32.const 0) (i32.const 7) (i32.const 1023)))
+    (func (export "task.fill_65536")
+      (memory.fill (i32.const 0) (i32.const 7) (i32.const 65536)))
+    (func (export "task.fill_64mib")
+      (memory.fill (i32.const 0) (i32.const 7) (i32.const 67108864)))
+    (func (export "task.fill_forever")
+      (loop $l
+        (memory.fill (i32.const 0) (i32.const 7) (i32.const 67108864))
+        (br $l)))
+    (func (export "task.copy_forever")
+      (loop $l
+        (memory.copy (i32.const 0) (i32.const 33554432) (i32.const 33554432))
+        (br $l)))
+    (func (export "task.table_fill_forever")
+      (loop $l
+        (table.fill $t (i32.const 0) (ref.func $nothing) (i32.const 65536))
+        (br $l)))
+    (func (export "task.fill_past_memory")
+      (memory.fill (i32.const 0) (i32.const 7) (i32.const -1))))"#;
+
+/// Bulk memory and table instructions cost one unit of fuel per byte (or
+/// element) on top of their own (wasmtime's variable operator costs).
 #[tokio::test]
-async fn timeout_stops_bulk_memory_loops_that_fuel_cannot_see() {
+async fn bulk_instructions_cost_fuel_by_length() {
+    let m = wat(BULK);
+    let small = run(&m, "fill_1023", limits()).await;
+    let large = run(&m, "fill_65536", limits()).await;
+    assert_ok(&small);
+    assert_ok(&large);
+    assert_eq!(large.fuel_used - small.fuel_used, 65_536 - 1_023);
+    let huge = run(&m, "fill_64mib", limits()).await;
+    assert_ok(&huge);
+    assert!(huge.fuel_used > 67_108_864, "{}", huge.fuel_used);
+    // The charge comes first: a fill that would run out of budget never runs.
+    let o = run(
+        &m,
+        "fill_64mib",
+        Limits {
+            fuel: 1_000_000,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::FuelExhausted);
+    assert_eq!(o.fuel_used, 1_000_000);
+    // A length past the memory is charged, then traps out of bounds.
+    let o = run(&m, "fill_past_memory", limits()).await;
+    assert_kind(&o, ErrorKind::Trap);
+}
+
+/// A loop of 64 MiB fills (or 32 MiB copies, or 64 Ki-element table fills):
+/// the fuel budget stops it, deterministically, and with the budget out of
+/// the way the wall-clock limit does (checked at the fuel yields).
+#[tokio::test]
+async fn bulk_loops_obey_fuel_and_the_clock() {
+    let m = wat(BULK);
+    for task in ["fill_forever", "copy_forever", "table_fill_forever"] {
+        let budget = Limits {
+            fuel: 50_000_000,
+            timeout: Duration::from_secs(60),
+            ..limits()
+        };
+        let o = run(&m, task, budget).await;
+        assert_kind(&o, ErrorKind::FuelExhausted);
+        assert_eq!(o.fuel_used, budget.fuel, "{task}");
+        assert!(
+            o.duration < Duration::from_secs(10),
+            "{task}: {:?}",
+            o.duration
+        );
+        let clock = Limits {
+            fuel: u64::MAX,
+            timeout: Duration::from_millis(300),
+            ..limits()
+        };
+        assert_timed_out(&run(&m, task, clock).await, clock.timeout);
+    }
+}
+
+/// A guest looping on a host call that does real work (16 MiB of random
+/// bytes) uses little fuel per round: the clock is checked at every call into
+/// the host, not only every `check_fuel` units.
+#[tokio::test]
+async fn timeout_stops_loops_of_costly_host_calls() {
     let m = wat(r#"(module
-        (memory (export "memory") 1024)
-        (func (export "task.fill_once")
-          (memory.fill (i32.const 0) (i32.const 7) (i32.const 67108864)))
-        (func (export "task.fill_forever")
+        (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+        (memory (export "memory") 256)
+        (func (export "task.random_forever")
           (loop $l
-            (memory.fill (i32.const 0) (i32.const 7) (i32.const 67108864))
+            (drop (call $random (i32.const 0) (i32.const 16777216)))
             (br $l))))"#);
     let t = Limits {
+        fuel: u64::MAX,
         timeout: Duration::from_millis(300),
         ..limits()
     };
-    assert_ok(&run(&m, "fill_once", t).await);
-    let o = run(&m, "fill_forever", t).await;
+    let o = run(&m, "random_forever", t).await;
     assert_timed_out(&o, t.timeout);
-    assert!(
-        o.fuel_used < t.fuel / 1000,
-        "fuel alone would have stopped it: {} used",
-        o.fuel_used
-    );
+    assert!(o.fuel_used < 1_000_000, "{}", o.fuel_used);
 }
 
 #[tokio::test]
@@ -628,9 +710,12 @@ async fn the_host_survives_hostile_calls() {
         "recurse",
         "log_flood",
     ] {
+        // Fuel, not the clock, stops `spin`: the two tiers run interleaved
+        // on this test's one thread (each yields every `check_fuel` units),
+        // so a tight clock could stop one and not the other.
         let lim = Limits {
-            timeout: Duration::from_millis(200),
-            fuel: 50_000_000,
+            timeout: Duration::from_secs(5),
+            fuel: 5_000_000,
             ..limits()
         };
         assert!(run(&hostile, task, lim).await.result.is_err());

@@ -149,15 +149,20 @@ pub async fn warm_calls(
 ) -> anyhow::Result<WarmCall> {
     let limits = *sandbox.limits();
     let cancel = Cancel::new();
+    let json = queued_args(args)?;
     // Warm up: the first instantiations fault in the pool's slots.
     for _ in 0..100 {
-        sandbox.run(module, task, args, &limits, &cancel).await;
+        sandbox
+            .run_json(module, task, &json, &limits, &cancel)
+            .await;
     }
     let cpu0 = process_cpu();
     let started = Instant::now();
     let mut failed = 0usize;
     for _ in 0..calls {
-        let outcome = sandbox.run(module, task, args, &limits, &cancel).await;
+        let outcome = sandbox
+            .run_json(module, task, &json, &limits, &cancel)
+            .await;
         match &outcome.result {
             Ok(v) if v == expected => {}
             Ok(v) => bail!("{task} returned {v}, expected {expected}"),
@@ -182,7 +187,10 @@ pub async fn warm_calls(
     })
 }
 
-/// One CPU-bound task, `reps` times on each engine, medians in ms.
+/// One CPU-bound task, `reps` times on each engine, medians in ms. The
+/// repetitions are interleaved (native, sandbox, then each plain engine, and
+/// round again), so a machine that slows down or speeds up over the phase
+/// shifts every configuration alike instead of whichever ran then.
 ///
 /// # Errors
 /// If any run fails or disagrees with the native result.
@@ -200,43 +208,46 @@ async fn cpu_bound(
 ) -> anyhow::Result<CpuBound> {
     let reps = reps.max(1);
     let time_native = |f: &dyn Fn() -> String| {
-        let mut out = String::new();
-        let samples: Vec<f64> = (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                out = f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        (median(&samples).unwrap_or(f64::NAN), out)
+        let t = Instant::now();
+        let out = f();
+        (t.elapsed().as_secs_f64() * 1e3, out)
     };
-    let (native_ms, expected) = time_native(native_run);
-    let native_accelerated_ms = accelerated.map(|f| time_native(f).0);
-    let expected: serde_json::Value = serde_json::from_str(&expected)?;
-
+    let expected: serde_json::Value = serde_json::from_str(&native_run())?;
+    let engines = [(false, false), (false, true), (true, false), (true, true)]
+        .into_iter()
+        .map(|(fuel, epochs)| PlainEngine::new(wasm, Instrumentation { fuel, epochs }))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let limits = *sandbox.limits();
     let cancel = Cancel::new();
-    let mut samples = Vec::new();
+    let json = queued_args(args)?;
+
+    let mut native = Vec::new();
+    let mut native_accelerated = Vec::new();
+    let mut sandboxed = Vec::new();
+    let mut plain = vec![Vec::new(); engines.len()];
     for _ in 0..reps {
+        let (took, out) = time_native(native_run);
+        ensure!(
+            serde_json::from_str::<serde_json::Value>(&out)? == expected,
+            "native {task} is not deterministic"
+        );
+        native.push(took);
+        if let Some(f) = accelerated {
+            native_accelerated.push(time_native(f).0);
+        }
+
         let t = Instant::now();
-        let outcome = sandbox.run(module, task, args, &limits, &cancel).await;
-        samples.push(t.elapsed().as_secs_f64() * 1e3);
+        let outcome = sandbox
+            .run_json(module, task, &json, &limits, &cancel)
+            .await;
+        sandboxed.push(t.elapsed().as_secs_f64() * 1e3);
         match outcome.result {
             Ok(v) if v == expected => {}
             Ok(v) => bail!("sandboxed {task} returned {v}, natively {expected}"),
             Err(e) => bail!("sandboxed {task} failed: {e}"),
         }
-    }
-    let sandbox_ms = median(&samples).unwrap_or(f64::NAN);
 
-    let mut plain = [0.0f64; 4];
-    for (slot, (fuel, epochs)) in [(false, false), (false, true), (true, false), (true, true)]
-        .into_iter()
-        .enumerate()
-    {
-        let engine = PlainEngine::new(wasm, Instrumentation { fuel, epochs })?;
-        let mut samples = Vec::new();
-        for _ in 0..reps {
+        for (engine, samples) in engines.iter().zip(&mut plain) {
             let (out, took) = engine.run(task, args).await?;
             let v: serde_json::Value = serde_json::from_slice(&out)?;
             ensure!(
@@ -245,8 +256,14 @@ async fn cpu_bound(
             );
             samples.push(took.as_secs_f64() * 1e3);
         }
-        plain[slot] = median(&samples).unwrap_or(f64::NAN);
     }
+    let native_ms = median(&native).unwrap_or(f64::NAN);
+    let native_accelerated_ms = accelerated.and_then(|_| median(&native_accelerated));
+    let sandbox_ms = median(&sandboxed).unwrap_or(f64::NAN);
+    let plain: Vec<f64> = plain
+        .iter()
+        .map(|s| median(s).unwrap_or(f64::NAN))
+        .collect();
     Ok(CpuBound {
         task: label,
         native_ms,
@@ -256,10 +273,18 @@ async fn cpu_bound(
         wasm_fuel_ms: plain[2],
         wasm_fuel_epochs_ms: plain[3],
         sandbox_vs_native: sandbox_ms / native_ms,
-        fuel_cost: plain[3] / plain[1],
+        fuel_cost: plain[2] / plain[0],
         epoch_cost: plain[1] / plain[0],
         native_accelerated_ms,
     })
+}
+
+/// `args` as a host gets them from a queued call: JSON parsed once, on
+/// decoding the call (so runs go through [`Sandbox::run_json`], as the
+/// worker's do).
+fn queued_args(args: &[u8]) -> anyhow::Result<Box<serde_json::value::RawValue>> {
+    let text = String::from_utf8(args.to_vec()).context("args are not UTF-8")?;
+    serde_json::value::RawValue::from_string(text).context("args are not JSON")
 }
 
 /// What [`sandbox_cost`] runs.

@@ -8,6 +8,7 @@
 //! | loop forever | fuel (deterministic) | `fuel_exhausted` |
 //! | fill or copy huge buffers in a loop | fuel, charged per byte or element of bulk instructions | `fuel_exhausted` |
 //! | compute or call the host past the wall-clock limit | checks at every fuel yield and host call | `timeout` |
+//! | hold its thread (a loop of costly host calls) | calls run on the sandbox's own `wasq-guest` runtime, never the host's | (delays other guests only) |
 //! | sleep / block in a host call | deadline on the async call | `timeout` |
 //! | grow memory or tables | [`ResourceLimiter`](wasmtime::ResourceLimiter) | `memory_limit` |
 //! | recurse deeply | wasmtime's stack limit | `trap` |
@@ -305,6 +306,27 @@ struct Inner {
     config: SandboxConfig,
     modules: Mutex<ModuleCache>,
     stats: Mutex<CacheStats>,
+    /// The runtime calls run on.
+    guests: tokio::runtime::Handle,
+    /// Owns `guests`; shut down without waiting when the sandbox goes.
+    guest_runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(rt) = self.guest_runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Aborts a spawned run whose caller stopped waiting for it.
+struct AbortOnDrop(tokio::task::JoinHandle<RunOutcome>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(Default)]
@@ -339,6 +361,13 @@ impl Sandbox {
                 Some((engine, linker))
             }
         };
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let guest_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("wasq-guest")
+            .enable_all()
+            .build()
+            .map_err(|e| SetupError::Engine(format!("cannot start the guest runtime: {e}")))?;
         let inner = Arc::new(Inner {
             engine,
             linker,
@@ -348,6 +377,8 @@ impl Sandbox {
             config,
             modules: Mutex::default(),
             stats: Mutex::default(),
+            guests: guest_runtime.handle().clone(),
+            guest_runtime: Some(guest_runtime),
         });
         if inner.config.compilation == Compilation::Tiered {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -514,15 +545,21 @@ impl Sandbox {
     /// (already lowered to the host's maximums by the caller, see
     /// [`Limits::restrict`]). Never panics on guest behaviour; every failure is
     /// in the outcome.
+    ///
+    /// Calls run on the sandbox's own runtime (`wasq-guest` threads), never
+    /// on the caller's: a guest that holds its thread (a loop of costly host
+    /// calls yields only every `check_fuel` units) delays other guests, not
+    /// the host's claims, heartbeats and publishing.
     pub async fn run(
         &self,
-        module: &LoadedModule,
+        module: &Arc<LoadedModule>,
         task: &str,
         args: &[u8],
         limits: &Limits,
         cancel: &Cancel,
     ) -> RunOutcome {
-        run::run(self, module, task, args, false, limits, cancel).await
+        self.run_on_guests(module, task, args, false, limits, cancel)
+            .await
     }
 
     /// [`Sandbox::run`] with args already parsed as JSON (a queued call's):
@@ -530,14 +567,44 @@ impl Sandbox {
     /// for megabytes of args is a pass as long as the task's own.
     pub async fn run_json(
         &self,
-        module: &LoadedModule,
+        module: &Arc<LoadedModule>,
         task: &str,
         args: &serde_json::value::RawValue,
         limits: &Limits,
         cancel: &Cancel,
     ) -> RunOutcome {
-        let args = args.get().as_bytes();
-        run::run(self, module, task, args, true, limits, cancel).await
+        self.run_on_guests(module, task, args.get().as_bytes(), true, limits, cancel)
+            .await
+    }
+
+    async fn run_on_guests(
+        &self,
+        module: &Arc<LoadedModule>,
+        task: &str,
+        args: &[u8],
+        parsed: bool,
+        limits: &Limits,
+        cancel: &Cancel,
+    ) -> RunOutcome {
+        let (sandbox, module, task, args) = (
+            self.clone(),
+            module.clone(),
+            task.to_string(),
+            args.to_vec(),
+        );
+        let (limits, cancel) = (*limits, cancel.clone());
+        let job = self.inner.guests.spawn(async move {
+            run::run(&sandbox, &module, &task, args, parsed, &limits, &cancel).await
+        });
+        // Dropping the caller's future (a host shutting down) stops the run.
+        let mut job = AbortOnDrop(job);
+        match (&mut job.0).await {
+            Ok(outcome) => outcome,
+            Err(e) => RunOutcome::failed(TaskError::new(
+                ErrorKind::Trap,
+                format!("the call's task ended abnormally: {e}"),
+            )),
+        }
     }
 
     /// The engine and linker of optimised code.

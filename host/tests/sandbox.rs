@@ -316,6 +316,52 @@ async fn timeout_stops_loops_of_costly_host_calls() {
     assert!(o.fuel_used < 1_000_000, "{}", o.fuel_used);
 }
 
+/// A guest looping on costly host calls uses little fuel, so it yields to
+/// its runtime rarely; it runs on the sandbox's own threads, so the caller's
+/// runtime (this test's single thread; a host's claims and heartbeats) keeps
+/// going meanwhile.
+#[tokio::test]
+async fn a_busy_guest_never_holds_the_callers_runtime() {
+    let m = sandbox()
+        .load_bytes(wat(r#"(module
+            (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+            (memory (export "memory") 256)
+            (func (export "task.random_forever")
+              (loop $l
+                (drop (call $random (i32.const 0) (i32.const 16777216)))
+                (br $l))))"#))
+        .await
+        .unwrap();
+    let t = Limits {
+        fuel: u64::MAX,
+        timeout: Duration::from_secs(1),
+        ..limits()
+    };
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                every.tick().await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let o = sandbox()
+        .run(&m, "random_forever", b"[]", &t, &Cancel::new())
+        .await;
+    ticker.abort();
+    assert_timed_out(&o, t.timeout);
+    // About 100 in a second; a runtime held by the guest would see one or two.
+    let ticks = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        ticks >= 20,
+        "the caller's runtime ticked {ticks} times in {:?}",
+        o.duration
+    );
+}
+
 #[tokio::test]
 async fn timeout_sleeping_guest_obeyed_and_violated() {
     let m = wat(LIMITS);

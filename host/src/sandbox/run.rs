@@ -293,7 +293,7 @@ pub(crate) async fn run(
     sandbox: &Sandbox,
     module: &LoadedModule,
     task: &str,
-    args: &[u8],
+    args: Vec<u8>,
     parsed: bool,
     limits: &Limits,
     cancel: &Cancel,
@@ -312,7 +312,7 @@ pub(crate) async fn run(
         // Valid JSON already: an array is one that opens with `[`.
         args.trim_ascii_start().starts_with(b"[")
     } else {
-        is_json_array(args)
+        is_json_array(&args)
     };
     if !array {
         return RunOutcome::failed(TaskError::new(
@@ -355,7 +355,7 @@ pub(crate) async fn run(
             memory: limits.memory,
             tables: MAX_TABLE_ELEMENTS.min(limits.memory / 8),
         },
-        input: args.to_vec(),
+        input: args,
         output: None,
         failure: None,
         logs: Vec::new(),

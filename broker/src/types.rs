@@ -101,9 +101,8 @@ pub struct Limits {
     pub fuel: u64,
     /// Bytes of linear memory (and table elements × 8) the instance may reach.
     pub memory: u64,
-    /// Wall-clock time, sleeping included. Checked while wasm runs (every
-    /// million units of fuel and at host calls) and enforced by a deadline on
-    /// the async call, so a guest blocked in a host call still stops.
+    /// Wall-clock time, sleeping included. Enforced by epoch interruption and a
+    /// deadline on the async call, so a guest blocked in a host call still stops.
     #[serde(with = "duration_secs")]
     pub timeout: Duration,
     /// Bytes of the JSON result (and of a `fail` message).

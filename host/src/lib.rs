@@ -33,10 +33,10 @@ pub use dashboard::{
 };
 pub use metrics::{CallMetrics, DURATION_BUCKETS, HostLabels, HostMetrics, METRICS_CONTENT_TYPE};
 pub use sandbox::{
-    CacheStats, CallState, Cancel, Compilation, DEFAULT_CACHE_CAPACITY, DEFAULT_CHECK_FUEL,
-    DEFAULT_COMPILE_TIMEOUT, DEFAULT_MAX_CODE_BYTES, DEFAULT_MAX_FUNCTION_BYTES,
-    DEFAULT_MAX_FUNCTIONS, DEFAULT_POOL_SIZE, LoadedModule, ModuleReport, RunOutcome, Sandbox,
-    SandboxConfig, SandboxError, SetupError, Tier, WASM_STACK, default_host_name, inspect,
+    CacheStats, CallState, Cancel, Compilation, DEFAULT_CACHE_CAPACITY, DEFAULT_COMPILE_TIMEOUT,
+    DEFAULT_MAX_CODE_BYTES, DEFAULT_MAX_FUNCTION_BYTES, DEFAULT_MAX_FUNCTIONS, DEFAULT_POOL_SIZE,
+    DEFAULT_TICK, LoadedModule, ModuleReport, RunOutcome, Sandbox, SandboxConfig, SandboxError,
+    SetupError, Tier, WASM_STACK, default_host_name, inspect,
 };
 pub use worker::{
     DEFAULT_CLAIM_BLOCK, DEFAULT_GRACE, DEFAULT_REVOKE_CHECK, Worker, WorkerConfig, WorkerStats,

@@ -6,10 +6,7 @@
 //! | attempt | stopped by | kind |
 //! | --- | --- | --- |
 //! | loop forever | fuel (deterministic) | `fuel_exhausted` |
-//! | fill or copy huge buffers in a loop | fuel, charged per byte or element of bulk instructions | `fuel_exhausted` |
-//! | compute or call the host past the wall-clock limit | checks at every fuel yield and host call | `timeout` |
-//! | hold its thread (a loop of costly host calls) | calls run on the sandbox's own `wasq-guest` runtime, never the host's | (delays other guests only) |
-//! | sleep / block in a host call | deadline on the async call | `timeout` |
+//! | sleep / block in a host call | epoch ticker + deadline on the async call | `timeout` |
 //! | grow memory or tables | [`ResourceLimiter`](wasmtime::ResourceLimiter) | `memory_limit` |
 //! | recurse deeply | wasmtime's stack limit | `trap` |
 //! | flood result, stdout, stderr, logs | bounded buffers that trap | `output_limit` |
@@ -18,21 +15,17 @@
 //! | huge or pathological module | size, function and body caps before compiling | `invalid_module` |
 //! | read files, env, network | WASI with no preopens, no env, no sockets | (sees nothing) |
 //!
-//! Fuel and the clock: fuel counts instructions, so it is exact and
-//! reproducible; wasmtime charges bulk memory and table instructions
-//! (`memory.fill`, `memory.copy`, `table.fill`, ...) one unit per byte or
-//! element on top, so every unit of fuel is short. Running wasm yields to the host every
-//! [`SandboxConfig::check_fuel`] units (and enters it at every import call),
-//! and each time the host checks the wall-clock limit and revocation. wasm
-//! carries only fuel's instrumentation: epoch interruption on top of it cost
-//! call-heavy guests 2–3× (BENCHMARKS.md), where fuel alone costs about 1.2×.
+//! Fuel vs epochs: fuel counts instructions, so it is exact and reproducible but
+//! blind to time spent in host calls; epochs measure wall time cheaply (one
+//! load and compare per loop header) and also interrupt a guest that is
+//! sleeping. wasq uses both.
 //!
 //! Tiered compilation ([`Compilation::Tiered`], the default): a module a host
 //! has never seen is compiled quickly (Cranelift without optimisations, the
 //! single-pass register allocator: about half the compile time) so its first
 //! calls start sooner; a background thread then compiles it optimised, swaps
 //! the optimised code in for the calls that start after, and writes only the
-//! optimised code to the disk cache. Both tiers carry the same fuel
+//! optimised code to the disk cache. Both tiers carry the same fuel and epoch
 //! instrumentation (fuel is counted per wasm operator, so `fuel_used` is the
 //! same on either) and run under the same limits.
 
@@ -55,10 +48,9 @@ pub use run::{CallState, RunOutcome};
 /// Default number of instance slots in the pooling allocator (calls that can
 /// run at the same time in one process).
 pub const DEFAULT_POOL_SIZE: u32 = 256;
-/// Default fuel between checks of the wall clock and revocation in running
-/// wasm: about a millisecond of compute (bulk instructions are charged per
-/// byte, so every unit is short). Lower is more precise and costs more yields.
-pub const DEFAULT_CHECK_FUEL: u64 = 1_000_000;
+/// Default interval of the epoch ticker; the precision of wall-clock limits
+/// and revocation.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(5);
 /// Default cap on functions in one module.
 pub const DEFAULT_MAX_FUNCTIONS: u32 = 100_000;
 /// Default cap on the total bytes of function bodies in one module.
@@ -126,7 +118,7 @@ impl SandboxError {
 }
 
 /// Lets a caller stop a running call from outside (revocation). Checked at
-/// every fuel yield and host call, and awaited alongside the call so a sleeping guest stops
+/// every epoch tick, and awaited alongside the call so a sleeping guest stops
 /// at once.
 #[derive(Debug, Clone, Default)]
 pub struct Cancel(Arc<CancelInner>);
@@ -212,9 +204,8 @@ pub struct SandboxConfig {
     pub compile_timeout: Duration,
     /// Slots of the pooling allocator: calls running at once.
     pub pool_size: u32,
-    /// Fuel a running call uses between checks of its wall-clock limit and
-    /// revocation; the precision of both.
-    pub check_fuel: u64,
+    /// Epoch tick; the precision of timeouts and revocation.
+    pub tick: Duration,
     /// Where compiled code is kept across restarts; `None` keeps it only in memory.
     pub cache_dir: Option<PathBuf>,
     /// How new modules are compiled.
@@ -235,7 +226,7 @@ impl Default for SandboxConfig {
             max_function_bytes: DEFAULT_MAX_FUNCTION_BYTES,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
-            check_fuel: DEFAULT_CHECK_FUEL,
+            tick: DEFAULT_TICK,
             cache_dir: None,
             compilation: Compilation::default(),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
@@ -306,27 +297,7 @@ struct Inner {
     config: SandboxConfig,
     modules: Mutex<ModuleCache>,
     stats: Mutex<CacheStats>,
-    /// The runtime calls run on.
-    guests: tokio::runtime::Handle,
-    /// Owns `guests`; shut down without waiting when the sandbox goes.
-    guest_runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(rt) = self.guest_runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-/// Aborts a spawned run whose caller stopped waiting for it.
-struct AbortOnDrop(tokio::task::JoinHandle<RunOutcome>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    ticker_stop: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -335,9 +306,16 @@ struct ModuleCache {
     order: std::collections::VecDeque<ModuleHash>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Sandbox {
     /// Builds the engine (with the pooling allocator sized for
-    /// `config.pool_size` concurrent calls) and the linker.
+    /// `config.pool_size` concurrent calls), the linker, and starts the epoch
+    /// ticker thread.
     ///
     /// # Errors
     /// When wasmtime rejects the configuration (for instance if the machine
@@ -361,13 +339,10 @@ impl Sandbox {
                 Some((engine, linker))
             }
         };
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let guest_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("wasq-guest")
-            .enable_all()
-            .build()
-            .map_err(|e| SetupError::Engine(format!("cannot start the guest runtime: {e}")))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let mut engines = vec![engine.weak()];
+        engines.extend(quick.as_ref().map(|(e, _)| e.weak()));
+        spawn_ticker(engines, config.tick, ticker_stop.clone());
         let inner = Arc::new(Inner {
             engine,
             linker,
@@ -377,8 +352,7 @@ impl Sandbox {
             config,
             modules: Mutex::default(),
             stats: Mutex::default(),
-            guests: guest_runtime.handle().clone(),
-            guest_runtime: Some(guest_runtime),
+            ticker_stop,
         });
         if inner.config.compilation == Compilation::Tiered {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -545,21 +519,15 @@ impl Sandbox {
     /// (already lowered to the host's maximums by the caller, see
     /// [`Limits::restrict`]). Never panics on guest behaviour; every failure is
     /// in the outcome.
-    ///
-    /// Calls run on the sandbox's own runtime (`wasq-guest` threads), never
-    /// on the caller's: a guest that holds its thread (a loop of costly host
-    /// calls yields only every `check_fuel` units) delays other guests, not
-    /// the host's claims, heartbeats and publishing.
     pub async fn run(
         &self,
-        module: &Arc<LoadedModule>,
+        module: &LoadedModule,
         task: &str,
         args: &[u8],
         limits: &Limits,
         cancel: &Cancel,
     ) -> RunOutcome {
-        self.run_on_guests(module, task, args, false, limits, cancel)
-            .await
+        run::run(self, module, task, args, false, limits, cancel).await
     }
 
     /// [`Sandbox::run`] with args already parsed as JSON (a queued call's):
@@ -567,44 +535,14 @@ impl Sandbox {
     /// for megabytes of args is a pass as long as the task's own.
     pub async fn run_json(
         &self,
-        module: &Arc<LoadedModule>,
+        module: &LoadedModule,
         task: &str,
         args: &serde_json::value::RawValue,
         limits: &Limits,
         cancel: &Cancel,
     ) -> RunOutcome {
-        self.run_on_guests(module, task, args.get().as_bytes(), true, limits, cancel)
-            .await
-    }
-
-    async fn run_on_guests(
-        &self,
-        module: &Arc<LoadedModule>,
-        task: &str,
-        args: &[u8],
-        parsed: bool,
-        limits: &Limits,
-        cancel: &Cancel,
-    ) -> RunOutcome {
-        let (sandbox, module, task, args) = (
-            self.clone(),
-            module.clone(),
-            task.to_string(),
-            args.to_vec(),
-        );
-        let (limits, cancel) = (*limits, cancel.clone());
-        let job = self.inner.guests.spawn(async move {
-            run::run(&sandbox, &module, &task, args, parsed, &limits, &cancel).await
-        });
-        // Dropping the caller's future (a host shutting down) stops the run.
-        let mut job = AbortOnDrop(job);
-        match (&mut job.0).await {
-            Ok(outcome) => outcome,
-            Err(e) => RunOutcome::failed(TaskError::new(
-                ErrorKind::Trap,
-                format!("the call's task ended abnormally: {e}"),
-            )),
-        }
+        let args = args.get().as_bytes();
+        run::run(self, module, task, args, true, limits, cancel).await
     }
 
     /// The engine and linker of optimised code.
@@ -661,6 +599,7 @@ fn optimizer(sandbox: std::sync::Weak<Inner>, jobs: std::sync::mpsc::Receiver<mo
 fn engine_config(config: &SandboxConfig, quick: bool) -> Config {
     let mut cfg = Config::new();
     cfg.consume_fuel(true)
+        .epoch_interruption(true)
         .max_wasm_stack(WASM_STACK)
         .async_stack_size(WASM_STACK + 1024 * 1024)
         .wasm_multi_memory(false)
@@ -695,4 +634,20 @@ fn engine_config(config: &SandboxConfig, quick: bool) -> Config {
         .pagemap_scan(wasmtime::Enabled::Auto);
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     cfg
+}
+
+fn spawn_ticker(engines: Vec<wasmtime::EngineWeak>, tick: Duration, stop: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new()
+        .name("wasq-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                for engine in &engines {
+                    match engine.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => return,
+                    }
+                }
+            }
+        });
 }

@@ -267,7 +267,7 @@ async fn bulk_instructions_cost_fuel_by_length() {
 
 /// A loop of 64 MiB fills (or 32 MiB copies, or 64 Ki-element table fills):
 /// the fuel budget stops it, deterministically, and with the budget out of
-/// the way the wall-clock limit does (checked at the fuel yields).
+/// the way the wall-clock limit does (at the next epoch tick).
 #[tokio::test]
 async fn bulk_loops_obey_fuel_and_the_clock() {
     let m = wat(BULK);
@@ -295,8 +295,8 @@ async fn bulk_loops_obey_fuel_and_the_clock() {
 }
 
 /// A guest looping on a host call that does real work (16 MiB of random
-/// bytes) uses little fuel per round: the clock is checked at every call into
-/// the host, not only every `check_fuel` units.
+/// bytes) uses little fuel per round: the clock stops it (an epoch check at
+/// its loop header), not the budget.
 #[tokio::test]
 async fn timeout_stops_loops_of_costly_host_calls() {
     let m = wat(r#"(module
@@ -316,10 +316,10 @@ async fn timeout_stops_loops_of_costly_host_calls() {
     assert!(o.fuel_used < 1_000_000, "{}", o.fuel_used);
 }
 
-/// A guest looping on costly host calls uses little fuel, so it yields to
-/// its runtime rarely; it runs on the sandbox's own threads, so the caller's
-/// runtime (this test's single thread; a host's claims and heartbeats) keeps
-/// going meanwhile.
+/// A guest looping on costly host calls uses little fuel, but it still
+/// yields to its runtime at every epoch tick, so the caller's runtime (this
+/// test's single thread; a host's claims and heartbeats) keeps going
+/// meanwhile. (Fuel yields alone would not: see BENCHMARKS.md, K.)
 #[tokio::test]
 async fn a_busy_guest_never_holds_the_callers_runtime() {
     let m = sandbox()
@@ -757,8 +757,8 @@ async fn the_host_survives_hostile_calls() {
         "log_flood",
     ] {
         // Fuel, not the clock, stops `spin`: the two tiers run interleaved
-        // on this test's one thread (each yields every `check_fuel` units),
-        // so a tight clock could stop one and not the other.
+        // on this test's one thread (each yields at every epoch tick), so a
+        // tight clock could stop one and not the other.
         let lim = Limits {
             timeout: Duration::from_secs(5),
             fuel: 5_000_000,

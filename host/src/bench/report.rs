@@ -127,17 +127,15 @@ pub struct CpuBound {
     pub task: String,
     /// The same Rust code compiled natively (release), ms.
     pub native_ms: f64,
-    /// Through the sandbox (fuel on, bulk instructions charged by length,
-    /// fresh instance per call), ms.
+    /// Through the sandbox (fuel and epochs on, fresh instance per call), ms.
     pub sandbox_ms: f64,
     /// Plain wasmtime engine without fuel or epochs, ms.
     pub wasm_plain_ms: f64,
     /// Plain engine with epochs only, ms.
     pub wasm_epochs_ms: f64,
-    /// Plain engine with fuel only (the sandbox's instrumentation), ms.
+    /// Plain engine with fuel only, ms.
     pub wasm_fuel_ms: f64,
-    /// Plain engine with fuel and epochs (the sandbox's instrumentation until
-    /// fuel yields replaced epochs), ms.
+    /// Plain engine with fuel and epochs (the sandbox's instrumentation), ms.
     pub wasm_fuel_epochs_ms: f64,
     /// `sandbox_ms / native_ms`.
     pub sandbox_vs_native: f64,

@@ -141,7 +141,7 @@ pub fn scratch_dir(what: &str) -> anyhow::Result<std::path::PathBuf> {
 /// If a run fails or returns something else than `expected`.
 pub async fn warm_calls(
     sandbox: &Sandbox,
-    module: &Arc<LoadedModule>,
+    module: &LoadedModule,
     task: &str,
     args: &[u8],
     expected: &serde_json::Value,
@@ -198,7 +198,7 @@ pub async fn warm_calls(
 async fn cpu_bound(
     wasm: &[u8],
     sandbox: &Sandbox,
-    module: &Arc<LoadedModule>,
+    module: &LoadedModule,
     label: String,
     task: &str,
     args: &[u8],

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use wasmtime::{CallHook, Caller, Engine, Linker, Memory, ResourceLimiter, Store, Trap};
+use wasmtime::{Caller, Engine, Linker, Memory, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasq_broker::{ErrorKind, Limits, LogLine, TaskError};
@@ -293,7 +293,7 @@ pub(crate) async fn run(
     sandbox: &Sandbox,
     module: &LoadedModule,
     task: &str,
-    args: Vec<u8>,
+    args: &[u8],
     parsed: bool,
     limits: &Limits,
     cancel: &Cancel,
@@ -312,7 +312,7 @@ pub(crate) async fn run(
         // Valid JSON already: an array is one that opens with `[`.
         args.trim_ascii_start().starts_with(b"[")
     } else {
-        is_json_array(&args)
+        is_json_array(args)
     };
     if !array {
         return RunOutcome::failed(TaskError::new(
@@ -355,7 +355,7 @@ pub(crate) async fn run(
             memory: limits.memory,
             tables: MAX_TABLE_ELEMENTS.min(limits.memory / 8),
         },
-        input: args,
+        input: args.to_vec(),
         output: None,
         failure: None,
         logs: Vec::new(),
@@ -376,31 +376,16 @@ pub(crate) async fn run(
     let started = Instant::now();
     let deadline = started + limits.timeout;
     let timeout = limits.timeout;
-    // Wasm yields to this future every `check_fuel` units, and enters the
-    // host at every import call: both check the clock and revocation, so a
-    // guest computing, or looping on host calls, stops within one interval.
-    // (wasmtime charges bulk memory and table instructions per byte or
-    // element, so every unit of fuel is short.) A guest parked in an async host call (a WASI sleep) is stopped
-    // by the deadline and the cancel awaited around the call.
-    let _ = store.fuel_async_yield_interval(Some(sandbox.config().check_fuel.max(1)));
-    let check = {
-        let cancel = cancel.clone();
-        move || -> wasmtime::Result<()> {
-            if cancel.is_cancelled() {
-                return Err(wasmtime::Error::new(SandboxError::Revoked));
-            }
-            if Instant::now() >= deadline {
-                return Err(wasmtime::Error::new(SandboxError::Timeout(timeout)));
-            }
-            Ok(())
+    let cancel_check = cancel.clone();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if cancel_check.is_cancelled() {
+            return Err(wasmtime::Error::new(SandboxError::Revoked));
         }
-    };
-    store.call_hook({
-        let check = check.clone();
-        move |_, hook| match hook {
-            CallHook::CallingHost => check(),
-            _ => Ok(()),
+        if Instant::now() >= deadline {
+            return Err(wasmtime::Error::new(SandboxError::Timeout(timeout)));
         }
+        Ok(UpdateDeadline::Yield(1))
     });
 
     let call = async {
@@ -412,19 +397,12 @@ pub(crate) async fn run(
         let func = instance.get_typed_func::<(), ()>(&mut store, &format!("task.{task}"))?;
         func.call_async(&mut store, ()).await
     };
-    let checked = async {
-        let mut call = std::pin::pin!(call);
-        std::future::poll_fn(|cx| {
-            // Polled again after every fuel yield.
-            if let Err(e) = check() {
-                return std::task::Poll::Ready(Err(e));
-            }
-            call.as_mut().poll(cx)
-        })
-        .await
-    };
+    // The epoch callback stops running wasm (and keeps the fuel count exact);
+    // these stop a guest parked in an async host call (a WASI sleep), which no
+    // epoch can interrupt, a few ticks later.
+    let backstop = deadline + sandbox.config().tick * 4;
     let ended: wasmtime::Result<()> = tokio::select! {
-        r = tokio::time::timeout_at(deadline.into(), checked) => match r {
+        r = tokio::time::timeout_at(backstop.into(), call) => match r {
             Ok(r) => r,
             Err(_) => Err(wasmtime::Error::new(SandboxError::Timeout(timeout))),
         },
@@ -432,8 +410,8 @@ pub(crate) async fn run(
     };
     let duration = started.elapsed();
     // Compiled code keeps its fuel count in a register and writes it back at
-    // calls and yields, so a run interrupted inside a tight loop reports the
-    // fuel used up to its last call out of wasm or yield.
+    // calls, so a run interrupted inside a tight loop reports the fuel used up
+    // to its last call out of wasm.
     let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     let state = store.into_data();
     let result = match ended {

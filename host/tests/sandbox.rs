@@ -181,17 +181,14 @@ async fn fuel_obeyed_and_violated() {
         "fuel {}",
         o.fuel_used
     );
-    let o = run(
-        &m,
-        "count",
-        Limits {
-            fuel: 100_000,
-            ..limits()
-        },
-    )
-    .await;
+    assert_runs_out_of_fuel_at(&m, "count", 100_000).await;
+}
+
+/// Runs `task` on a budget of `fuel` and asserts it used exactly all of it.
+async fn assert_runs_out_of_fuel_at(m: &[u8], task: &str, fuel: u64) {
+    let o = run(m, task, Limits { fuel, ..limits() }).await;
     assert_kind(&o, ErrorKind::FuelExhausted);
-    assert_eq!(o.fuel_used, 100_000);
+    assert_eq!(o.fuel_used, fuel, "{task}");
 }
 
 #[tokio::test]
@@ -249,17 +246,7 @@ async fn bulk_instructions_cost_fuel_by_length() {
     assert_ok(&huge);
     assert!(huge.fuel_used > 67_108_864, "{}", huge.fuel_used);
     // The charge comes first: a fill that would run out of budget never runs.
-    let o = run(
-        &m,
-        "fill_64mib",
-        Limits {
-            fuel: 1_000_000,
-            ..limits()
-        },
-    )
-    .await;
-    assert_kind(&o, ErrorKind::FuelExhausted);
-    assert_eq!(o.fuel_used, 1_000_000);
+    assert_runs_out_of_fuel_at(&m, "fill_64mib", 1_000_000).await;
     // A length past the memory is charged, then traps out of bounds.
     let o = run(&m, "fill_past_memory", limits()).await;
     assert_kind(&o, ErrorKind::Trap);

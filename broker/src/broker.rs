@@ -49,6 +49,13 @@ pub struct Delivery {
     /// [`StartOutcome`]; the entry is acknowledged and any `revoked`
     /// envelope published). `None` when the claim could not start it (a
     /// call it could not read): call [`Broker::start`] before running it.
+    ///
+    /// A broker may hand out `Some(Run)` a moment before the start is
+    /// recorded: the Redis broker sends the start of what a blocking read
+    /// returned with the first command about the delivery (usually its
+    /// result), or alone after 2 ms. Should the start then find the call
+    /// paused, revoked or over a limit, the result is refused like that of
+    /// any stale delivery, and the call is handled as if never handed out.
     pub started: Option<StartOutcome>,
 }
 
@@ -226,6 +233,25 @@ pub trait Broker: Send + Sync + 'static {
         calls: &[Call],
         countdown: Option<Duration>,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Submits one call (as [`Broker::submit`], without countdown) and waits
+    /// for its final envelope (as [`Broker::wait`]): a remote call. A
+    /// backend may need fewer round trips than the two steps; Redis needs
+    /// one for a result that comes within 100 ms. `None` when `timeout`
+    /// passes first.
+    ///
+    /// # Errors
+    /// As [`Broker::submit`] and [`Broker::wait`].
+    fn submit_wait(
+        &self,
+        call: &Call,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Option<Envelope>>> + Send {
+        async move {
+            self.submit(std::slice::from_ref(call), None).await?;
+            self.wait(&call.id, timeout).await
+        }
+    }
 
     /// The current envelope of a call: final, or a pending one with state
     /// `queued`/`running`/`retrying`. `None` means the id is unknown (never
@@ -472,6 +498,13 @@ impl<B: Broker> Broker for std::sync::Arc<B> {
         countdown: Option<Duration>,
     ) -> impl Future<Output = Result<()>> + Send {
         (**self).submit(calls, countdown)
+    }
+    fn submit_wait(
+        &self,
+        call: &Call,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Option<Envelope>>> + Send {
+        (**self).submit_wait(call, timeout)
     }
     fn status(&self, id: &str) -> impl Future<Output = Result<Option<Envelope>>> + Send {
         (**self).status(id)

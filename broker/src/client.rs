@@ -458,6 +458,31 @@ impl<'a, B: Broker> CallBuilder<'a, B> {
             .await?;
         Ok(call.id)
     }
+
+    /// Submits the call and waits up to `timeout` (forever with `None`) for
+    /// its final envelope, in one round trip where the broker can
+    /// ([`Broker::submit_wait`]). Returns the call id, and the envelope
+    /// unless the timeout passed first. A countdown set on the builder is
+    /// honoured (in two steps).
+    ///
+    /// # Errors
+    /// As [`CallBuilder::submit`] and [`Client::result`].
+    pub async fn run(self, timeout: Option<Duration>) -> Result<(String, Option<Envelope>)> {
+        let client = self.client;
+        let countdown = self.countdown;
+        let call = self.build().await?;
+        let envelope = match countdown {
+            None => client.broker.submit_wait(&call, timeout).await?,
+            Some(_) => {
+                client
+                    .broker
+                    .submit(std::slice::from_ref(&call), countdown)
+                    .await?;
+                client.broker.wait(&call.id, timeout).await?
+            }
+        };
+        Ok((call.id, envelope))
+    }
 }
 
 /// Why a [`BlockingClient::call`] did not return a value.
@@ -634,8 +659,13 @@ impl<B: Broker> BlockingClient<B> {
         timeout: Duration,
     ) -> Result<R, CallError> {
         self.runtime.block_on(async {
-            let id = self.client.submit(module, task, args).await?;
-            let Some(envelope) = self.client.result(&id, Some(timeout)).await? else {
+            let (id, envelope) = self
+                .client
+                .call(module, task)
+                .args(args)
+                .run(Some(timeout))
+                .await?;
+            let Some(envelope) = envelope else {
                 return Err(CallError::Timeout { id, timeout });
             };
             if !envelope.succeeded() {

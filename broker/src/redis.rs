@@ -56,10 +56,19 @@
 //! `common.lua`: the call state becomes `running` under the delivery's token,
 //! or a revoked call gets its `revoked` envelope, and a revoked or finished
 //! one is acknowledged), so a host needs no `start` round trip per call; the
-//! blocking path does the same in its admission script. Tokens are a random
-//! prefix per claim plus the entry id. These two scripts name the per-call
-//! keys of what they read from the stream (`P:call:ID` and friends) without
-//! declaring them, as they cannot know them beforehand.
+//! blocking path does the same in its admission script. That script does
+//! not hold up the host: when no rate limit applies, the calls a blocking
+//! read returns are handed out at once and their admission is sent as the
+//! first command of the round trip that publishes their results (or alone
+//! after 2 ms, for longer calls). A call the admission refuses (its queue
+//! paused meanwhile, or revoked) has run for nothing: the token fence
+//! refuses its result, as for any stale delivery. A guest cannot act on
+//! the world, so that run costs CPU time and nothing else.
+//!
+//! Tokens are a random prefix per claim plus the entry id. The claim and
+//! admission scripts name the per-call keys of what they read from the
+//! stream (`P:call:ID` and friends) without declaring them, as they cannot
+//! know them beforehand.
 //!
 //! Waiting never polls: publishing a result adds an entry carrying the
 //! envelope to `P:wake:ID`; a waiter reads that stream from id 0 together
@@ -68,7 +77,9 @@
 //! envelope itself. `XREAD` does not consume, so every waiter wakes, and an
 //! entry added between the check and the block is seen at once. Only a
 //! timeout, an unknown id or a result older than the wake-up's TTL costs a
-//! read of `P:result:ID`.
+//! read of `P:result:ID`. A remote call (`submit_wait`) needs no check: it
+//! sends the submit script and the blocking read in one round trip, on a
+//! connection of its own.
 //!
 //! # Pauses and rate limits
 //!
@@ -85,9 +96,11 @@
 //! reclaimed from dead hosts count against the queue's limit but not their
 //! module's (they were admitted once). The blocking `XREADGROUP` only covers
 //! queues that are neither paused nor out of tokens, and what it hands out
-//! goes through the same checks (`admit.lua`) before a host sees it: a pause
-//! that lands while a host blocks still holds. Hosts learn which modules are
-//! limited from `P:rates` at most a second late.
+//! goes through the same checks (`admit.lua`) before anything about it
+//! counts: a pause that lands while a host blocks still holds. Before a host
+//! sees the calls if a rate limit applies; with none, the host may run them
+//! first and the checks go with their results (see above). Hosts learn which
+//! modules and queues are limited from `P:rates` at most a second late.
 //!
 //! # Statistics and events
 //!
@@ -99,7 +112,7 @@
 //! [`Broker::events`] reads with `XREAD` (blocking on a connection of its own).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -148,6 +161,13 @@ const MODULE_LIMITS_REFRESH: Duration = Duration::from_secs(1);
 /// Calls one submit script queues at most (a script blocks the server while
 /// it runs, so huge batches are cut into chunks, still in one round trip).
 const SUBMIT_CHUNK: usize = 256;
+/// How long [`Broker::submit_wait`] first waits in the round trip that
+/// submits; a longer call costs one more round trip to wait on (and a server
+/// that lost its scripts, this long once).
+const FIRST_WAIT: Duration = Duration::from_millis(100);
+/// How long a blocking read's admission may wait to go out with the first
+/// command about its calls (usually their results) before it is sent alone.
+const DEFER_ADMIT: Duration = Duration::from_millis(2);
 /// Results one complete script publishes at most.
 const COMPLETE_CHUNK: usize = 128;
 /// Entries one purge round trip handles.
@@ -213,6 +233,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 
 /// One command of a pipeline; scripts remember which script they run so a
 /// `NOSCRIPT` (after a server restart) can load it and run them again.
+#[derive(Clone)]
 struct Op {
     cmd: Cmd,
     lua: Option<&'static Lua>,
@@ -373,10 +394,25 @@ impl BlockingPool {
             .await
     }
 
-    /// Runs one blocking command that may take up to `block`. An idle
-    /// connection from the pool that turns out dead (the server restarted
-    /// since) is replaced by a fresh one, once.
-    async fn query(&self, cmd: &Cmd, block: Duration) -> std::result::Result<Value, RedisError> {
+    /// Runs one blocking command that may take up to `block`.
+    async fn query_one(&self, cmd: Cmd, block: Duration) -> std::result::Result<Value, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        self.query(&pipe, block).await?.pop().ok_or_else(|| {
+            RedisError::from((redis::ErrorKind::Parse, "no reply to a blocking command"))
+        })
+    }
+
+    /// Runs commands in one round trip, the last of which may block for up
+    /// to `block`. An idle connection from the pool that turns out dead (the
+    /// server restarted since) is replaced by a fresh one, once, and the
+    /// commands sent again: blocking reads are idempotent, and so is a
+    /// submit under the same call id (the first final result wins).
+    async fn query(
+        &self,
+        cmd: &redis::Pipeline,
+        block: Duration,
+    ) -> std::result::Result<Vec<Value>, RedisError> {
         let pooled = lock(&self.idle).pop();
         let reused = pooled.is_some();
         let mut conn = match pooled {
@@ -400,8 +436,164 @@ impl BlockingPool {
     }
 }
 
+/// Runs commands in one round trip on `conn` (of the server at `url`, for
+/// errors); per command its reply or its error.
+/// Scripts the server does not know (it restarted) are loaded and those
+/// commands run again (the only commands ever copied). A connection
+/// failure fails the whole batch.
+async fn run_pipeline(
+    mut conn: ConnectionManager,
+    url: &str,
+    ops: Vec<Op>,
+    what: &str,
+) -> Result<Vec<Result<Value>>> {
+    let n = ops.len();
+    let mut out: Vec<Option<Result<Value>>> = (0..n).map(|_| None).collect();
+    // Round 0 sends everything; round 1 only what hit NOSCRIPT.
+    let mut luas: Vec<Option<&'static Lua>> = Vec::with_capacity(n);
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for op in ops {
+        luas.push(op.lua);
+        pipe.add_command(op.cmd);
+    }
+    let mut indices: Vec<usize> = (0..n).collect();
+    for round in 0..2 {
+        if indices.is_empty() {
+            break;
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| link_err(url, e, what))?;
+        if replies.len() != indices.len() {
+            return Err(Error::Malformed(format!(
+                "{what}: {} replies to {} commands",
+                replies.len(),
+                indices.len()
+            )));
+        }
+        let mut again = Vec::new();
+        let mut load: BTreeMap<&'static str, &'static Lua> = BTreeMap::new();
+        let mut retry = redis::pipe();
+        retry.ignore_errors();
+        for ((&i, reply), cmd) in indices.iter().zip(replies).zip(pipe.cmd_iter()) {
+            match reply {
+                Value::ServerError(e)
+                    if round == 0
+                        && e.kind() == Some(redis::ServerErrorKind::NoScript)
+                        && luas[i].is_some() =>
+                {
+                    let lua = luas[i].expect("checked above");
+                    load.insert(lua.name, lua);
+                    again.push(i);
+                    retry.add_command(cmd.clone());
+                }
+                Value::ServerError(e) => {
+                    out[i] = Some(Err(link_err(url, RedisError::from(e), what)));
+                }
+                v => out[i] = Some(Ok(v)),
+            }
+        }
+        for lua in load.values() {
+            debug!(script = lua.name, "loading script");
+            let _: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(&lua.source)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| link_err(url, e, "cannot load a script"))?;
+        }
+        indices = again;
+        pipe = retry;
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::Backend(format!("{what}: script not loaded")))))
+        .collect())
+}
+
+/// A Redis error while doing `what` on the server at `url`.
+fn link_err(url: &str, e: RedisError, what: &str) -> Error {
+    map_err(e, &format!("{what} (redis at {url})"))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The rate limits a broker knows of (re-read at most once a second).
+#[derive(Default)]
+struct Limited {
+    /// When they were read; `None` forces a read.
+    at: Option<Instant>,
+    modules: Vec<ModuleHash>,
+    queues: HashSet<String>,
+}
+
+/// The admission of entries a blocking read handed out, not sent yet (see
+/// `RedisBroker::admit`). It goes out as the first command of the first
+/// round trip about one of its deliveries, so Redis always runs it before
+/// anything else about them.
+struct Deferred {
+    /// The admit script until it is sent; locked while it is in flight, so
+    /// nothing about its calls overtakes it.
+    op: tokio::sync::Mutex<Option<Op>>,
+    /// The tokens of its deliveries, in the order of the script's replies.
+    tokens: Vec<String>,
+}
+
+/// Unsent admissions by delivery token.
+type DeferredMap = Arc<Mutex<HashMap<String, Arc<Deferred>>>>;
+
+/// Sends `d` unless it went out already. Returns the tokens it did not
+/// start (paused, revoked, over a limit, reclaimed): their calls must not
+/// be published. Empty if someone else sent it.
+async fn send_deferred(
+    conn: &ConnectionManager,
+    url: &str,
+    map: &DeferredMap,
+    d: &Deferred,
+) -> Result<HashSet<String>> {
+    let mut slot = d.op.lock().await;
+    let Some(op) = slot.clone() else {
+        return Ok(HashSet::new());
+    };
+    let reply = run_pipeline(conn.clone(), url, vec![op], "cannot admit claimed calls")
+        .await?
+        .pop()
+        .unwrap_or_else(|| Err(Error::Malformed("no reply to the admit script".into())));
+    *slot = None;
+    forget_deferred(map, d);
+    Ok(refused_by(d, reply))
+}
+
+/// Marks `d` sent: its tokens need nothing more.
+fn forget_deferred(map: &DeferredMap, d: &Deferred) {
+    let mut map = lock(map);
+    for t in &d.tokens {
+        map.remove(t);
+    }
+}
+
+/// The tokens of `d` its admission did not start, from the script's reply.
+/// A failed script started none of them; they stay pending and are
+/// reclaimed after the lease.
+fn refused_by(d: &Deferred, reply: Result<Value>) -> HashSet<String> {
+    let reply = reply.unwrap_or_else(|e| {
+        warn!(cause = %e, "admission of claimed calls failed; they will be reclaimed");
+        Value::Nil
+    });
+    let outcomes = as_array(&reply).unwrap_or_default();
+    d.tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| outcomes.get(*i).and_then(as_bytes) != Some(b"run"))
+        .map(|(_, t)| {
+            debug!(token = %t, "a deferred admission did not start its call");
+            t.clone()
+        })
+        .collect()
 }
 
 /// A blocking read that drained its queues (see `RedisBroker::claim`).
@@ -446,8 +638,10 @@ pub struct RedisBroker {
     last_gc: Mutex<Option<Instant>>,
     /// When a heartbeat last looked for hosts whose lease lapsed.
     last_reap: Mutex<Option<Instant>>,
-    /// The rate-limited modules, as last read from `P:rates`, and when.
-    module_limits: Mutex<(Option<Instant>, Vec<ModuleHash>)>,
+    /// The rate-limited modules and queues, as last read from `P:rates`.
+    limits: Mutex<Limited>,
+    /// Admissions of blocking reads not sent yet, by delivery token.
+    deferred: DeferredMap,
     /// Set when a blocking read drained its queues: the next claim of that
     /// host may block again at once, without the non-blocking pass.
     drained: Mutex<Option<Drained>>,
@@ -503,7 +697,8 @@ impl RedisBroker {
             last_reclaim: Mutex::new(None),
             last_gc: Mutex::new(None),
             last_reap: Mutex::new(None),
-            module_limits: Mutex::new((None, Vec::new())),
+            limits: Mutex::new(Limited::default()),
+            deferred: DeferredMap::default(),
             drained: Mutex::new(None),
         };
         Ok(broker)
@@ -520,7 +715,7 @@ impl RedisBroker {
     }
 
     fn err(&self, e: RedisError, what: &str) -> Error {
-        map_err(e, &format!("{what} (redis at {})", self.url))
+        link_err(&self.url, e, what)
     }
 
     /// Runs one command.
@@ -536,71 +731,7 @@ impl RedisBroker {
     /// commands run again (the only commands ever copied). A connection
     /// failure fails the whole batch.
     async fn pipeline(&self, ops: Vec<Op>, what: &str) -> Result<Vec<Result<Value>>> {
-        let n = ops.len();
-        let mut out: Vec<Option<Result<Value>>> = (0..n).map(|_| None).collect();
-        let mut conn = self.conn.clone();
-        // Round 0 sends everything; round 1 only what hit NOSCRIPT.
-        let mut luas: Vec<Option<&'static Lua>> = Vec::with_capacity(n);
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for op in ops {
-            luas.push(op.lua);
-            pipe.add_command(op.cmd);
-        }
-        let mut indices: Vec<usize> = (0..n).collect();
-        for round in 0..2 {
-            if indices.is_empty() {
-                break;
-            }
-            let replies: Vec<Value> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.err(e, what))?;
-            if replies.len() != indices.len() {
-                return Err(Error::Malformed(format!(
-                    "{what}: {} replies to {} commands",
-                    replies.len(),
-                    indices.len()
-                )));
-            }
-            let mut again = Vec::new();
-            let mut load: BTreeMap<&'static str, &'static Lua> = BTreeMap::new();
-            let mut retry = redis::pipe();
-            retry.ignore_errors();
-            for ((&i, reply), cmd) in indices.iter().zip(replies).zip(pipe.cmd_iter()) {
-                match reply {
-                    Value::ServerError(e)
-                        if round == 0
-                            && e.kind() == Some(redis::ServerErrorKind::NoScript)
-                            && luas[i].is_some() =>
-                    {
-                        let lua = luas[i].expect("checked above");
-                        load.insert(lua.name, lua);
-                        again.push(i);
-                        retry.add_command(cmd.clone());
-                    }
-                    Value::ServerError(e) => {
-                        out[i] = Some(Err(self.err(RedisError::from(e), what)));
-                    }
-                    v => out[i] = Some(Ok(v)),
-                }
-            }
-            for lua in load.values() {
-                debug!(script = lua.name, "loading script");
-                let _: String = redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(&lua.source)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.err(e, "cannot load a script"))?;
-            }
-            indices = again;
-            pipe = retry;
-        }
-        Ok(out
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Backend(format!("{what}: script not loaded")))))
-            .collect())
+        run_pipeline(self.conn.clone(), &self.url, ops, what).await
     }
 
     /// Runs one script.
@@ -825,27 +956,35 @@ impl RedisBroker {
         keys
     }
 
-    /// The rate-limited modules, re-read from the registry at most once a second.
+    /// The rate-limited modules, re-read from the registry at most once a
+    /// second (with the rate-limited queues).
     async fn limited_modules(&self) -> Result<Vec<ModuleHash>> {
         {
-            let cache = lock(&self.module_limits);
-            if let (Some(at), list) = &*cache
+            let cache = lock(&self.limits);
+            if let Some(at) = cache.at
                 && at.elapsed() < MODULE_LIMITS_REFRESH
             {
-                return Ok(list.clone());
+                return Ok(cache.modules.clone());
             }
         }
         let mut cmd = redis::cmd("HKEYS");
         cmd.arg(self.keys.rates());
         let fields: Vec<String> = self.query(&cmd, "cannot read the rate limits").await?;
-        let list: Vec<ModuleHash> = fields
-            .iter()
-            .filter_map(|f| match RateScope::from_key(f) {
-                Some(RateScope::Module(m)) => Some(m),
-                _ => None,
-            })
-            .collect();
-        *lock(&self.module_limits) = (Some(Instant::now()), list.clone());
+        let mut fresh = Limited {
+            at: Some(Instant::now()),
+            ..Limited::default()
+        };
+        for f in &fields {
+            match RateScope::from_key(f) {
+                Some(RateScope::Module(m)) => fresh.modules.push(m),
+                Some(RateScope::Queue(q)) => {
+                    fresh.queues.insert(q);
+                }
+                None => {}
+            }
+        }
+        let list = fresh.modules.clone();
+        *lock(&self.limits) = fresh;
         Ok(list)
     }
 
@@ -969,6 +1108,37 @@ impl RedisBroker {
                 Err(_) => op.arg(id).arg("").arg("").arg(0).arg(0),
             };
         }
+        // Nothing to hold back for (as far as this host knows; the script
+        // still checks): hand the calls out at once and send their admission
+        // with the first command about them (usually their results), which
+        // saves a round trip per blocking read. A call that turns out not
+        // admitted (paused meanwhile, revoked, over a limit set within the
+        // last second) ran for nothing: its result is refused, as any stale
+        // delivery's.
+        let defer = modules.is_empty()
+            && !lock(&self.limits).queues.contains(queue)
+            && parsed.iter().all(|c| c.is_ok());
+        if defer {
+            let first = out.len();
+            for ((id, fields), call) in entries.into_iter().zip(parsed) {
+                self.accept_entry(
+                    queue,
+                    id,
+                    &fields,
+                    call,
+                    1,
+                    Some(StartOutcome::Run),
+                    &token_prefix,
+                    out,
+                )
+                .await?;
+            }
+            self.defer_admission(
+                op.build(),
+                out[first..].iter().map(|d| d.token.clone()).collect(),
+            );
+            return Ok(());
+        }
         let reply = self.eval(op.build(), "cannot admit claimed calls").await?;
         let outcomes = as_array(&reply)
             .filter(|o| o.len() == entries.len())
@@ -980,6 +1150,48 @@ impl RedisBroker {
             let started = start_outcome(Some(outcome));
             self.accept_entry(queue, id, &fields, call, 1, started, &token_prefix, out)
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Holds back an admission script (see `admit`) until a command about
+    /// one of its deliveries goes out, or [`DEFER_ADMIT`] passes.
+    fn defer_admission(&self, op: Op, tokens: Vec<String>) {
+        let deferred = Arc::new(Deferred {
+            op: tokio::sync::Mutex::new(Some(op)),
+            tokens,
+        });
+        {
+            let mut map = lock(&self.deferred);
+            for t in &deferred.tokens {
+                map.insert(t.clone(), deferred.clone());
+            }
+        }
+        let (conn, url, map) = (self.conn.clone(), self.url.clone(), self.deferred.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(DEFER_ADMIT).await;
+            let mut backoff = Duration::from_millis(50);
+            for _ in 0..8 {
+                match send_deferred(&conn, &url, &map, &deferred).await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        warn!(cause = %e, "cannot admit claimed calls; trying again");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            // Their results carry the admission, or the entries are
+            // reclaimed after the lease.
+        });
+    }
+
+    /// Sends the deferred admission of `token`'s delivery, if any is still
+    /// pending, before something else is done about it.
+    async fn settle(&self, token: &str) -> Result<()> {
+        let deferred = lock(&self.deferred).get(token).cloned();
+        if let Some(d) = deferred {
+            send_deferred(&self.conn, &self.url, &self.deferred, &d).await?;
         }
         Ok(())
     }
@@ -1012,7 +1224,7 @@ impl RedisBroker {
         }
         let reply = self
             .blocking
-            .query(&cmd, block)
+            .query_one(cmd, block)
             .await
             .map_err(|e| self.err(e, "cannot read new calls"))?;
         let by_key: HashMap<String, &String> =
@@ -1041,8 +1253,51 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// Blocks until the wake-up stream of `id` has an entry or `block` passes.
-    async fn block_on_wake(&self, id: &str, block: Duration) -> Result<Woken> {
+    /// The submit scripts of `calls` (one per queue and chunk), after checking
+    /// every call: nothing is queued if one is invalid.
+    fn submit_ops(&self, calls: &[Call], countdown: Option<Duration>) -> Result<Vec<Op>> {
+        // Check everything before anything is queued.
+        let mut jsons = Vec::with_capacity(calls.len());
+        for call in calls {
+            check_call(call)?;
+            jsons.push(serde_json::to_string(call).map_err(|e| Error::InvalidCall(e.to_string()))?);
+        }
+        // One script per queue and chunk, all in one round trip.
+        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, call) in calls.iter().enumerate() {
+            by_queue.entry(call.queue.as_str()).or_default().push(i);
+        }
+        let countdown_ms: i64 = countdown.map_or(-1, |d| d.as_millis() as i64);
+        let state_ttl = self.state_ttl_ms(countdown.unwrap_or_default());
+        let mut ops = Vec::new();
+        for (queue, indices) in &by_queue {
+            for chunk in indices.chunks(SUBMIT_CHUNK) {
+                let mut op = Op::eval(&SCRIPTS.submit)
+                    .key(self.keys.stream(queue))
+                    .key(self.keys.delayed(queue))
+                    .key(self.keys.events())
+                    .key(self.keys.queues());
+                for &i in chunk {
+                    op = op.key(self.keys.call(&calls[i].id));
+                }
+                let mut op = op.arg(*queue).arg(state_ttl).arg(countdown_ms);
+                for &i in chunk {
+                    let call = &calls[i];
+                    op = op
+                        .arg(jsons[i].as_str())
+                        .arg(&call.id)
+                        .arg(call.attempt)
+                        .arg(&call.task)
+                        .arg(call.submitted_ms);
+                }
+                ops.push(op.build());
+            }
+        }
+        Ok(ops)
+    }
+
+    /// `XREAD BLOCK` of the wake-up stream of `id` from its start.
+    fn wake_read(&self, id: &str, block: Duration) -> Cmd {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(1)
@@ -1051,9 +1306,14 @@ impl RedisBroker {
             .arg("STREAMS")
             .arg(self.keys.wake(id))
             .arg("0-0");
+        cmd
+    }
+
+    /// Blocks until the wake-up stream of `id` has an entry or `block` passes.
+    async fn block_on_wake(&self, id: &str, block: Duration) -> Result<Woken> {
         let reply = self
             .blocking
-            .query(&cmd, block)
+            .query_one(self.wake_read(id, block), block)
             .await
             .map_err(|e| self.err(e, "cannot wait for a result"))?;
         Ok(woken(id, &reply))
@@ -1236,47 +1496,59 @@ impl Broker for RedisBroker {
     }
 
     async fn submit(&self, calls: &[Call], countdown: Option<Duration>) -> Result<()> {
-        // Check everything before anything is queued.
-        let mut jsons = Vec::with_capacity(calls.len());
-        for call in calls {
-            check_call(call)?;
-            jsons.push(serde_json::to_string(call).map_err(|e| Error::InvalidCall(e.to_string()))?);
-        }
-        // One script per queue and chunk, all in one round trip.
-        let mut by_queue: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, call) in calls.iter().enumerate() {
-            by_queue.entry(call.queue.as_str()).or_default().push(i);
-        }
-        let countdown_ms: i64 = countdown.map_or(-1, |d| d.as_millis() as i64);
-        let state_ttl = self.state_ttl_ms(countdown.unwrap_or_default());
-        let mut ops = Vec::new();
-        for (queue, indices) in &by_queue {
-            for chunk in indices.chunks(SUBMIT_CHUNK) {
-                let mut op = Op::eval(&SCRIPTS.submit)
-                    .key(self.keys.stream(queue))
-                    .key(self.keys.delayed(queue))
-                    .key(self.keys.events())
-                    .key(self.keys.queues());
-                for &i in chunk {
-                    op = op.key(self.keys.call(&calls[i].id));
-                }
-                let mut op = op.arg(*queue).arg(state_ttl).arg(countdown_ms);
-                for &i in chunk {
-                    let call = &calls[i];
-                    op = op
-                        .arg(jsons[i].as_str())
-                        .arg(&call.id)
-                        .arg(call.attempt)
-                        .arg(&call.task)
-                        .arg(call.submitted_ms);
-                }
-                ops.push(op.build());
-            }
-        }
+        let ops = self.submit_ops(calls, countdown)?;
         for r in self.pipeline(ops, "cannot submit calls").await? {
             r?;
         }
         Ok(())
+    }
+
+    async fn submit_wait(
+        &self,
+        call: &Call,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Envelope>> {
+        let first = timeout.map_or(FIRST_WAIT, |t| t.min(FIRST_WAIT));
+        if first.is_zero() {
+            self.submit(std::slice::from_ref(call), None).await?;
+            return self.wait(&call.id, timeout).await;
+        }
+        let started = Instant::now();
+        // One round trip on a connection of its own: the submit script, then
+        // a blocking read of the wake-up stream from its start, which returns
+        // as soon as the result is published (or at once if it already is).
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for op in self.submit_ops(std::slice::from_ref(call), None)? {
+            pipe.add_command(op.cmd);
+        }
+        pipe.add_command(self.wake_read(&call.id, first));
+        let mut replies = self
+            .blocking
+            .query(&pipe, first)
+            .await
+            .map_err(|e| self.err(e, "cannot submit a call"))?;
+        let read = replies
+            .pop()
+            .ok_or_else(|| Error::Malformed("no reply to the wake-up read".into()))?;
+        match replies.pop() {
+            // The server lost its scripts (it restarted): the call is not
+            // queued and the read waited in vain. Submit it the usual way.
+            Some(Value::ServerError(e)) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
+                self.submit(std::slice::from_ref(call), None).await?;
+            }
+            Some(Value::ServerError(e)) => {
+                return Err(self.err(RedisError::from(e), "cannot submit a call"));
+            }
+            Some(_) => match woken(&call.id, &read) {
+                Woken::Envelope(env) => return Ok(Some(*env)),
+                Woken::Bare => return self.final_status(&call.id).await,
+                Woken::Nothing => {}
+            },
+            None => return Err(Error::Malformed("no reply to the submit script".into())),
+        }
+        let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
+        self.wait(&call.id, left).await
     }
 
     async fn status(&self, id: &str) -> Result<Option<Envelope>> {
@@ -1597,6 +1869,7 @@ impl Broker for RedisBroker {
         if let Some(outcome @ (StartOutcome::Revoked | StartOutcome::Skip)) = delivery.started {
             return Ok(outcome);
         }
+        self.settle(&delivery.token).await?;
         let call = &delivery.call;
         let op = Op::eval(&SCRIPTS.start)
             .key(self.keys.stream(&delivery.queue))
@@ -1651,11 +1924,40 @@ impl Broker for RedisBroker {
             .values()
             .flat_map(|indices| indices.chunks(COMPLETE_CHUNK))
             .collect();
-        let ops = chunks
+        // Admissions still held back for these deliveries go first, in the
+        // same round trip (locked, so no one sends them twice meanwhile).
+        let mut deferred: Vec<Arc<Deferred>> = {
+            let map = lock(&self.deferred);
+            done.iter()
+                .filter_map(|(d, _)| map.get(&d.token).cloned())
+                .collect()
+        };
+        deferred.sort_by_key(Arc::as_ptr);
+        deferred.dedup_by_key(|d| Arc::as_ptr(d));
+        let mut slots = Vec::with_capacity(deferred.len());
+        for d in &deferred {
+            let slot = d.op.lock().await;
+            if slot.is_some() {
+                slots.push((d, slot));
+            }
+        }
+        let mut ops: Vec<Op> = slots
             .iter()
-            .map(|chunk| self.complete_op(done, &jsons, chunk))
+            .filter_map(|(_, slot)| (**slot).clone())
             .collect();
-        let replies = self.pipeline(ops, "cannot publish results").await?;
+        ops.extend(
+            chunks
+                .iter()
+                .map(|chunk| self.complete_op(done, &jsons, chunk)),
+        );
+        let mut replies = self.pipeline(ops, "cannot publish results").await?;
+        let mut refused = HashSet::new();
+        let admitted: Vec<_> = replies.drain(..slots.len()).collect();
+        for ((d, mut slot), reply) in slots.into_iter().zip(admitted) {
+            *slot = None;
+            forget_deferred(&self.deferred, d);
+            refused.extend(refused_by(d, reply));
+        }
         let mut out = vec![false; done.len()];
         let mut alone = Vec::new();
         for (chunk, r) in chunks.iter().zip(replies) {
@@ -1663,7 +1965,8 @@ impl Broker for RedisBroker {
                 Ok(v) => {
                     let flags = as_array(&v).unwrap_or_default();
                     for (k, &i) in chunk.iter().enumerate() {
-                        out[i] = flags.get(k).and_then(as_int) == Some(1);
+                        out[i] = flags.get(k).and_then(as_int) == Some(1)
+                            && !refused.contains(&done[i].0.token);
                     }
                 }
                 Err(e) if e.is_transient() => return Err(e),
@@ -1681,7 +1984,8 @@ impl Broker for RedisBroker {
             for (&i, r) in alone.iter().zip(replies) {
                 match r {
                     Ok(v) => {
-                        out[i] = as_array(&v).and_then(|f| f.first()).and_then(as_int) == Some(1);
+                        out[i] = as_array(&v).and_then(|f| f.first()).and_then(as_int) == Some(1)
+                            && !refused.contains(&done[i].0.token);
                     }
                     Err(e) if !e.is_transient() => {
                         // One call's bad data must not hide the others' outcome.
@@ -1695,6 +1999,7 @@ impl Broker for RedisBroker {
     }
 
     async fn retry(&self, delivery: &Delivery, last: &Envelope, delay: Duration) -> Result<bool> {
+        self.settle(&delivery.token).await?;
         let mut next = delivery.call.clone();
         next.attempt = next.attempt.saturating_add(1);
         let next_json =
@@ -1726,6 +2031,7 @@ impl Broker for RedisBroker {
     }
 
     async fn release(&self, delivery: &Delivery) -> Result<bool> {
+        self.settle(&delivery.token).await?;
         let call = &delivery.call;
         let json = serde_json::to_string(call).map_err(|e| Error::InvalidCall(e.to_string()))?;
         let op = Op::eval(&SCRIPTS.release)
@@ -1876,7 +2182,7 @@ impl Broker for RedisBroker {
         let reply = match block {
             Some(b) => self
                 .blocking
-                .query(&cmd, b)
+                .query_one(cmd, b)
                 .await
                 .map_err(|e| self.err(e, "cannot read events"))?,
             None => self.query(&cmd, "cannot read events").await?,
@@ -2157,7 +2463,7 @@ impl Broker for RedisBroker {
             .build();
         self.eval(op, "cannot set a rate limit").await?;
         // This broker's own claims see a module limit at once.
-        lock(&self.module_limits).0 = None;
+        lock(&self.limits).at = None;
         Ok(())
     }
 

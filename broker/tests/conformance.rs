@@ -576,6 +576,61 @@ async fn claim_blocks_until_a_call_arrives<B: Broker>(b: &B) {
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 }
 
+/// A host that answers every call it claims with the call's id, until one
+/// of `id` is answered; it waits `delay` before each answer.
+async fn answer_until<B: Broker>(b: &B, id: &str, delay: Duration) {
+    loop {
+        let got = b
+            .claim("h1", &queues(), 8, Duration::from_secs(5))
+            .await
+            .unwrap();
+        sleep(delay).await;
+        let done: Vec<_> = got
+            .into_iter()
+            .map(|d| {
+                let env = succeeded(&d, json!(d.call.id), "h1");
+                (d, env)
+            })
+            .collect();
+        let published = b.complete(&done).await.unwrap();
+        assert!(published.iter().all(|p| *p), "{published:?}");
+        if done.iter().any(|(d, _)| d.call.id == id) {
+            return;
+        }
+    }
+}
+
+async fn submit_wait_is_a_remote_call<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    // No host: the timeout passes and the call stays queued.
+    let early = new_call(module, "[1]");
+    let t0 = Instant::now();
+    let timeout = Duration::from_millis(250);
+    assert_eq!(b.submit_wait(&early, Some(timeout)).await.unwrap(), None);
+    assert!(t0.elapsed() >= timeout, "{:?}", t0.elapsed());
+    assert_eq!(state_of(b, &early.id).await, State::Queued);
+    // A host answers at once, then one slower than a first wait (100 ms).
+    for delay in [Duration::ZERO, Duration::from_millis(400)] {
+        let call = new_call(module, "[2]");
+        let (env, ()) = tokio::join!(
+            b.submit_wait(&call, Some(Duration::from_secs(20))),
+            answer_until(b, &call.id, delay)
+        );
+        let env = env.unwrap().expect("a result within the timeout");
+        assert_eq!(env.state, State::Succeeded);
+        assert_eq!(env.result, json!(call.id));
+        assert_eq!(state_of(b, &call.id).await, State::Succeeded);
+    }
+    assert_eq!(state_of(b, &early.id).await, State::Succeeded);
+    // Invalid calls are refused before anything is queued.
+    let bad = new_call(module, "{}");
+    assert!(matches!(
+        b.submit_wait(&bad, Some(Duration::from_secs(1))).await,
+        Err(Error::InvalidCall(_))
+    ));
+    assert!(b.status(&bad.id).await.unwrap().is_none());
+}
+
 async fn queues_are_separate<B: Broker>(b: &B) {
     let module = b.put_module(WASM).await.unwrap().0;
     let mut fast = new_call(module, "[]");
@@ -1307,6 +1362,7 @@ conformance!(
     modules,
     claim_returns_at_most_max,
     claim_blocks_until_a_call_arrives,
+    submit_wait_is_a_remote_call,
     queues_are_separate,
     invalid_calls_are_refused,
     hosts_age_out,
@@ -1692,6 +1748,12 @@ async fn blocked_clients(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 
 /// Scripts run by the server so far.
 async fn scripts_run(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    command_calls(conn, &["evalsha", "eval"]).await
+}
+
+/// How many times the server ran the `commands` so far (scripts' own
+/// commands included).
+async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, commands: &[&str]) -> u64 {
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -1699,7 +1761,11 @@ async fn scripts_run(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .unwrap();
     stats
         .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter(|l| {
+            l.strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+                .is_some_and(|(name, _)| commands.contains(&name))
+        })
         .filter_map(|l| {
             l.split_once("calls=")?
                 .1
@@ -1781,21 +1847,27 @@ async fn redis_a_drained_claim_blocks_again_without_the_pass() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].call.id, second.id);
     assert_eq!(got[0].started, Some(StartOutcome::Run));
+    finish(got).await;
     assert_eq!(
         scripts_run(&mut conn).await - before,
-        1,
-        "a drained claim runs the admission script only"
+        2,
+        "a drained claim runs the admission script only (then the result's)"
     );
-    finish(got).await;
 
-    // Paused while drained: the call is read, not admitted, and stays queued.
+    // Paused while drained: the call may be read and handed out before its
+    // admission is checked, but the admission refuses it, its result is
+    // not accepted, and it stays queued.
     b.set_paused("default", true).await.unwrap();
     let third = submit_one(&*b).await;
     let got = b
         .claim("h1", &queues(), 8, Duration::from_millis(300))
         .await
         .unwrap();
-    assert!(got.is_empty(), "a paused queue handed out {got:?}");
+    for d in got {
+        assert_eq!(d.call.id, third.id);
+        let env = succeeded(&d, json!(9), "h1");
+        assert_eq!(b.complete(&[(d, env)]).await.unwrap(), vec![false]);
+    }
     assert_eq!(state_of(&*b, &third.id).await, State::Queued);
     b.set_paused("default", false).await.unwrap();
     let got = b
@@ -1819,4 +1891,112 @@ async fn redis_a_drained_claim_blocks_again_without_the_pass() {
     assert_eq!(got.len(), 1, "the delayed call was never handed out");
     assert_eq!(got[0].call.id, delayed.id);
     assert!(t0.elapsed() >= countdown - Duration::from_millis(50));
+}
+
+/// What a blocking read hands out runs at once; its admission (the call
+/// becomes `running` under the delivery's token) goes out with the result,
+/// or by itself within milliseconds for a longer call.
+#[tokio::test]
+async fn redis_a_deferred_admission_goes_out_by_itself() {
+    let server = RedisServer::start();
+    let b = redis_broker(&server, "deferred", config()).await;
+    let mut conn = raw(&server).await;
+    let qs = queues();
+    let (got, call) = tokio::join!(b.claim("h1", &qs, 8, Duration::from_secs(10)), async {
+        while blocked_clients(&mut conn).await == 0 {
+            sleep(Duration::from_millis(5)).await;
+        }
+        submit_one(&b).await
+    });
+    let mut got = got.unwrap();
+    assert_eq!(got.len(), 1);
+    let d = got.pop().unwrap();
+    assert_eq!(
+        (d.call.id.as_str(), d.started),
+        (call.id.as_str(), Some(StartOutcome::Run))
+    );
+    // The host says nothing more, yet the call becomes running.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let running = loop {
+        let env = b.status(&call.id).await.unwrap().unwrap();
+        if env.state == State::Running || Instant::now() > deadline {
+            break env;
+        }
+        sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(
+        (running.state, running.host.as_str()),
+        (State::Running, "h1")
+    );
+    let env = succeeded(&d, json!(9), "h1");
+    assert_eq!(b.complete(&[(d, env.clone())]).await.unwrap(), vec![true]);
+    assert_eq!(b.status(&call.id).await.unwrap(), Some(env));
+
+    // A queue paused while a host blocks on it: what the read hands out has
+    // not been admitted. Its admission refuses it, so its result is not
+    // accepted and it waits for the queue to resume.
+    let (got, call) = tokio::join!(b.claim("h1", &qs, 8, Duration::from_secs(2)), async {
+        while blocked_clients(&mut conn).await == 0 {
+            sleep(Duration::from_millis(5)).await;
+        }
+        b.set_paused("default", true).await.unwrap();
+        submit_one(&b).await
+    });
+    let mut got = got.unwrap();
+    assert_eq!(got.len(), 1, "handed out before its admission");
+    let d = got.pop().unwrap();
+    assert_eq!(d.call.id, call.id);
+    let env = succeeded(&d, json!(9), "h1");
+    assert_eq!(b.complete(&[(d, env)]).await.unwrap(), vec![false]);
+    assert_eq!(state_of(&b, &call.id).await, State::Queued);
+    b.set_paused("default", false).await.unwrap();
+    let d = claim_one(&b, "h2", Duration::from_secs(2)).await;
+    assert_eq!(d.call.id, call.id);
+    let env = succeeded(&d, json!(9), "h2");
+    assert_eq!(b.complete(&[(d, env)]).await.unwrap(), vec![true]);
+    assert_eq!(state_of(&b, &call.id).await, State::Succeeded);
+}
+
+/// `submit_wait` submits and waits in one round trip (one read of the
+/// wake-up, no peek first), and works on a server that lost its scripts.
+#[tokio::test]
+async fn redis_submit_wait_reads_once_and_survives_lost_scripts() {
+    let server = RedisServer::start();
+    let b = redis_broker(&server, "submit_wait", config()).await;
+    let mut conn = raw(&server).await;
+    let module = b.put_module(WASM).await.unwrap().0;
+    for round in [
+        "scripts not loaded yet",
+        "scripts loaded",
+        "scripts flushed",
+    ] {
+        if round == "scripts flushed" {
+            let _: () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let call = new_call(module, "[]");
+        let reads = command_calls(&mut conn, &["xread"]).await;
+        let (env, ()) = tokio::join!(
+            b.submit_wait(&call, Some(Duration::from_secs(20))),
+            answer_until(&b, &call.id, Duration::ZERO)
+        );
+        let env = env.unwrap().expect("a result within the timeout");
+        assert_eq!(env.result, json!(call.id), "{round}");
+        if round == "scripts loaded" {
+            assert_eq!(
+                command_calls(&mut conn, &["xread"]).await - reads,
+                1,
+                "one blocking read of the wake-up"
+            );
+        }
+        let events = events_of(&b, &call.id).await;
+        assert_eq!(
+            kinds(&events),
+            ["queued", "started", "succeeded"],
+            "{round}: queued once"
+        );
+    }
 }

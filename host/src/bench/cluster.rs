@@ -349,7 +349,8 @@ pub async fn throughput(
     })
 }
 
-/// `n` sequential round trips: submit one `add(1, 2)`, wait for it.
+/// `n` sequential round trips: submit one `add(1, 2)` and wait for it, as
+/// a remote call does ([`Broker::submit_wait`]).
 ///
 /// # Errors
 /// On broker errors or a wrong result.
@@ -364,8 +365,7 @@ pub async fn latency(
     for _ in 0..n {
         let c = call(module, queue, "add", "[1,2]");
         let started = Instant::now();
-        client.submit(std::slice::from_ref(&c), None).await?;
-        let env = client.wait(&c.id, Some(RESULT_TIMEOUT)).await?;
+        let env = client.submit_wait(&c, Some(RESULT_TIMEOUT)).await?;
         samples.push(started.elapsed());
         check(env, &c.id, &expected)?;
     }
@@ -396,8 +396,7 @@ async fn one_call(
 ) -> anyhow::Result<f64> {
     let c = call(module, queue, task, "[]");
     let started = Instant::now();
-    client.submit(std::slice::from_ref(&c), None).await?;
-    let env = client.wait(&c.id, Some(RESULT_TIMEOUT)).await?;
+    let env = client.submit_wait(&c, Some(RESULT_TIMEOUT)).await?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     check(env, &c.id, &Value::Null)?;
     Ok(ms)

@@ -149,14 +149,19 @@ impl SubmitCommand {
             retry: self.retries.map(RetryPolicy::new),
             queue: self.queue.clone(),
         };
-        broker
-            .submit(std::slice::from_ref(&call), self.countdown)
-            .await?;
-        if !self.wait {
-            println!("{}", call.id);
-            return Ok(ExitCode::SUCCESS);
-        }
-        match broker.wait(&call.id, self.wait_timeout).await? {
+        let envelope = if !self.wait || self.countdown.is_some() {
+            broker
+                .submit(std::slice::from_ref(&call), self.countdown)
+                .await?;
+            if !self.wait {
+                println!("{}", call.id);
+                return Ok(ExitCode::SUCCESS);
+            }
+            broker.wait(&call.id, self.wait_timeout).await?
+        } else {
+            broker.submit_wait(&call, self.wait_timeout).await?
+        };
+        match envelope {
             Some(env) => Ok(print_envelope(&env, self.json)),
             None => {
                 eprintln!(

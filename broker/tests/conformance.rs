@@ -1527,6 +1527,58 @@ async fn redis_garbage_at_the_result_key() {
     ));
 }
 
+/// One call's garbage fails its batch's script after earlier results were
+/// stored; every good result is still published and acknowledged, and only
+/// the bad entry stays pending (for a reclaim).
+#[tokio::test]
+async fn redis_garbage_in_a_batch_of_results() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("garbage_batch");
+    let b = RedisBroker::connect(&server.url(), &prefix, config())
+        .await
+        .unwrap();
+    let mut conn = raw(&server).await;
+    let module = b.put_module(WASM).await.unwrap().0;
+    let calls: Vec<Call> = (0..3)
+        .map(|i| new_call(module, &format!("[{i}]")))
+        .collect();
+    b.submit(&calls, None).await.unwrap();
+    let got = b
+        .claim("h1", &queues(), 3, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    let bad = &got[1].call.id;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:call:{bad}"))
+        .arg("garbage")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let done: Vec<_> = got
+        .iter()
+        .map(|d| (d.clone(), succeeded(d, json!(1), "h1")))
+        .collect();
+    assert_eq!(b.complete(&done).await.unwrap(), vec![true, false, true]);
+    for d in [&got[0], &got[2]] {
+        assert_eq!(state_of(&b, &d.call.id).await, State::Succeeded);
+    }
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(format!("{prefix}:{{q:default}}:stream"))
+        .arg("hosts")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.len(),
+        1,
+        "only the bad entry stays pending: {pending:?}"
+    );
+}
+
 #[tokio::test]
 async fn redis_result_ttl_is_applied() {
     let server = RedisServer::start();

@@ -14,6 +14,10 @@ local queue = ARGV[4]
 local clock, now = nil, nil
 local published, latencies = 0, {}
 local out = {}
+-- Entries done with, acknowledged together at the end (one XACK and one
+-- XDEL per batch; a Lua error before then leaves them pending, and their
+-- redelivery finds the result and acknowledges them).
+local acked = {}
 for k = 0, (#KEYS - 4) / 3 - 1 do
   local call_key, result_key, wake_key = KEYS[5 + 3 * k], KEYS[6 + 3 * k], KEYS[7 + 3 * k]
   local a = 5 + 10 * k
@@ -21,7 +25,10 @@ for k = 0, (#KEYS - 4) / 3 - 1 do
   local ok = 0
   local state, current = unpack(redis.call('HMGET', call_key, 'state', 'token'))
   if state == 'done' and current == token then
+    -- Published by this delivery before (a repeated batch): make sure its
+    -- entry is acknowledged too.
     ok = 1
+    acked[#acked + 1] = entry
   elseif current == token and owns(stream, entry, deliveries) then
     if not clock then
       clock = clock_ms()
@@ -43,7 +50,7 @@ for k = 0, (#KEYS - 4) / 3 - 1 do
     end
     if stored then
       mark_published(call_key, wake_key, envelope, ARGV[2], ARGV[3], token)
-      ack(stream, entry)
+      acked[#acked + 1] = entry
       local latency = latency_since(ARGV[a + 9], clock)
       event(KEYS[2], ARGV[a + 5], ARGV[a + 4], queue, ARGV[a + 7], ARGV[a + 6], now,
         ARGV[a + 8], latency)
@@ -52,11 +59,15 @@ for k = 0, (#KEYS - 4) / 3 - 1 do
       ok = 1
     else
       -- Someone else's final result is already there: it stays. Our entry is done.
-      ack(stream, entry)
+      acked[#acked + 1] = entry
       redis.call('HDEL', call_key, 'token')
     end
   end
   out[#out + 1] = ok
+end
+if #acked > 0 then
+  redis.call('XACK', stream, 'hosts', unpack(acked))
+  redis.call('XDEL', stream, unpack(acked))
 end
 if published > 0 then
   -- One latency entry and one count for the whole batch.

@@ -54,7 +54,7 @@ pub struct Delivery {
     /// recorded: the Redis broker sends the start of what a blocking read
     /// returned with the first command about the delivery (usually its
     /// result), or alone after 2 ms. Should the start then find the call
-    /// paused, revoked or over a limit, the result is refused like that of
+    /// revoked, finished or over a limit, the result is refused like that of
     /// any stale delivery, and the call is handled as if never handed out.
     pub started: Option<StartOutcome>,
 }

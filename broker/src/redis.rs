@@ -57,13 +57,15 @@
 //! or a revoked call gets its `revoked` envelope, and a revoked or finished
 //! one is acknowledged), so a host needs no `start` round trip per call; the
 //! blocking path does the same in its admission script. That script does
-//! not hold up the host: when no rate limit applies, the calls a blocking
-//! read returns are handed out at once and their admission is sent as the
-//! first command of the round trip that publishes their results (or alone
-//! after 2 ms, for longer calls). A call the admission refuses (its queue
-//! paused meanwhile, or revoked) has run for nothing: the token fence
-//! refuses its result, as for any stale delivery. A guest cannot act on
-//! the world, so that run costs CPU time and nothing else.
+//! not hold up the host: when no rate limit applies and no queue read is
+//! paused (an `EXISTS` pipelined behind the blocking read tells, without a
+//! round trip of its own), the calls a blocking read returns are handed out
+//! at once and their admission is sent as the first command of the round
+//! trip that publishes their results (or alone after 2 ms, for longer
+//! calls). A call the admission refuses (revoked or finished meanwhile, or
+//! over a limit set within the last second) has run for nothing: the token
+//! fence refuses its result, as for any stale delivery. A guest cannot act
+//! on the world, so that run costs CPU time and nothing else.
 //!
 //! Tokens are a random prefix per claim plus the entry id. The claim and
 //! admission scripts name the per-call keys of what they read from the
@@ -96,11 +98,11 @@
 //! reclaimed from dead hosts count against the queue's limit but not their
 //! module's (they were admitted once). The blocking `XREADGROUP` only covers
 //! queues that are neither paused nor out of tokens, and what it hands out
-//! goes through the same checks (`admit.lua`) before anything about it
-//! counts: a pause that lands while a host blocks still holds. Before a host
-//! sees the calls if a rate limit applies; with none, the host may run them
-//! first and the checks go with their results (see above). Hosts learn which
-//! modules and queues are limited from `P:rates` at most a second late.
+//! goes through the same checks (`admit.lua`): a pause that lands while a
+//! host blocks still holds. The checks run before the host sees the calls if
+//! a queue read is paused or a rate limit applies; otherwise they go with the
+//! results (see above). Hosts learn which modules and queues are limited from
+//! `P:rates` at most a second late.
 //!
 //! # Statistics and events
 //!
@@ -1071,6 +1073,7 @@ impl RedisBroker {
         queue: &str,
         modules: &[ModuleHash],
         entries: reply::Entries,
+        paused: bool,
         out: &mut Vec<Delivery>,
     ) -> Result<()> {
         if entries.is_empty() {
@@ -1112,10 +1115,11 @@ impl RedisBroker {
         // still checks): hand the calls out at once and send their admission
         // with the first command about them (usually their results), which
         // saves a round trip per blocking read. A call that turns out not
-        // admitted (paused meanwhile, revoked, over a limit set within the
-        // last second) ran for nothing: its result is refused, as any stale
-        // delivery's.
-        let defer = modules.is_empty()
+        // admitted (revoked or finished meanwhile, over a limit set within
+        // the last second) ran for nothing: its result is refused, as any
+        // stale delivery's.
+        let defer = !paused
+            && modules.is_empty()
             && !lock(&self.limits).queues.contains(queue)
             && parsed.iter().all(|c| c.is_ok());
         if defer {
@@ -1222,22 +1226,35 @@ impl RedisBroker {
         for _ in queues {
             cmd.arg(">");
         }
-        let reply = self
+        // Right behind the read on the same connection, so it runs as soon
+        // as the read returns (no round trip of its own): whether a queue
+        // was paused meanwhile, in which case admission cannot wait.
+        let mut paused = redis::cmd("EXISTS");
+        for q in queues {
+            paused.arg(self.keys.paused(q));
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd).add_command(paused);
+        let replies = self
             .blocking
-            .query_one(cmd, block)
+            .query(&pipe, block)
             .await
             .map_err(|e| self.err(e, "cannot read new calls"))?;
+        let (Some(reply), Some(paused)) = (replies.first(), replies.get(1)) else {
+            return Err(Error::Malformed("unexpected reply of XREADGROUP".into()));
+        };
+        let paused = as_int(paused) != Some(0);
         let by_key: HashMap<String, &String> =
             queues.iter().map(|q| (self.keys.stream(q), q)).collect();
         let mut got = Vec::new();
-        for (key, entries) in stream_entries(&reply)
+        for (key, entries) in stream_entries(reply)
             .ok_or_else(|| Error::Malformed("unexpected reply of XREADGROUP".into()))?
         {
             let Some(queue) = by_key.get(&key) else {
                 continue;
             };
             // If this fails the entries stay pending and are reclaimed after the lease.
-            self.admit(host_id, queue, modules, entries, &mut got)
+            self.admit(host_id, queue, modules, entries, paused, &mut got)
                 .await?;
         }
         // Several streams may each answer with up to `max`: hand back the surplus.

@@ -18,11 +18,24 @@ local function now_ms()
   return math.floor(clock_ms())
 end
 
+-- Numbers handed to redis.call are formatted with snprintf("%.17g") by
+-- Redis 7.0, which costs more than the command itself: the scripts pass
+-- numbers as the text they came in (ARGV) or format integers once (`int_text`).
 local function set_ttl(key, ttl)
-  ttl = tonumber(ttl)
-  if ttl and ttl > 0 then
+  local n = tonumber(ttl)
+  if n and n > 0 then
     redis.call('PEXPIRE', key, ttl)
   end
+end
+
+-- An integral number as text, remembering the last one (every event of a
+-- script carries the same timestamp).
+local last_int, last_int_text = nil, nil
+local function int_text(n)
+  if n ~= last_int then
+    last_int, last_int_text = n, string.format('%d', n)
+  end
+  return last_int_text
 end
 
 local function key_type(key)
@@ -57,11 +70,11 @@ local function mark_published(call_key, wake_key, envelope, marker_ttl, wake_ttl
   redis.call('DEL', call_key)
   redis.call('HSET', call_key, 'state', 'done', 'token', token or '')
   redis.call('PEXPIRE', call_key, marker_ttl)
-  local added = redis.pcall('XADD', wake_key, 'MAXLEN', 1, '*', 'env', envelope)
+  local added = redis.pcall('XADD', wake_key, 'MAXLEN', '1', '*', 'env', envelope)
   if type(added) == 'table' and added.err then
     -- Not a stream (garbage): replace it.
     redis.call('DEL', wake_key)
-    redis.call('XADD', wake_key, 'MAXLEN', 1, '*', 'env', envelope)
+    redis.call('XADD', wake_key, 'MAXLEN', '1', '*', 'env', envelope)
   end
   redis.call('PEXPIRE', wake_key, wake_ttl)
 end
@@ -69,8 +82,7 @@ end
 -- Stores a final envelope (`ttl` 0 keeps it forever), writing over anything
 -- else at its key.
 local function store_result(result_key, envelope, ttl)
-  ttl = tonumber(ttl)
-  if ttl > 0 then
+  if tonumber(ttl) > 0 then
     redis.call('SET', result_key, envelope, 'PX', ttl)
   else
     redis.call('SET', result_key, envelope)
@@ -97,7 +109,10 @@ end
 -- `err` is an error kind and `latency` the ms from submission to a final
 -- result; both are left out when empty.
 local function event(events_key, kind, id, queue, task, host, ts, err, latency)
-  local args = {'XADD', events_key, 'MAXLEN', '~', 10000, '*',
+  if type(ts) == 'number' then
+    ts = int_text(ts)
+  end
+  local args = {'XADD', events_key, 'MAXLEN', '~', '10000', '*',
     'type', kind, 'id', id or '', 'queue', queue or '', 'task', task or '',
     'host', host or '', 'ts', ts}
   if err and err ~= '' then
@@ -131,7 +146,7 @@ end
 -- how many results to count.
 local function count_final(done_key, lat_key, now, latencies, n)
   if lat_key and latencies then
-    local args = {'XADD', lat_key, 'MAXLEN', '~', 1000, '*'}
+    local args = {'XADD', lat_key, 'MAXLEN', '~', '1000', '*'}
     if type(latencies) ~= 'table' then
       latencies = {latencies}
     end

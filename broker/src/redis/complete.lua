@@ -36,9 +36,9 @@ for k = 0, (#KEYS - 4) / 3 - 1 do
     end
     -- First final result wins: store ours only where there is none. The
     -- usual case costs one SET NX instead of TYPE + SET.
-    local ttl = tonumber(ARGV[1])
+    local ttl = ARGV[1]
     local stored
-    if ttl > 0 then
+    if tonumber(ttl) > 0 then
       stored = redis.call('SET', result_key, envelope, 'PX', ttl, 'NX')
     else
       stored = redis.call('SET', result_key, envelope, 'NX')

@@ -1175,18 +1175,21 @@ impl RedisBroker {
         tokio::spawn(async move {
             tokio::time::sleep(DEFER_ADMIT).await;
             let mut backoff = Duration::from_millis(50);
-            for _ in 0..8 {
+            for attempt in 1..=8 {
                 match send_deferred(&conn, &url, &map, &deferred).await {
                     Ok(_) => return,
+                    Err(e) if attempt == 8 => {
+                        // Their results carry the admission, or the entries
+                        // are reclaimed after the lease.
+                        warn!(cause = %e, "cannot admit claimed calls; leaving it to their results");
+                    }
                     Err(e) => {
-                        warn!(cause = %e, "cannot admit claimed calls; trying again");
+                        debug!(cause = %e, attempt, "cannot admit claimed calls; trying again");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }
-            // Their results carry the admission, or the entries are
-            // reclaimed after the lease.
         });
     }
 
@@ -1969,11 +1972,14 @@ impl Broker for RedisBroker {
         );
         let mut replies = self.pipeline(ops, "cannot publish results").await?;
         let mut refused = HashSet::new();
+        let mut started = HashSet::new();
         let admitted: Vec<_> = replies.drain(..slots.len()).collect();
         for ((d, mut slot), reply) in slots.into_iter().zip(admitted) {
             *slot = None;
             forget_deferred(&self.deferred, d);
-            refused.extend(refused_by(d, reply));
+            let no = refused_by(d, reply);
+            started.extend(d.tokens.iter().filter(|t| !no.contains(*t)).cloned());
+            refused.extend(no);
         }
         let mut out = vec![false; done.len()];
         let mut alone = Vec::new();
@@ -1984,6 +1990,13 @@ impl Broker for RedisBroker {
                     for (k, &i) in chunk.iter().enumerate() {
                         out[i] = flags.get(k).and_then(as_int) == Some(1)
                             && !refused.contains(&done[i].0.token);
+                        // Started here, yet not published: the admission ran
+                        // after the result (it was run again after a
+                        // NOSCRIPT, the server having lost its scripts), or
+                        // another result won. Publishing again settles it.
+                        if !out[i] && started.contains(&done[i].0.token) {
+                            alone.push(i);
+                        }
                     }
                 }
                 Err(e) if e.is_transient() => return Err(e),

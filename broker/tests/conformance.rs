@@ -1657,6 +1657,11 @@ async fn redis_survives_a_restart() {
         b.wait(&queued.id, Some(Duration::from_millis(100))).await,
         Err(Error::Unavailable(_))
     ));
+    assert!(matches!(
+        b.submit_wait(&new_call(module, "[]"), Some(Duration::from_millis(100)))
+            .await,
+        Err(Error::Unavailable(_))
+    ));
     let err = b.has_module(&module).await.unwrap_err();
     assert!(err.is_transient());
     assert!(err.to_string().contains("127.0.0.1"), "{err}");
@@ -2055,4 +2060,44 @@ async fn redis_submit_wait_reads_once_and_survives_lost_scripts() {
             "{round}: queued once"
         );
     }
+}
+
+/// A server that knows the `complete` script but not `admit` (it lost its
+/// scripts, then results of calls a non-blocking claim started loaded it):
+/// the deferred admission sent with a result hits NOSCRIPT and runs again
+/// after the result, which its token fence refused. The result is
+/// published all the same.
+#[tokio::test]
+async fn redis_a_deferred_admission_the_server_did_not_know() {
+    let server = RedisServer::start();
+    let b = redis_broker(&server, "deferred_noscript", config()).await;
+    let mut conn = raw(&server).await;
+    let complete = format!(
+        "{}\n{}",
+        include_str!("../src/redis/common.lua"),
+        include_str!("../src/redis/complete.lua")
+    );
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(&complete)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let qs = queues();
+    let (got, call) = tokio::join!(b.claim("h1", &qs, 8, Duration::from_secs(10)), async {
+        while blocked_clients(&mut conn).await == 0 {
+            sleep(Duration::from_millis(5)).await;
+        }
+        submit_one(&b).await
+    });
+    let d = got.unwrap().pop().expect("one delivery");
+    assert_eq!(d.call.id, call.id);
+    let env = succeeded(&d, json!(9), "h1");
+    assert_eq!(b.complete(&[(d, env.clone())]).await.unwrap(), vec![true]);
+    assert_eq!(b.status(&call.id).await.unwrap(), Some(env));
 }

@@ -159,6 +159,14 @@ pub fn encode_args(args: &impl Serialize) -> Result<Box<RawValue>> {
 ///     .await?;
 /// assert_eq!(client.result(&id, Some(Duration::from_secs(5))).await?.unwrap().result, 3);
 ///
+/// // Submit and wait in one step (one round trip on Redis):
+/// let (_id, envelope) = client
+///     .call(module, "add")
+///     .args([2, 3])
+///     .run(Some(Duration::from_secs(5)))
+///     .await?;
+/// assert_eq!(envelope.expect("in time").result, 5);
+///
 /// // Many calls in one round trip, then all their results.
 /// let ids = client
 ///     .submit_many((0..10).map(|i| client.call(module, "add").args((i, i))))

@@ -57,6 +57,14 @@ async fn submit_one<B: Broker>(b: &B) -> Call {
     call
 }
 
+/// `n` calls of the test module, with args `[0]`, `[1]`, ... (not submitted).
+async fn numbered_calls<B: Broker>(b: &B, n: usize) -> Vec<Call> {
+    let module = b.put_module(WASM).await.unwrap().0;
+    (0..n)
+        .map(|i| new_call(module, &format!("[{i}]")))
+        .collect()
+}
+
 /// Submits one call due after `countdown`; returns it and when it was submitted.
 async fn submit_delayed<B: Broker>(b: &B, countdown: Duration) -> (Call, Instant) {
     let module = b.put_module(WASM).await.unwrap().0;
@@ -529,10 +537,7 @@ async fn modules<B: Broker>(b: &B) {
 }
 
 async fn claim_returns_at_most_max<B: Broker>(b: &B) {
-    let module = b.put_module(WASM).await.unwrap().0;
-    let calls: Vec<Call> = (0..5)
-        .map(|i| new_call(module, &format!("[{i}]")))
-        .collect();
+    let calls = numbered_calls(b, 5).await;
     b.submit(&calls, None).await.unwrap();
     let first = b
         .claim("h1", &queues(), 2, Duration::from_secs(1))
@@ -953,10 +958,7 @@ async fn host_events<B: Broker>(b: &B) {
 }
 
 async fn queue_stats_count_and_time<B: Broker>(b: &B) {
-    let module = b.put_module(WASM).await.unwrap().0;
-    let calls: Vec<Call> = (0..4)
-        .map(|i| new_call(module, &format!("[{i}]")))
-        .collect();
+    let calls = numbered_calls(b, 4).await;
     b.submit(&calls[..3], None).await.unwrap();
     b.submit(&calls[3..], Some(Duration::from_secs(600)))
         .await
@@ -1061,10 +1063,7 @@ async fn a_paused_queue_is_not_claimed<B: Broker>(b: &B) {
 }
 
 async fn purge_drops_waiting_calls_only<B: Broker>(b: &B) {
-    let module = b.put_module(WASM).await.unwrap().0;
-    let calls: Vec<Call> = (0..4)
-        .map(|i| new_call(module, &format!("[{i}]")))
-        .collect();
+    let calls = numbered_calls(b, 4).await;
     b.submit(&calls[..3], None).await.unwrap();
     b.submit(&calls[3..], Some(Duration::from_secs(600)))
         .await
@@ -1160,10 +1159,7 @@ async fn dead_letters_are_retried_and_dropped<B: Broker>(b: &B) {
 }
 
 async fn a_queue_rate_limit_caps_claims<B: Broker>(b: &B) {
-    let module = b.put_module(WASM).await.unwrap().0;
-    let calls: Vec<Call> = (0..10)
-        .map(|i| new_call(module, &format!("[{i}]")))
-        .collect();
+    let calls = numbered_calls(b, 10).await;
     b.submit(&calls, None).await.unwrap();
     let scope = RateScope::Queue("default".into());
     let rate = Rate {
@@ -1538,10 +1534,7 @@ async fn redis_garbage_in_a_batch_of_results() {
         .await
         .unwrap();
     let mut conn = raw(&server).await;
-    let module = b.put_module(WASM).await.unwrap().0;
-    let calls: Vec<Call> = (0..3)
-        .map(|i| new_call(module, &format!("[{i}]")))
-        .collect();
+    let calls = numbered_calls(&b, 3).await;
     b.submit(&calls, None).await.unwrap();
     let got = b
         .claim("h1", &queues(), 3, Duration::from_secs(2))

@@ -20,7 +20,7 @@
 //! whose call was given to another host) can no longer publish.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -270,6 +270,31 @@ pub trait Broker: Send + Sync + 'static {
         timeout: Option<Duration>,
     ) -> impl Future<Output = Result<Option<Envelope>>> + Send;
 
+    /// Waits for several calls, all within one `timeout`: per id, in order,
+    /// its final envelope, or `None` if it was not final in time. The same
+    /// as [`Broker::wait`] on each id in turn, which is what the default
+    /// does; Redis looks up many stored results per round trip and blocks
+    /// only on the oldest call not done yet, so a client collecting a batch
+    /// of results wakes once for many.
+    ///
+    /// # Errors
+    /// [`crate::Error::UnknownCall`] for any unknown id; backend errors.
+    fn wait_many(
+        &self,
+        ids: &[String],
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Vec<Option<Envelope>>>> + Send {
+        async move {
+            let deadline = timeout.map(|t| Instant::now() + t);
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                out.push(self.wait(id, left).await?);
+            }
+            Ok(out)
+        }
+    }
+
     /// Revokes a call: if queued (or delayed, or waiting to retry) it never
     /// starts: its `revoked` envelope is published at once, so waiters wake,
     /// and a host that claims it later gets [`StartOutcome::Revoked`]. If
@@ -515,6 +540,13 @@ impl<B: Broker> Broker for std::sync::Arc<B> {
         timeout: Option<Duration>,
     ) -> impl Future<Output = Result<Option<Envelope>>> + Send {
         (**self).wait(id, timeout)
+    }
+    fn wait_many(
+        &self,
+        ids: &[String],
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Vec<Option<Envelope>>>> + Send {
+        (**self).wait_many(ids, timeout)
     }
     fn revoke(&self, id: &str) -> impl Future<Output = Result<bool>> + Send {
         (**self).revoke(id)

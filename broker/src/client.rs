@@ -27,7 +27,6 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use tokio::time::Instant;
 
 use crate::broker::Broker;
 use crate::error::{Error, Result};
@@ -309,9 +308,9 @@ impl<B: Broker> Client<B> {
     }
 
     /// Waits for several calls, all within one `timeout`; per id its final
-    /// envelope or `None` if it was not done in time. Waits one after the
-    /// other on one connection: a call finishing while another is awaited is
-    /// simply found done when its turn comes.
+    /// envelope or `None` if it was not done in time ([`Broker::wait_many`]:
+    /// on Redis, one round trip looks at many results, and the client blocks
+    /// only on the oldest call not done yet).
     ///
     /// # Errors
     /// [`Error::UnknownCall`] for any unknown id; broker errors.
@@ -320,13 +319,7 @@ impl<B: Broker> Client<B> {
         ids: &[String],
         timeout: Option<Duration>,
     ) -> Result<Vec<Option<Envelope>>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            out.push(self.broker.wait(id, left).await?);
-        }
-        Ok(out)
+        self.broker.wait_many(ids, timeout).await
     }
 
     /// The current envelope of a call (final or pending); `None` if unknown.

@@ -170,6 +170,8 @@ const FIRST_WAIT: Duration = Duration::from_millis(100);
 /// How long a blocking read's admission may wait to go out with the first
 /// command about its calls (usually their results) before it is sent alone.
 const DEFER_ADMIT: Duration = Duration::from_millis(2);
+/// Stored results [`Broker::wait_many`] looks up per round trip.
+const PEEK_MANY: usize = 128;
 /// Results one complete script publishes at most.
 const COMPLETE_CHUNK: usize = 128;
 /// Entries one purge round trip handles.
@@ -1341,6 +1343,42 @@ impl RedisBroker {
 
     /// The final envelope of a call, `None` if it is still pending, or
     /// [`Error::UnknownCall`].
+    /// Fills `out[i]` for each `i` of `window` whose call has a final
+    /// envelope stored, in one `MGET`. Anything else (no result yet, an
+    /// invalid id, garbage at the key) stays `None`, for `wait` to tell.
+    async fn peek_results(
+        &self,
+        ids: &[String],
+        window: &[usize],
+        out: &mut [Option<Envelope>],
+    ) -> Result<()> {
+        let window: Vec<usize> = window
+            .iter()
+            .copied()
+            .filter(|&i| is_valid_call_id(&ids[i]))
+            .collect();
+        if window.is_empty() {
+            return Ok(());
+        }
+        let mut get = redis::cmd("MGET");
+        for &i in &window {
+            get.arg(self.keys.result(&ids[i]));
+        }
+        let reply = self
+            .pipeline(vec![Op::cmd(get)], "cannot wait for results")
+            .await?
+            .pop()
+            .expect("one reply")?;
+        let stored = as_array(&reply).unwrap_or_default();
+        for (&i, value) in window.iter().zip(stored) {
+            let env = as_bytes(value).and_then(|b| serde_json::from_slice::<Envelope>(b).ok());
+            if let Some(env) = env.filter(|e| e.state.is_final() && e.id == ids[i]) {
+                out[i] = Some(env);
+            }
+        }
+        Ok(())
+    }
+
     async fn final_status(&self, id: &str) -> Result<Option<Envelope>> {
         match self.status(id).await? {
             Some(env) if env.state.is_final() => Ok(Some(env)),
@@ -1569,6 +1607,55 @@ impl Broker for RedisBroker {
         }
         let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
         self.wait(&call.id, left).await
+    }
+
+    async fn wait_many(
+        &self,
+        ids: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Option<Envelope>>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut out: Vec<Option<Envelope>> = vec![None; ids.len()];
+        // Every id before `next` has its envelope, or timed out.
+        let mut next = 0;
+        while next < ids.len() {
+            // One round trip: the stored results of the next ids not found yet.
+            let window: Vec<usize> = (next..ids.len())
+                .filter(|&i| out[i].is_none())
+                .take(PEEK_MANY)
+                .collect();
+            self.peek_results(ids, &window, &mut out).await?;
+            while next < ids.len() && out[next].is_some() {
+                next += 1;
+            }
+            if next == ids.len() {
+                break;
+            }
+            if window.last().is_some_and(|&last| next > last) {
+                // All there so far: look at the next ones.
+                continue;
+            }
+            // Then block on the oldest one not done, as `wait` does (which
+            // also tells an unknown id or garbage at its result key).
+            match self.wait(&ids[next], left()).await? {
+                Some(env) => {
+                    out[next] = Some(env);
+                    next += 1;
+                }
+                None => {
+                    // Out of time: the rest get one look each (so an
+                    // unknown id is still an error, as with `wait`).
+                    for i in next + 1..ids.len() {
+                        if out[i].is_none() {
+                            out[i] = self.wait(&ids[i], Some(Duration::ZERO)).await?;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn status(&self, id: &str) -> Result<Option<Envelope>> {

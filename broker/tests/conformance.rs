@@ -606,6 +606,74 @@ async fn answer_until<B: Broker>(b: &B, id: &str, delay: Duration) {
     }
 }
 
+async fn wait_many_collects_a_batch<B: Broker>(b: &B) {
+    let calls = numbered_calls(b, 6).await;
+    b.submit(&calls, None).await.unwrap();
+    let ids: Vec<String> = calls.iter().map(|c| c.id.clone()).collect();
+    // Two done before the wait, the rest while it waits (the last one only
+    // after a pause), in an order other than the ids'.
+    let got = b.claim("h1", &queues(), 10, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 6);
+    let answer = |d: &Delivery| (d.clone(), succeeded(d, json!(d.call.id), "h1"));
+    let by_id = |id: &str| got.iter().find(|d| d.call.id == id).unwrap();
+    for d in [by_id(&ids[3]), by_id(&ids[0])] {
+        assert_eq!(b.start(d, "h1").await.unwrap(), StartOutcome::Run);
+        b.complete(&[answer(d)]).await.unwrap();
+    }
+    let mut asked = ids.clone();
+    asked.push(ids[3].clone());
+    let (envs, ()) = tokio::join!(
+        b.wait_many(&asked, Some(Duration::from_secs(20))),
+        async {
+            for (k, i) in [5, 1, 2, 4].into_iter().enumerate() {
+                let d = by_id(&ids[i]);
+                assert_eq!(b.start(d, "h1").await.unwrap(), StartOutcome::Run);
+                if k == 3 {
+                    sleep(Duration::from_millis(300)).await;
+                }
+                b.complete(&[answer(d)]).await.unwrap();
+            }
+        }
+    );
+    let envs = envs.unwrap();
+    assert_eq!(envs.len(), asked.len());
+    for (id, env) in asked.iter().zip(&envs) {
+        let env = env.as_ref().expect("every call done within the timeout");
+        assert_eq!((&env.id, &env.result), (id, &json!(id)));
+        assert_eq!(env.state, State::Succeeded);
+    }
+    assert!(b.wait_many(&[], None).await.unwrap().is_empty());
+
+    // Out of time: the calls done have their envelope, the others `None`.
+    let more = numbered_calls(b, 3).await;
+    b.submit(&more, None).await.unwrap();
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    b.complete(&[answer(&d)]).await.unwrap();
+    let ids: Vec<String> = more.iter().map(|c| c.id.clone()).collect();
+    let t0 = Instant::now();
+    let timeout = Duration::from_millis(300);
+    let envs = b.wait_many(&ids, Some(timeout)).await.unwrap();
+    assert!(t0.elapsed() >= timeout, "{:?}", t0.elapsed());
+    assert_eq!(
+        envs.iter().map(Option::is_some).collect::<Vec<_>>(),
+        ids.iter().map(|id| *id == d.call.id).collect::<Vec<_>>()
+    );
+
+    // An unknown id fails the whole wait, wherever it is, in time or not.
+    for unknown in ["never-submitted", "not an id!"] {
+        let mut asked = vec![d.call.id.clone(), unknown.to_string()];
+        assert!(
+            matches!(b.wait_many(&asked, None).await, Err(Error::UnknownCall(u)) if u == unknown)
+        );
+        asked.insert(0, ids.iter().find(|i| **i != d.call.id).unwrap().clone());
+        assert!(matches!(
+            b.wait_many(&asked, Some(Duration::from_millis(50))).await,
+            Err(Error::UnknownCall(u)) if u == unknown
+        ));
+    }
+}
+
 async fn submit_wait_is_a_remote_call<B: Broker>(b: &B) {
     let module = b.put_module(WASM).await.unwrap().0;
     // No host: the timeout passes and the call stays queued.
@@ -1366,6 +1434,7 @@ conformance!(
     claim_returns_at_most_max,
     claim_blocks_until_a_call_arrives,
     submit_wait_is_a_remote_call,
+    wait_many_collects_a_batch,
     queues_are_separate,
     invalid_calls_are_refused,
     hosts_age_out,
@@ -2060,6 +2129,61 @@ async fn redis_submit_wait_reads_once_and_survives_lost_scripts() {
             "{round}: queued once"
         );
     }
+}
+
+/// `wait_many` on results that are all there: one `MGET` per 128, no
+/// per-call command; garbage at one result key is that call's own business.
+#[tokio::test]
+async fn redis_wait_many_reads_results_in_bulk() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("wait_many");
+    let b = RedisBroker::connect(&server.url(), &prefix, config())
+        .await
+        .unwrap();
+    let mut conn = raw(&server).await;
+    let calls = numbered_calls(&b, 300).await;
+    b.submit(&calls, None).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < calls.len() {
+        got.extend(b.claim("h1", &queues(), 100, Duration::ZERO).await.unwrap());
+    }
+    let done: Vec<_> = got
+        .iter()
+        .map(|d| (d.clone(), succeeded(d, json!(d.call.id), "h1")))
+        .collect();
+    assert!(b.complete(&done).await.unwrap().iter().all(|p| *p));
+    let ids: Vec<String> = calls.iter().map(|c| c.id.clone()).collect();
+    let per_call = ["xread", "hget", "get", "hgetall"];
+    let (gets, singles) = (
+        command_calls(&mut conn, &["mget"]).await,
+        command_calls(&mut conn, &per_call).await,
+    );
+    let envs = b.wait_many(&ids, Some(Duration::from_secs(5))).await.unwrap();
+    for (id, env) in ids.iter().zip(&envs) {
+        assert_eq!(env.as_ref().map(|e| &e.result), Some(&json!(id)));
+    }
+    assert_eq!(command_calls(&mut conn, &["mget"]).await - gets, 3);
+    assert_eq!(command_calls(&mut conn, &per_call).await, singles);
+
+    // Garbage at a result key: its wake-up still carries the envelope...
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:result:{}", ids[7]))
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let again = b.wait_many(&ids, Some(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(again, envs);
+    // ...and without it, the call's error says which call.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:wake:{}", ids[7]))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.wait_many(&ids, Some(Duration::from_secs(5))).await,
+        Err(Error::Malformed(m)) if m.contains(&ids[7])
+    ));
 }
 
 /// A server that knows the `complete` script but not `admit` (it lost its

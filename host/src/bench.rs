@@ -119,7 +119,8 @@ pub struct BenchConfig {
     pub calls: usize,
     /// Calls per `submit` round trip.
     pub batch: usize,
-    /// Results waited for at once.
+    /// Batches of results (`Broker::wait_many`, up to 512 calls each)
+    /// waited for at once.
     pub waiters: usize,
     /// Warm-up calls before the throughput phase.
     pub warmup: usize,

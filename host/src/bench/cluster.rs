@@ -258,8 +258,9 @@ fn check(env: Option<Envelope>, id: &str, expected: &Value) -> anyhow::Result<()
     Ok(())
 }
 
-/// Waits for calls in the order they come from `ids`, `waiters` at a time,
-/// and checks each result.
+/// Waits for calls in the order they come from `ids`, as a client collecting
+/// a batch of results does ([`Broker::wait_many`]): the ids at hand, up to
+/// 512, in one wait, `waiters` such waits at a time; checks each result.
 async fn wait_all(
     client: Arc<RedisBroker>,
     mut ids: mpsc::UnboundedReceiver<(String, Value)>,
@@ -268,19 +269,23 @@ async fn wait_all(
     let stream = futures::stream::poll_fn(move |cx| ids.poll_recv(cx));
     let mut results = std::pin::pin!(
         stream
-            .map(|(id, expected)| {
+            .ready_chunks(512)
+            .map(|chunk| {
                 let client = client.clone();
                 async move {
-                    let env = client.wait(&id, Some(RESULT_TIMEOUT)).await?;
-                    check(env, &id, &expected)
+                    let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+                    let envs = client.wait_many(&ids, Some(RESULT_TIMEOUT)).await?;
+                    for ((id, expected), env) in chunk.iter().zip(envs) {
+                        check(env, id, expected)?;
+                    }
+                    anyhow::Ok(chunk.len())
                 }
             })
             .buffered(waiters.max(1))
     );
     let mut n = 0;
     while let Some(r) = results.next().await {
-        r?;
-        n += 1;
+        n += r?;
     }
     Ok(n)
 }

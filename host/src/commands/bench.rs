@@ -55,8 +55,8 @@ pub struct BenchCommand {
     /// Calls per submit round trip
     #[arg(long, value_name = "B", default_value_t = bench::DEFAULT_BATCH)]
     batch: usize,
-    /// Results the client waits for at once
-    #[arg(long, value_name = "W", default_value_t = 16)]
+    /// Batches of results (up to 512 calls each) the client waits for at once
+    #[arg(long, value_name = "W", default_value_t = 4)]
     waiters: usize,
     /// Warm-up calls before the throughput phase
     #[arg(long, value_name = "N", default_value_t = 1000)]

@@ -622,19 +622,16 @@ async fn wait_many_collects_a_batch<B: Broker>(b: &B) {
     }
     let mut asked = ids.clone();
     asked.push(ids[3].clone());
-    let (envs, ()) = tokio::join!(
-        b.wait_many(&asked, Some(Duration::from_secs(20))),
-        async {
-            for (k, i) in [5, 1, 2, 4].into_iter().enumerate() {
-                let d = by_id(&ids[i]);
-                assert_eq!(b.start(d, "h1").await.unwrap(), StartOutcome::Run);
-                if k == 3 {
-                    sleep(Duration::from_millis(300)).await;
-                }
-                b.complete(&[answer(d)]).await.unwrap();
+    let (envs, ()) = tokio::join!(b.wait_many(&asked, Some(Duration::from_secs(20))), async {
+        for (k, i) in [5, 1, 2, 4].into_iter().enumerate() {
+            let d = by_id(&ids[i]);
+            assert_eq!(b.start(d, "h1").await.unwrap(), StartOutcome::Run);
+            if k == 3 {
+                sleep(Duration::from_millis(300)).await;
             }
+            b.complete(&[answer(d)]).await.unwrap();
         }
-    );
+    });
     let envs = envs.unwrap();
     assert_eq!(envs.len(), asked.len());
     for (id, env) in asked.iter().zip(&envs) {
@@ -2158,7 +2155,10 @@ async fn redis_wait_many_reads_results_in_bulk() {
         command_calls(&mut conn, &["mget"]).await,
         command_calls(&mut conn, &per_call).await,
     );
-    let envs = b.wait_many(&ids, Some(Duration::from_secs(5))).await.unwrap();
+    let envs = b
+        .wait_many(&ids, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     for (id, env) in ids.iter().zip(&envs) {
         assert_eq!(env.as_ref().map(|e| &e.result), Some(&json!(id)));
     }
@@ -2172,7 +2172,10 @@ async fn redis_wait_many_reads_results_in_bulk() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let again = b.wait_many(&ids, Some(Duration::from_secs(5))).await.unwrap();
+    let again = b
+        .wait_many(&ids, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     assert_eq!(again, envs);
     // ...and without it, the call's error says which call.
     let _: () = redis::cmd("DEL")

@@ -268,6 +268,7 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
         let s = cluster::scaling(
             target,
             &client,
+            probe.as_ref(),
             module,
             config.scaling_calls,
             config.concurrency,
@@ -275,9 +276,27 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
             config.waiters,
         )
         .await?;
+        let cores = |i: usize| {
+            let c = |v: &[Option<f64>]| {
+                v.get(i)
+                    .copied()
+                    .flatten()
+                    .map_or("?".into(), |c| format!("{c:.2}"))
+            };
+            format!(
+                "(cores busy: redis {}, machine {})",
+                c(&s.redis_cores),
+                c(&s.machine_cores)
+            )
+        };
         progress(&format!(
-            "scaling: 1 host {:.0}/s, 2 hosts sharing a sandbox {:.0}/s, 2 hosts with a sandbox each {:.0}/s",
-            s.one_host_per_s, s.two_hosts_shared_per_s, s.two_hosts_separate_per_s
+            "scaling: 1 host {:.0}/s {}, 2 hosts sharing a sandbox {:.0}/s {}, 2 hosts with a sandbox each {:.0}/s {}",
+            s.one_host_per_s,
+            cores(0),
+            s.two_hosts_shared_per_s,
+            cores(1),
+            s.two_hosts_separate_per_s,
+            cores(2)
         ));
         report.scaling = Some(s);
     }

@@ -471,20 +471,23 @@ pub async fn cold_start(
 }
 
 /// Throughput of 1 host, 2 hosts sharing a sandbox and 2 hosts with a
-/// sandbox each, `calls` calls each.
+/// sandbox each, `calls` calls each, with the cores Redis (through `probe`)
+/// and the machine kept busy in each.
 ///
 /// # Errors
 /// As [`throughput`].
+#[allow(clippy::too_many_arguments)]
 pub async fn scaling(
     target: &Target,
     client: &Arc<RedisBroker>,
+    probe: Option<&RedisProbe>,
     module: ModuleHash,
     calls: usize,
     concurrency: usize,
     batch: usize,
     waiters: usize,
 ) -> anyhow::Result<Scaling> {
-    let mut per_s = Vec::new();
+    let (mut per_s, mut redis_cores, mut machine_cores) = (Vec::new(), Vec::new(), Vec::new());
     for (hosts, shared) in [(1, true), (2, true), (2, false)] {
         let setup = HostSetup {
             hosts,
@@ -496,17 +499,22 @@ pub async fn scaling(
         let running = Hosts::start(target, &setup, client).await?;
         let r = async {
             warm_up(client, module, &setup.queue, 500).await?;
-            throughput(client, None, module, &setup.queue, calls, batch, waiters).await
+            throughput(client, probe, module, &setup.queue, calls, batch, waiters).await
         }
         .await;
         running.stop().await;
-        per_s.push(r?.per_s);
+        let r = r?;
+        per_s.push(r.per_s);
+        redis_cores.push(r.redis_cpu_us_per_call.map(|us| us * r.per_s / 1e6));
+        machine_cores.push(r.machine_busy_cores);
     }
     Ok(Scaling {
         calls,
         one_host_per_s: per_s[0],
         two_hosts_shared_per_s: per_s[1],
         two_hosts_separate_per_s: per_s[2],
+        redis_cores,
+        machine_cores,
     })
 }
 

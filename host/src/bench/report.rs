@@ -169,7 +169,41 @@ pub struct Scaling {
     pub two_hosts_shared_per_s: f64,
     /// Two hosts with a `Sandbox` each, calls/s.
     pub two_hosts_separate_per_s: f64,
+    /// Cores redis-server kept busy in each configuration (1 host, 2
+    /// sharing, 2 separate), where Redis reports its CPU.
+    #[serde(default)]
+    pub redis_cores: Vec<Option<f64>>,
+    /// Cores the whole machine kept busy in each configuration.
+    #[serde(default)]
+    pub machine_cores: Vec<Option<f64>>,
 }
+
+impl Scaling {
+    /// The best of the two-host configurations over one host.
+    pub fn gain(&self) -> f64 {
+        self.two_hosts_shared_per_s
+            .max(self.two_hosts_separate_per_s)
+            / self.one_host_per_s
+    }
+
+    /// Redis's and the machine's busy cores in the best two-host configuration.
+    pub fn two_hosts_cores(&self) -> (Option<f64>, Option<f64>) {
+        let best = if self.two_hosts_shared_per_s >= self.two_hosts_separate_per_s {
+            1
+        } else {
+            2
+        };
+        let at = |v: &[Option<f64>]| v.get(best).copied().flatten();
+        (at(&self.redis_cores), at(&self.machine_cores))
+    }
+}
+
+/// The name of the scaling target.
+const SCALING: &str = "2 hosts vs 1 host (2 cores)";
+/// Redis counts as the limit from this many busy cores (it runs commands on one).
+pub const REDIS_BOUND_CORES: f64 = 0.9;
+/// The machine counts as the limit from this many busy cores (of its 2).
+pub const MACHINE_BOUND_CORES: f64 = 1.85;
 
 /// RSS of a real `wasq host run` process.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -325,6 +359,9 @@ pub struct Target {
     pub unit: &'static str,
     /// The baseline it is compared with, for relative goals.
     pub baseline: Option<f64>,
+    /// For a goal that holds "until Redis or the cores are the limit": the
+    /// limit that was reached, in words.
+    pub limit: Option<String>,
 }
 
 impl Target {
@@ -371,6 +408,22 @@ fn summarise(values: Vec<f64>) -> (Option<f64>, Option<(f64, f64)>) {
 pub fn targets(runs: &[BenchReport], baseline: &Baseline) -> Vec<Target> {
     let pick =
         |f: &dyn Fn(&BenchReport) -> Option<f64>| summarise(runs.iter().filter_map(f).collect());
+    // More hosts cannot help once Redis (one core) or the machine is busy.
+    let (redis, _) = pick(&|r| r.scaling.as_ref().and_then(|s| s.two_hosts_cores().0));
+    let (machine, _) = pick(&|r| r.scaling.as_ref().and_then(|s| s.two_hosts_cores().1));
+    let scaling_limit = match (redis, machine) {
+        (Some(r), m) if r >= REDIS_BOUND_CORES => Some(format!(
+            "Redis: {} of its one core busy with 2 hosts{}",
+            num(r),
+            m.map_or(String::new(), |m| format!(", machine {} of 2", num(m)))
+        )),
+        (r, Some(m)) if m >= MACHINE_BOUND_CORES => Some(format!(
+            "the cores: {} of 2 busy with 2 hosts{}",
+            num(m),
+            r.map_or(String::new(), |r| format!(", Redis {}", num(r)))
+        )),
+        _ => None,
+    };
     let mut out = Vec::new();
     let mut push = |name, goal_text: &str, goal, unit, baseline: Option<f64>, (measured, range)| {
         out.push(Target {
@@ -381,6 +434,7 @@ pub fn targets(runs: &[BenchReport], baseline: &Baseline) -> Vec<Target> {
             range,
             unit,
             baseline,
+            limit: None,
         })
     };
     push(
@@ -450,16 +504,12 @@ pub fn targets(runs: &[BenchReport], baseline: &Baseline) -> Vec<Target> {
         );
     }
     push(
-        "2 hosts vs 1 host (2 cores)",
+        SCALING,
         "> 1×",
         Goal::Above1,
         "×",
         None,
-        pick(&|r| {
-            r.scaling.as_ref().map(|s| {
-                s.two_hosts_shared_per_s.max(s.two_hosts_separate_per_s) / s.one_host_per_s
-            })
-        }),
+        pick(&|r| r.scaling.as_ref().map(Scaling::gain)),
     );
     push(
         "idle host RSS",
@@ -477,6 +527,9 @@ pub fn targets(runs: &[BenchReport], baseline: &Baseline) -> Vec<Target> {
         None,
         pick(&|r| r.memory.as_ref().map(|m| if m.bounded { 1.0 } else { 0.0 })),
     );
+    if let Some(t) = out.iter_mut().find(|t| t.name == SCALING) {
+        t.limit = scaling_limit;
+    }
     out
 }
 
@@ -526,10 +579,11 @@ pub fn table(targets: &[Target], runs: usize, baseline: &Baseline) -> String {
             (Some(r), Goal::Above1) => format!("{}×", num(r)),
             _ => "–".into(),
         };
-        let met = match t.met() {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "?",
+        let met = match (t.met(), &t.limit) {
+            (Some(true), _) => "yes".to_string(),
+            (Some(false), Some(limit)) => format!("at the limit ({limit})"),
+            (Some(false), None) => "**no**".to_string(),
+            (None, _) => "?".to_string(),
         };
         let _ = writeln!(
             s,
@@ -553,6 +607,7 @@ mod tests {
             range: None,
             unit: "",
             baseline,
+            limit: None,
         }
     }
 
@@ -601,6 +656,57 @@ mod tests {
         assert_eq!(b.p50_ms, Some(1.55));
         assert_eq!(b.label, "solo");
         assert_eq!(b.reps, 6);
+    }
+
+    #[test]
+    fn scaling_names_the_limit_it_reached() {
+        let run = |two: f64, redis: f64, machine: f64| BenchReport {
+            scaling: Some(Scaling {
+                one_host_per_s: 10_000.0,
+                two_hosts_shared_per_s: two,
+                two_hosts_separate_per_s: two - 500.0,
+                redis_cores: vec![Some(0.8), Some(redis), Some(0.1)],
+                machine_cores: vec![Some(1.2), Some(machine), Some(0.1)],
+                ..Scaling::default()
+            }),
+            ..BenchReport::default()
+        };
+        let row = |runs: &[BenchReport]| {
+            let t = targets(runs, &Baseline::default());
+            let t = t.into_iter().find(|t| t.name == SCALING).unwrap();
+            let table = table(std::slice::from_ref(&t), runs.len(), &Baseline::default());
+            (t, table.lines().last().unwrap().to_string())
+        };
+        // Fewer calls with 2 hosts, Redis busy: the limit, said as such.
+        let (t, line) = row(&[run(9_000.0, 0.95, 1.5)]);
+        assert_eq!(t.met(), Some(false));
+        assert!(
+            line.contains("at the limit (Redis: 0.95 of its one core"),
+            "{line}"
+        );
+        let (_, line) = row(&[run(9_000.0, 0.5, 1.9)]);
+        assert!(
+            line.contains("at the limit (the cores: 1.90 of 2"),
+            "{line}"
+        );
+        // Neither busy: a plain miss.
+        let (t, line) = row(&[run(9_000.0, 0.5, 1.2)]);
+        assert_eq!(t.limit, None);
+        assert!(line.ends_with("| **no** |"), "{line}");
+        // More calls: met, whatever the load.
+        let (t, line) = row(&[run(12_000.0, 0.95, 1.9)]);
+        assert_eq!(t.met(), Some(true));
+        assert!(line.ends_with("| yes |"), "{line}");
+        // Reports from before the cores were recorded: a plain miss.
+        let old = BenchReport {
+            scaling: Some(Scaling {
+                one_host_per_s: 10_000.0,
+                two_hosts_shared_per_s: 9_000.0,
+                ..Scaling::default()
+            }),
+            ..BenchReport::default()
+        };
+        assert!(row(&[old]).1.ends_with("| **no** |"));
     }
 
     #[test]

@@ -535,61 +535,113 @@ struct Limited {
     queues: HashSet<String>,
 }
 
-/// The admission of entries a blocking read handed out, not sent yet (see
-/// `RedisBroker::admit`). It goes out as the first command of the first
-/// round trip about one of its deliveries, so Redis always runs it before
-/// anything else about them.
-struct Deferred {
-    /// The admit script until it is sent; locked while it is in flight, so
-    /// nothing about its calls overtakes it.
-    op: tokio::sync::Mutex<Option<Op>>,
-    /// The tokens of its deliveries, in the order of the script's replies.
-    tokens: Vec<String>,
+/// One entry of a held-back admission.
+#[derive(Clone)]
+struct HeldEntry {
+    entry_id: String,
+    call_id: String,
+    task: String,
+    attempt: u32,
+    submitted_ms: u64,
+    token: String,
 }
 
-/// Unsent admissions by delivery token.
+/// The admission of entries a blocking read handed out, not sent yet (see
+/// `RedisBroker::admit`): the admit script's keys and leading arguments,
+/// and the entries still waiting for it. An entry is admitted by the first
+/// round trip about its delivery, so Redis always admits it before anything
+/// else about it: by its result's own complete script (which admits what it
+/// publishes), or by this admission sent as the first command of that round
+/// trip.
+struct Admission {
+    keys: Vec<String>,
+    head: Vec<String>,
+    entries: Vec<HeldEntry>,
+}
+
+impl Admission {
+    /// The admit script for the entries still held.
+    fn op(&self) -> Op {
+        let mut op = Op::eval(&SCRIPTS.admit);
+        for k in &self.keys {
+            op = op.key(k.clone());
+        }
+        for a in &self.head {
+            op = op.arg(a);
+        }
+        // No rate-limited modules (an admission is held back only then).
+        op = op.arg(0);
+        for e in &self.entries {
+            op = op
+                .arg(&e.entry_id)
+                .arg(&e.call_id)
+                .arg(&e.task)
+                .arg(e.attempt)
+                .arg(e.submitted_ms);
+        }
+        op.build()
+    }
+
+    fn tokens(&self) -> Vec<String> {
+        self.entries.iter().map(|e| e.token.clone()).collect()
+    }
+}
+
+/// A held-back admission, shared by the tokens of its entries; locked while
+/// a round trip about its entries is in flight, so nothing overtakes it.
+struct Deferred {
+    admission: tokio::sync::Mutex<Option<Admission>>,
+}
+
+/// Held-back admissions by delivery token.
 type DeferredMap = Arc<Mutex<HashMap<String, Arc<Deferred>>>>;
 
-/// Sends `d` unless it went out already. Returns the tokens it did not
-/// start (paused, revoked, over a limit, reclaimed): their calls must not
-/// be published. Empty if someone else sent it.
+/// Sends what `d` still holds unless it went out already. Returns the
+/// tokens it did not start (paused, revoked, over a limit, reclaimed):
+/// their calls must not be published. Empty if nothing was left to send.
 async fn send_deferred(
     conn: &ConnectionManager,
     url: &str,
     map: &DeferredMap,
     d: &Deferred,
 ) -> Result<HashSet<String>> {
-    let mut slot = d.op.lock().await;
-    let Some(op) = slot.clone() else {
+    let mut slot = d.admission.lock().await;
+    let Some(admission) = slot.as_ref() else {
         return Ok(HashSet::new());
     };
-    let reply = run_pipeline(conn.clone(), url, vec![op], "cannot admit claimed calls")
-        .await?
-        .pop()
-        .unwrap_or_else(|| Err(Error::Malformed("no reply to the admit script".into())));
+    let reply = run_pipeline(
+        conn.clone(),
+        url,
+        vec![admission.op()],
+        "cannot admit claimed calls",
+    )
+    .await?
+    .pop()
+    .unwrap_or_else(|| Err(Error::Malformed("no reply to the admit script".into())));
+    let tokens = admission.tokens();
     *slot = None;
-    forget_deferred(map, d);
-    Ok(refused_by(d, reply))
+    forget_tokens(map, &tokens);
+    Ok(refused_by(&tokens, reply))
 }
 
-/// Marks `d` sent: its tokens need nothing more.
-fn forget_deferred(map: &DeferredMap, d: &Deferred) {
+/// Marks `tokens` admitted (or refused): they need nothing more.
+fn forget_tokens(map: &DeferredMap, tokens: &[String]) {
     let mut map = lock(map);
-    for t in &d.tokens {
+    for t in tokens {
         map.remove(t);
     }
 }
 
-/// The tokens of `d` its admission did not start, from the script's reply.
-/// A failed script started none of them; they stay pending and are
-/// reclaimed after the lease.
-fn refused_by(d: &Deferred, reply: Result<Value>) -> HashSet<String> {
+/// The `tokens` (in the order of the script's entries) an admit script did
+/// not start, from its reply. A failed script started none of them; they
+/// stay pending and are reclaimed after the lease.
+fn refused_by(tokens: &[String], reply: Result<Value>) -> HashSet<String> {
     let reply = reply.unwrap_or_else(|e| {
         warn!(cause = %e, "admission of claimed calls failed; they will be reclaimed");
         Value::Nil
     });
     let outcomes = as_array(&reply).unwrap_or_default();
-    d.tokens
+    tokens
         .iter()
         .enumerate()
         .filter(|(i, _)| outcomes.get(*i).and_then(as_bytes) != Some(b"run"))
@@ -1139,10 +1191,30 @@ impl RedisBroker {
                 )
                 .await?;
             }
-            self.defer_admission(
-                op.build(),
-                out[first..].iter().map(|d| d.token.clone()).collect(),
-            );
+            let entries = out[first..]
+                .iter()
+                .map(|d| HeldEntry {
+                    entry_id: d.entry_id.clone(),
+                    call_id: d.call.id.clone(),
+                    task: d.call.task.clone(),
+                    attempt: d.call.attempt,
+                    submitted_ms: d.call.submitted_ms,
+                    token: d.token.clone(),
+                })
+                .collect();
+            self.defer_admission(Admission {
+                keys: self.limit_keys(queue, &[]),
+                head: vec![
+                    host_id.to_string(),
+                    self.keys.prefix.clone(),
+                    token_prefix,
+                    queue.to_string(),
+                    self.state_ttl_ms(Duration::ZERO).to_string(),
+                    self.marker_ttl_ms().to_string(),
+                    WAKE_TTL.as_millis().to_string(),
+                ],
+                entries,
+            });
             return Ok(());
         }
         let reply = self.eval(op.build(), "cannot admit claimed calls").await?;
@@ -1160,17 +1232,17 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// Holds back an admission script (see `admit`) until a command about
-    /// one of its deliveries goes out, or [`DEFER_ADMIT`] passes.
-    fn defer_admission(&self, op: Op, tokens: Vec<String>) {
+    /// Holds back an admission (see `admit`) until a command about one of
+    /// its deliveries goes out, or [`DEFER_ADMIT`] passes.
+    fn defer_admission(&self, admission: Admission) {
+        let tokens = admission.tokens();
         let deferred = Arc::new(Deferred {
-            op: tokio::sync::Mutex::new(Some(op)),
-            tokens,
+            admission: tokio::sync::Mutex::new(Some(admission)),
         });
         {
             let mut map = lock(&self.deferred);
-            for t in &deferred.tokens {
-                map.insert(t.clone(), deferred.clone());
+            for t in tokens {
+                map.insert(t, deferred.clone());
             }
         }
         let (conn, url, map) = (self.conn.clone(), self.url.clone(), self.deferred.clone());
@@ -2031,8 +2103,9 @@ impl Broker for RedisBroker {
             .values()
             .flat_map(|indices| indices.chunks(COMPLETE_CHUNK))
             .collect();
-        // Admissions still held back for these deliveries go first, in the
-        // same round trip (locked, so no one sends them twice meanwhile).
+        // Held-back admissions of these deliveries: their results' scripts
+        // admit them (the admissions stay locked meanwhile, so nothing else
+        // sends them, and a failed round trip leaves them as they were).
         let mut deferred: Vec<Arc<Deferred>> = {
             let map = lock(&self.deferred);
             done.iter()
@@ -2043,67 +2116,53 @@ impl Broker for RedisBroker {
         deferred.dedup_by_key(|d| Arc::as_ptr(d));
         let mut slots = Vec::with_capacity(deferred.len());
         for d in &deferred {
-            let slot = d.op.lock().await;
-            if slot.is_some() {
-                slots.push((d, slot));
-            }
+            slots.push(d.admission.lock().await);
         }
-        let mut ops: Vec<Op> = slots
+        let done_tokens: HashSet<&str> = done.iter().map(|(d, _)| d.token.as_str()).collect();
+        let held: HashSet<String> = slots
             .iter()
-            .filter_map(|(_, slot)| (**slot).clone())
+            .filter_map(|slot| slot.as_ref())
+            .flat_map(|a| &a.entries)
+            .filter(|e| done_tokens.contains(e.token.as_str()))
+            .map(|e| e.token.clone())
             .collect();
-        ops.extend(
-            chunks
-                .iter()
-                .map(|chunk| self.complete_op(done, &jsons, chunk)),
-        );
-        let mut replies = self.pipeline(ops, "cannot publish results").await?;
-        let mut refused = HashSet::new();
-        let mut started = HashSet::new();
-        let admitted: Vec<_> = replies.drain(..slots.len()).collect();
-        for ((d, mut slot), reply) in slots.into_iter().zip(admitted) {
-            *slot = None;
-            forget_deferred(&self.deferred, d);
-            let no = refused_by(d, reply);
-            started.extend(d.tokens.iter().filter(|t| !no.contains(*t)).cloned());
-            refused.extend(no);
-        }
+        let ops = chunks
+            .iter()
+            .map(|chunk| self.complete_op(done, &jsons, chunk, &held))
+            .collect();
+        let replies = self.pipeline(ops, "cannot publish results").await?;
         let mut out = vec![false; done.len()];
+        // Deliveries whose admission must go out on its own first.
+        let mut apart = Vec::new();
+        let mut outcome = |i: usize, flag: Option<i64>| match flag {
+            Some(1) => out[i] = true,
+            Some(2) => apart.push(i),
+            _ => {}
+        };
         let mut alone = Vec::new();
         for (chunk, r) in chunks.iter().zip(replies) {
             match r {
                 Ok(v) => {
                     let flags = as_array(&v).unwrap_or_default();
                     for (k, &i) in chunk.iter().enumerate() {
-                        out[i] = flags.get(k).and_then(as_int) == Some(1)
-                            && !refused.contains(&done[i].0.token);
-                        // Started here, yet not published: the admission ran
-                        // after the result (it was run again after a
-                        // NOSCRIPT, the server having lost its scripts), or
-                        // another result won. Publishing again settles it.
-                        if !out[i] && started.contains(&done[i].0.token) {
-                            alone.push(i);
-                        }
+                        outcome(i, flags.get(k).and_then(as_int));
                     }
                 }
                 Err(e) if e.is_transient() => return Err(e),
                 // One call's bad data stopped the script: find out per call
-                // (repeating a completion is harmless).
+                // (repeating a completion, or an admission, is harmless).
                 Err(_) => alone.extend(chunk.iter().copied()),
             }
         }
         if !alone.is_empty() {
             let ops = alone
                 .iter()
-                .map(|&i| self.complete_op(done, &jsons, &[i]))
+                .map(|&i| self.complete_op(done, &jsons, &[i], &held))
                 .collect();
             let replies = self.pipeline(ops, "cannot publish results").await?;
             for (&i, r) in alone.iter().zip(replies) {
                 match r {
-                    Ok(v) => {
-                        out[i] = as_array(&v).and_then(|f| f.first()).and_then(as_int) == Some(1)
-                            && !refused.contains(&done[i].0.token);
-                    }
+                    Ok(v) => outcome(i, as_array(&v).and_then(|f| f.first()).and_then(as_int)),
                     Err(e) if !e.is_transient() => {
                         // One call's bad data must not hide the others' outcome.
                         warn!(call_id = %done[i].0.call.id, cause = %e, "result not published");
@@ -2111,6 +2170,46 @@ impl Broker for RedisBroker {
                     Err(e) => return Err(e),
                 }
             }
+        }
+        // What the scripts admitted (or refused) is no longer held.
+        let apart_tokens: HashSet<&str> = apart.iter().map(|&i| done[i].0.token.as_str()).collect();
+        let settled: Vec<String> = held
+            .into_iter()
+            .filter(|t| !apart_tokens.contains(t.as_str()))
+            .collect();
+        let settled_set: HashSet<&str> = settled.iter().map(String::as_str).collect();
+        for slot in &mut slots {
+            if let Some(a) = slot.as_mut() {
+                a.entries
+                    .retain(|e| !settled_set.contains(e.token.as_str()));
+                if a.entries.is_empty() {
+                    **slot = None;
+                }
+            }
+        }
+        forget_tokens(&self.deferred, &settled);
+        drop(slots);
+        // A queue paused or rate-limited since these calls were read: their
+        // admission goes first, on its own (it puts them back in line or in
+        // the delayed set, refusing them), then the results of those it
+        // started after all.
+        for i in apart {
+            let token = &done[i].0.token;
+            let d = lock(&self.deferred).get(token).cloned();
+            let refused = match d {
+                Some(d) => send_deferred(&self.conn, &self.url, &self.deferred, &d).await?,
+                None => HashSet::new(),
+            };
+            if refused.contains(token) {
+                continue;
+            }
+            let op = self.complete_op(done, &jsons, &[i], &HashSet::new());
+            let reply = self
+                .pipeline(vec![op], "cannot publish results")
+                .await?
+                .pop()
+                .expect("one reply")?;
+            out[i] = as_array(&reply).and_then(|f| f.first()).and_then(as_int) == Some(1);
         }
         Ok(out)
     }
@@ -2604,20 +2703,30 @@ impl Broker for RedisBroker {
 
 impl RedisBroker {
     /// The complete script for the deliveries `chunk` (indices into `done`
-    /// and `jsons`, their envelopes' JSON), all of one queue.
-    fn complete_op(&self, done: &[(Delivery, Envelope)], jsons: &[String], chunk: &[usize]) -> Op {
+    /// and `jsons`, their envelopes' JSON), all of one queue; it admits
+    /// those whose token is in `held` (their admission was held back).
+    fn complete_op(
+        &self,
+        done: &[(Delivery, Envelope)],
+        jsons: &[String],
+        chunk: &[usize],
+        held: &HashSet<String>,
+    ) -> Op {
         let queue = &done[chunk[0]].0.queue;
         let mut op = Op::eval(&SCRIPTS.complete)
             .key(self.keys.stream(queue))
             .key(self.keys.events())
             .key(self.keys.done(queue))
-            .key(self.keys.latency(queue));
+            .key(self.keys.latency(queue))
+            .key(self.keys.paused(queue))
+            .key(self.keys.bucket(&RateScope::Queue(queue.clone())));
         for &i in chunk {
             let id = &done[i].0.call.id;
             op = op
                 .key(self.keys.call(id))
                 .key(self.keys.result(id))
-                .key(self.keys.wake(id));
+                .key(self.keys.wake(id))
+                .key(self.keys.revoked(id));
         }
         let mut op = op
             .arg(self.result_ttl_ms())
@@ -2637,7 +2746,13 @@ impl RedisBroker {
                 .arg(&envelope.host)
                 .arg(&call.task)
                 .arg(envelope.error.as_ref().map_or("", |e| e.kind.as_str()))
-                .arg(call.submitted_ms);
+                .arg(call.submitted_ms)
+                .arg(call.attempt)
+                .arg(if held.contains(&delivery.token) {
+                    "1"
+                } else {
+                    "0"
+                });
         }
         op.build()
     }

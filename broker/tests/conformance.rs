@@ -1973,8 +1973,8 @@ async fn redis_a_drained_claim_blocks_again_without_the_pass() {
     finish(got).await;
     assert_eq!(
         scripts_run(&mut conn).await - before,
-        2,
-        "a drained claim runs the admission script only (then the result's)"
+        1,
+        "a drained claim runs no script: the result's script admits the call"
     );
 
     // Paused while drained: the call is read, not admitted, and stays queued.
@@ -2082,6 +2082,76 @@ async fn redis_a_deferred_admission_goes_out_by_itself() {
     });
     assert!(got.unwrap().is_empty());
     assert_eq!(state_of(&b, &paused.id).await, State::Queued);
+}
+
+/// What a blocking read hands out is admitted by its result's own script:
+/// one script for the pair; an entry of the same read without a result yet
+/// is admitted by itself; a pause or a revocation between the read and the
+/// result refuses the result and loses nothing.
+#[tokio::test]
+async fn redis_a_held_admission_goes_with_its_result() {
+    let server = RedisServer::start();
+    let b = redis_broker(&server, "held", config()).await;
+    let mut conn = raw(&server).await;
+    let qs = queues();
+    let read = |n: usize| {
+        let (b, qs, server) = (&b, &qs, &server);
+        async move {
+            let mut conn = raw(server).await;
+            let (got, calls) = tokio::join!(b.claim("h1", qs, 8, Duration::from_secs(10)), async {
+                while blocked_clients(&mut conn).await == 0 {
+                    sleep(Duration::from_millis(5)).await;
+                }
+                let calls = numbered_calls(b, n).await;
+                b.submit(&calls, None).await.unwrap();
+                calls
+            });
+            let got = got.unwrap();
+            assert_eq!(got.len(), n);
+            assert!(got.iter().all(|d| d.started == Some(StartOutcome::Run)));
+            (got, calls)
+        }
+    };
+    let answer = |d: &Delivery| (d.clone(), succeeded(d, json!(d.call.id), "h1"));
+
+    // Two read at once; one result at once: one script, no admission apart.
+    let (got, _) = read(2).await;
+    let before = scripts_run(&mut conn).await;
+    assert_eq!(b.complete(&[answer(&got[0])]).await.unwrap(), vec![true]);
+    assert_eq!(scripts_run(&mut conn).await - before, 1);
+    let evs = events_of(&b, &got[0].call.id).await;
+    assert_eq!(kinds(&evs), ["queued", "started", "succeeded"]);
+    assert_eq!((evs[1].host.as_str(), evs[2].host.as_str()), ("h1", "h1"));
+    // The other is admitted by itself shortly (running, on h1), and its
+    // result is published as any other.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state_of(&b, &got[1].call.id).await != State::Running {
+        assert!(Instant::now() < deadline, "the rest was never admitted");
+        sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(b.complete(&[answer(&got[1])]).await.unwrap(), vec![true]);
+    assert_eq!(state_of(&b, &got[1].call.id).await, State::Succeeded);
+
+    // Paused between the read and the result: the admission puts the call
+    // back in line and its result is refused; resumed, it runs again.
+    let (got, calls) = read(1).await;
+    b.set_paused("default", true).await.unwrap();
+    assert_eq!(b.complete(&[answer(&got[0])]).await.unwrap(), vec![false]);
+    assert_eq!(state_of(&b, &calls[0].id).await, State::Queued);
+    assert_eq!(stats_of(&b, "default").await.depth, 1);
+    b.set_paused("default", false).await.unwrap();
+    let d = claim_one(&b, "h2", Duration::from_secs(2)).await;
+    assert_eq!(d.call.id, calls[0].id);
+    assert_eq!(b.complete(&[answer(&d)]).await.unwrap(), vec![true]);
+    assert_eq!(state_of(&b, &calls[0].id).await, State::Succeeded);
+
+    // Revoked between the read and the result: revoked it stays.
+    let (got, calls) = read(1).await;
+    assert!(b.revoke(&calls[0].id).await.unwrap());
+    assert_eq!(b.complete(&[answer(&got[0])]).await.unwrap(), vec![false]);
+    let env = b.status(&calls[0].id).await.unwrap().unwrap();
+    assert_eq!(env.state, State::Revoked);
+    assert_eq!(stats_of(&b, "default").await.pending, 0);
 }
 
 /// `submit_wait` submits and waits in one round trip (one read of the

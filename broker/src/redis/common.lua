@@ -343,7 +343,10 @@ end
 -- is running under this token: nothing is written again. `c` holds the
 -- keys (stream, call, result, revoked, wake, events, done), the delivery
 -- (entry, deliveries, token, host) and the call (id, queue, task, attempt,
--- submitted), and the TTLs (ttl, marker_ttl, wake_ttl).
+-- submitted), and the TTLs (ttl, marker_ttl, wake_ttl). With `finished`,
+-- the call is being admitted along with its result (complete.lua): it is
+-- not marked running, and its `revoked` envelope is published under no
+-- token (so a repeat of that script does not count it as its own result).
 -- Returns 'run', 'revoked' or 'skip'.
 local function start_call(c, now, already)
   -- The usual case costs one command: neither key exists.
@@ -358,7 +361,11 @@ local function start_call(c, now, already)
     end
     if revoked then
       local env = failure_envelope(c.id, 'revoked', 'revoked', 'revoked before it started', c.attempt)
-      publish(c.result, c.call, c.wake, env, c.ttl, c.marker_ttl, c.wake_ttl, c.token)
+      local token = c.token
+      if c.finished then
+        token = ''
+      end
+      publish(c.result, c.call, c.wake, env, c.ttl, c.marker_ttl, c.wake_ttl, token)
       ack(c.stream, c.entry)
       event(c.events, 'revoked', c.id, c.queue, c.task, c.host, now, 'revoked',
         latency_since(c.submitted))
@@ -367,6 +374,10 @@ local function start_call(c, now, already)
     end
   end
   if already then
+    return 'run'
+  end
+  if c.finished then
+    event(c.events, 'started', c.id, c.queue, c.task, c.host, now)
     return 'run'
   end
   redis.call('HSET', c.call, 'state', 'running', 'queue', c.queue, 'token', c.token,

@@ -1,66 +1,99 @@
 -- complete: publish the final envelopes of a batch of deliveries of one
 -- queue, each only if its delivery still holds the call; the
--- first final result wins. One TIME for the batch.
+-- first final result wins. A delivery whose admission was held back (see
+-- RedisBroker::admit) is admitted here first, as admit.lua would
+-- (`start_call`), except that its call is never marked running: its result
+-- is already here. One TIME for the batch.
 -- KEYS: 1 stream, 2 events, 3 queue's done counter, 4 queue's latency
---       samples, then 3 per delivery: call state, result, wake
--- ARGV: 1 result ttl ms, 2 marker ttl ms, 3 wake ttl ms, 4 queue, then 10
+--       samples, 5 paused flag, 6 queue rate bucket, then 4 per delivery:
+--       call state, result, wake, revoked flag
+-- ARGV: 1 result ttl ms, 2 marker ttl ms, 3 wake ttl ms, 4 queue, then 12
 --       per delivery (in the order of its keys): entry, deliveries, token,
 --       envelope JSON, id, final state, host, task, error kind ('' = none),
---       submit time ms
+--       submit time ms, attempt, '1' to admit it here (else '0')
 -- Returns per delivery 1 if published (or already published by this same
--- delivery), else 0.
+-- delivery), 2 if it was to be admitted here but its queue has been paused
+-- or rate-limited since it was read (nothing done: admit it apart first),
+-- else 0.
 local stream = KEYS[1]
 local queue = ARGV[4]
 local clock, now = nil, nil
+local function tick()
+  if not clock then
+    clock = clock_ms()
+    now = math.floor(clock)
+  end
+end
 local published, latencies = 0, {}
 local out = {}
 -- Entries done with, acknowledged together at the end (one XACK and one
 -- XDEL per batch; a Lua error before then leaves them pending, and their
 -- redelivery finds the result and acknowledges them).
 local acked = {}
-for k = 0, (#KEYS - 4) / 3 - 1 do
-  local call_key, result_key, wake_key = KEYS[5 + 3 * k], KEYS[6 + 3 * k], KEYS[7 + 3 * k]
-  local a = 5 + 10 * k
+-- Whether held-back admissions may go through here (read once).
+local admissible = nil
+for k = 0, (#KEYS - 6) / 4 - 1 do
+  local call_key, result_key = KEYS[7 + 4 * k], KEYS[8 + 4 * k]
+  local wake_key, revoked_key = KEYS[9 + 4 * k], KEYS[10 + 4 * k]
+  local a = 5 + 12 * k
   local entry, deliveries, token, envelope = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local ok = 0
   local state, current = unpack(redis.call('HMGET', call_key, 'state', 'token'))
-  if state == 'done' and current == token then
+  local mine = current == token
+  if state == 'done' and mine then
     -- Published by this delivery before (a repeated batch): make sure its
     -- entry is acknowledged too.
     ok = 1
     acked[#acked + 1] = entry
-  elseif current == token and owns(stream, entry, deliveries) then
-    if not clock then
-      clock = clock_ms()
-      now = math.floor(clock)
+  else
+    if ARGV[a + 11] == '1' then
+      tick()
+      if admissible == nil then
+        admissible = redis.call('EXISTS', KEYS[5]) == 0 and bucket_peek(KEYS[6], now) == math.huge
+      end
+      if admissible then
+        mine = start_call({
+          stream = stream, call = call_key, result = result_key, revoked = revoked_key,
+          wake = wake_key, events = KEYS[2], done = KEYS[3],
+          entry = entry, deliveries = deliveries, token = token, host = ARGV[a + 6],
+          id = ARGV[a + 4], queue = queue, task = ARGV[a + 7], attempt = ARGV[a + 10],
+          submitted = ARGV[a + 9], ttl = ARGV[1], marker_ttl = ARGV[2], wake_ttl = ARGV[3],
+          finished = true,
+        }, now, false) == 'run'
+      else
+        ok, mine = 2, false
+      end
     end
-    -- First final result wins: store ours only where there is none. The
-    -- usual case costs one SET NX instead of TYPE + SET.
-    local ttl = ARGV[1]
-    local stored
-    if tonumber(ttl) > 0 then
-      stored = redis.call('SET', result_key, envelope, 'PX', ttl, 'NX')
-    else
-      stored = redis.call('SET', result_key, envelope, 'NX')
-    end
-    if not stored and key_type(result_key) ~= 'string' then
-      -- Garbage at the result key: ours replaces it.
-      store_result(result_key, envelope, ttl)
-      stored = true
-    end
-    if stored then
-      mark_published(call_key, wake_key, envelope, ARGV[2], ARGV[3], token)
-      acked[#acked + 1] = entry
-      local latency = latency_since(ARGV[a + 9], clock)
-      event(KEYS[2], ARGV[a + 5], ARGV[a + 4], queue, ARGV[a + 7], ARGV[a + 6], now,
-        ARGV[a + 8], latency)
-      published = published + 1
-      latencies[#latencies + 1] = latency
-      ok = 1
-    else
-      -- Someone else's final result is already there: it stays. Our entry is done.
-      acked[#acked + 1] = entry
-      redis.call('HDEL', call_key, 'token')
+    if mine and owns(stream, entry, deliveries) then
+      tick()
+      -- First final result wins: store ours only where there is none. The
+      -- usual case costs one SET NX instead of TYPE + SET.
+      local ttl = ARGV[1]
+      local stored
+      if tonumber(ttl) > 0 then
+        stored = redis.call('SET', result_key, envelope, 'PX', ttl, 'NX')
+      else
+        stored = redis.call('SET', result_key, envelope, 'NX')
+      end
+      if not stored and key_type(result_key) ~= 'string' then
+        -- Garbage at the result key: ours replaces it.
+        store_result(result_key, envelope, ttl)
+        stored = true
+      end
+      if stored then
+        mark_published(call_key, wake_key, envelope, ARGV[2], ARGV[3], token)
+        acked[#acked + 1] = entry
+        local latency = latency_since(ARGV[a + 9], clock)
+        event(KEYS[2], ARGV[a + 5], ARGV[a + 4], queue, ARGV[a + 7], ARGV[a + 6], now,
+          ARGV[a + 8], latency)
+        published = published + 1
+        latencies[#latencies + 1] = latency
+        ok = 1
+      else
+        -- Someone else's final result is already there: it stays. Our entry is done.
+        acked[#acked + 1] = entry
+        redis.call('HDEL', call_key, 'token')
+      end
     end
   end
   out[#out + 1] = ok

@@ -51,9 +51,9 @@ pub struct Delivery {
     /// call it could not read): call [`Broker::start`] before running it.
     ///
     /// A broker may hand out `Some(Run)` a moment before the start is
-    /// recorded: the Redis broker sends the start of what a blocking read
-    /// returned with the first command about the delivery (usually its
-    /// result), or alone after 2 ms. Should the start then find the call
+    /// recorded: the Redis broker records the start of what a blocking read
+    /// returned with the first command about the delivery (usually in the
+    /// script that publishes its result), or alone after 2 ms. Should the start then find the call
     /// revoked, finished or over a limit, the result is refused like that of
     /// any stale delivery, and the call is handled as if never handed out.
     pub started: Option<StartOutcome>,

@@ -60,11 +60,13 @@
 //! not hold up the host: when no rate limit applies and no queue read is
 //! paused (an `EXISTS` pipelined behind the blocking read tells, without a
 //! round trip of its own), the calls a blocking read returns are handed out
-//! at once and their admission is sent as the first command of the round
-//! trip that publishes their results (or alone after 2 ms, for longer
-//! calls). A call the admission refuses (revoked or finished meanwhile, or
-//! over a limit set within the last second) has run for nothing: the token
-//! fence refuses its result, as for any stale delivery. A guest cannot act
+//! at once and admitted by the script that publishes their results, which
+//! checks pause and rate limit and does what `start_call` does, short of
+//! marking a call running that is finished already (or by the admission
+//! script sent alone after 2 ms, for longer calls, or before anything else
+//! about them: a retry, a release). A call the admission refuses (revoked
+//! or finished meanwhile, or over a limit set within the last second) has
+//! run for nothing: its result is refused, as for any stale delivery. A guest cannot act
 //! on the world, so that run costs CPU time and nothing else.
 //!
 //! Tokens are a random prefix per claim plus the entry id. The claim and
@@ -1165,10 +1167,10 @@ impl RedisBroker {
                 Err(_) => op.arg(id).arg("").arg("").arg(0).arg(0),
             };
         }
-        // Nothing to hold back for (as far as this host knows; the script
-        // still checks): hand the calls out at once and send their admission
-        // with the first command about them (usually their results), which
-        // saves a round trip per blocking read. A call that turns out not
+        // Nothing to hold back for (as far as this host knows; the scripts
+        // still check): hand the calls out at once and admit them with the
+        // first command about them (usually their results' script), which
+        // saves a round trip and a script per blocking read. A call that turns out not
         // admitted (revoked or finished meanwhile, over a limit set within
         // the last second) ran for nothing: its result is refused, as any
         // stale delivery's.

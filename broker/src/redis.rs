@@ -1415,8 +1415,6 @@ impl RedisBroker {
         Ok(woken(id, &reply))
     }
 
-    /// The final envelope of a call, `None` if it is still pending, or
-    /// [`Error::UnknownCall`].
     /// Fills `out[i]` for each `i` of `window` whose call has a final
     /// envelope stored, in one `MGET`. Anything else (no result yet, an
     /// invalid id, garbage at the key) stays `None`, for `wait` to tell.
@@ -1453,6 +1451,8 @@ impl RedisBroker {
         Ok(())
     }
 
+    /// The final envelope of a call, `None` if it is still pending, or
+    /// [`Error::UnknownCall`].
     async fn final_status(&self, id: &str) -> Result<Option<Envelope>> {
         match self.status(id).await? {
             Some(env) if env.state.is_final() => Ok(Some(env)),
@@ -2134,12 +2134,16 @@ impl Broker for RedisBroker {
             .collect();
         let replies = self.pipeline(ops, "cannot publish results").await?;
         let mut out = vec![false; done.len()];
-        // Deliveries whose admission must go out on its own first.
-        let mut apart = Vec::new();
+        // Deliveries whose admission must go out on its own first, and
+        // those a script answered for (admitted or refused, if held).
+        let (mut apart, mut answered) = (Vec::new(), HashSet::new());
         let mut outcome = |i: usize, flag: Option<i64>| match flag {
-            Some(1) => out[i] = true,
             Some(2) => apart.push(i),
-            _ => {}
+            Some(f) => {
+                out[i] = f == 1;
+                answered.insert(done[i].0.token.as_str());
+            }
+            None => {}
         };
         let mut alone = Vec::new();
         for (chunk, r) in chunks.iter().zip(replies) {
@@ -2173,11 +2177,12 @@ impl Broker for RedisBroker {
                 }
             }
         }
-        // What the scripts admitted (or refused) is no longer held.
-        let apart_tokens: HashSet<&str> = apart.iter().map(|&i| done[i].0.token.as_str()).collect();
+        // What the scripts admitted (or refused) is no longer held; the
+        // admission of the rest (left alone, or a script that failed) still
+        // goes out, by itself if need be.
         let settled: Vec<String> = held
             .into_iter()
-            .filter(|t| !apart_tokens.contains(t.as_str()))
+            .filter(|t| answered.contains(t.as_str()))
             .collect();
         let settled_set: HashSet<&str> = settled.iter().map(String::as_str).collect();
         for slot in &mut slots {

@@ -40,6 +40,8 @@ for k = 0, (#KEYS - 6) / 4 - 1 do
   local ok = 0
   local state, current = unpack(redis.call('HMGET', call_key, 'state', 'token'))
   local mine = current == token
+  -- Whether the delivery still holds its entry (read once, if needed).
+  local owned = nil
   if state == 'done' and mine then
     -- Published by this delivery before (a repeated batch): make sure its
     -- entry is acknowledged too.
@@ -47,11 +49,18 @@ for k = 0, (#KEYS - 6) / 4 - 1 do
     acked[#acked + 1] = entry
   else
     if ARGV[a + 11] == '1' then
+      -- Admitted here, if still its own: a delivery reclaimed meanwhile
+      -- touches nothing.
+      owned = owns(stream, entry, deliveries)
       tick()
-      if admissible == nil then
+      if admissible == nil and owned then
         admissible = redis.call('EXISTS', KEYS[5]) == 0 and bucket_peek(KEYS[6], now) == math.huge
       end
-      if admissible then
+      if not owned then
+        mine = false
+      elseif admissible then
+        -- `already`: admitted before (a repeated batch whose admission
+        -- went through), so nothing is recorded twice.
         mine = start_call({
           stream = stream, call = call_key, result = result_key, revoked = revoked_key,
           wake = wake_key, events = KEYS[2], done = KEYS[3],
@@ -59,12 +68,15 @@ for k = 0, (#KEYS - 6) / 4 - 1 do
           id = ARGV[a + 4], queue = queue, task = ARGV[a + 7], attempt = ARGV[a + 10],
           submitted = ARGV[a + 9], ttl = ARGV[1], marker_ttl = ARGV[2], wake_ttl = ARGV[3],
           finished = true,
-        }, now, false) == 'run'
+        }, now, state == 'running' and mine) == 'run'
       else
         ok, mine = 2, false
       end
     end
-    if mine and owns(stream, entry, deliveries) then
+    if owned == nil and mine then
+      owned = owns(stream, entry, deliveries)
+    end
+    if mine and owned then
       tick()
       -- First final result wins: store ours only where there is none. The
       -- usual case costs one SET NX instead of TYPE + SET.

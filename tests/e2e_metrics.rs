@@ -376,6 +376,50 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
         "{text}"
     );
 
+    // Batch 5 (after the counts): more calls than one wait collects, in
+    // input order; then the same to a queue no host serves, which does not
+    // finish in time.
+    let many: Vec<String> = (0..150).map(|i| format!("[{i}, {i}]")).collect();
+    let many_refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let many_file = s.batch_file("many.jsonl", &many_refs);
+    let out = run(s
+        .cli()
+        .arg("submit")
+        .arg(&examples)
+        .args(["add", "--json", "--batch"])
+        .arg(&many_file));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let sums: Vec<Value> = stdout_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["result"].clone())
+        .collect();
+    assert_eq!(sums, (0..150).map(|i| json!(2 * i)).collect::<Vec<_>>());
+    let out = run(s
+        .cli()
+        .arg("submit")
+        .arg(&examples)
+        .args([
+            "add",
+            "--queue",
+            "nobody",
+            "--wait-timeout",
+            "0.5",
+            "--json",
+            "--batch",
+        ])
+        .arg(&many_file));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let states: Vec<Value> = stdout_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["state"].clone())
+        .collect();
+    assert_eq!(states, vec![json!("queued"); 150]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("150 unfinished"),
+        "{}",
+        describe(&out)
+    );
+
     let status = host.terminate();
     assert!(status.success(), "host exits 0 on SIGTERM");
 }

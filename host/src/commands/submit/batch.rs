@@ -3,9 +3,11 @@
 //!
 //! - Every line is checked before anything is queued: a bad line is a usage
 //!   error (exit 2) naming its line number. Blank lines are skipped.
-//! - Waiting runs at most [`WAIT_CONCURRENCY`] waits at once (each may hold
-//!   a Redis connection while it blocks), so a batch of any size holds a
-//!   bounded number of connections.
+//! - Waiting collects [`WAIT_CHUNK`] calls per wait ([`Broker::wait_many`]:
+//!   one round trip looks at all of them, and it blocks on one at a time),
+//!   at most [`WAIT_CONCURRENCY`] waits at once (each may hold a Redis
+//!   connection while it blocks), so a batch of any size holds a bounded
+//!   number of connections.
 //! - Output follows the input order, whatever order calls finish in: one
 //!   line per input line on stdout (`--json`: the envelope; otherwise
 //!   `LINE<TAB>ID<TAB>STATE<TAB>RESULT or KIND: MESSAGE`). Progress goes to
@@ -30,6 +32,8 @@ use crate::commands::{EXIT_FAILED, UsageError};
 
 /// Waits in flight at once.
 pub const WAIT_CONCURRENCY: usize = 64;
+/// Calls one wait collects.
+pub const WAIT_CHUNK: usize = 64;
 
 /// Reads a JSON-lines file of argument arrays: `(line number, args)` per
 /// non-blank line.
@@ -141,18 +145,24 @@ pub async fn run(cmd: &SubmitCommand, path: &Path) -> anyhow::Result<ExitCode> {
 
     let deadline = cmd.wait_timeout.map(|t| Instant::now() + t);
     let broker = &broker;
-    let mut waits = futures::stream::iter(calls.iter().enumerate())
-        .map(|(i, call)| async move {
+    let mut waits = futures::stream::iter(calls.chunks(WAIT_CHUNK).enumerate())
+        .map(|(c, chunk)| async move {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let env = match broker.wait(&call.id, left).await? {
-                Some(env) => env,
-                // Not final in time: report where it stands.
-                None => broker
-                    .status(&call.id)
-                    .await?
-                    .unwrap_or_else(|| Envelope::pending(call.id.clone(), State::Queued)),
-            };
-            anyhow::Ok((i, env))
+            let ids: Vec<String> = chunk.iter().map(|call| call.id.clone()).collect();
+            let envs = broker.wait_many(&ids, left).await?;
+            let mut out = Vec::with_capacity(chunk.len());
+            for (k, (call, env)) in chunk.iter().zip(envs).enumerate() {
+                let env = match env {
+                    Some(env) => env,
+                    // Not final in time: report where it stands.
+                    None => broker
+                        .status(&call.id)
+                        .await?
+                        .unwrap_or_else(|| Envelope::pending(call.id.clone(), State::Queued)),
+                };
+                out.push((c * WAIT_CHUNK + k, env));
+            }
+            anyhow::Ok(out)
         })
         .buffer_unordered(WAIT_CONCURRENCY);
 
@@ -161,18 +171,20 @@ pub async fn run(cmd: &SubmitCommand, path: &Path) -> anyhow::Result<ExitCode> {
     let mut next = 0;
     let mut stdout = std::io::stdout().lock();
     while let Some(item) = waits.next().await {
-        let (i, env) = match item {
+        let done = match item {
             Ok(x) => x,
             Err(e) => {
                 bar.abandon();
                 return Err(e.context("cannot wait for the batch's results"));
             }
         };
-        tally.add(&env);
-        bar.inc(1);
+        bar.inc(done.len() as u64);
+        for (i, env) in done {
+            tally.add(&env);
+            finished.insert(i, env);
+        }
         let rate = bar.position() as f64 / started.elapsed().as_secs_f64().max(1e-3);
         bar.set_message(format!("{} failed · {rate:.0} calls/s", tally.failed));
-        finished.insert(i, env);
         // Print in input order: everything up to the first call not yet back.
         while let Some(env) = finished.remove(&next) {
             let text = if cmd.json {

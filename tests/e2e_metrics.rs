@@ -135,6 +135,14 @@ fn stdout_lines(out: &Output) -> Vec<String> {
         .collect()
 }
 
+/// `field` of each JSON envelope line on stdout.
+fn field_per_line(out: &Output, field: &str) -> Vec<Value> {
+    stdout_lines(out)
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()[field].clone())
+        .collect()
+}
+
 #[test]
 fn batches_run_and_metrics_count_them_by_state_and_kind() {
     let s = Setup::new("metrics");
@@ -259,10 +267,7 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
         .args(["word_count", "--json", "--batch"])
         .arg(&words));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let results: Vec<Value> = stdout_lines(&out)
-        .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["result"].clone())
-        .collect();
+    let results: Vec<Value> = field_per_line(&out, "result");
     assert_eq!(
         results,
         [json!({"a": 2, "b": 1}), json!({}), json!({"x": 1})]
@@ -389,10 +394,7 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
         .args(["add", "--json", "--batch"])
         .arg(&many_file));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let sums: Vec<Value> = stdout_lines(&out)
-        .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["result"].clone())
-        .collect();
+    let sums: Vec<Value> = field_per_line(&out, "result");
     assert_eq!(sums, (0..150).map(|i| json!(2 * i)).collect::<Vec<_>>());
     let out = run(s
         .cli()
@@ -409,10 +411,7 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
         ])
         .arg(&many_file));
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    let states: Vec<Value> = stdout_lines(&out)
-        .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["state"].clone())
-        .collect();
+    let states: Vec<Value> = field_per_line(&out, "state");
     assert_eq!(states, vec![json!("queued"); 150]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("150 unfinished"),

@@ -1381,6 +1381,16 @@ async fn revoking_a_call_whose_host_died_ends_it_at_once<B: Broker>(b: &B) {
 
 // ---- instantiation ------------------------------------------------------------
 
+/// A broker on a fresh prefix of its own, and that prefix (for tests that
+/// look at or tamper with its keys).
+async fn prefixed_broker(server: &RedisServer, test: &str) -> (String, RedisBroker) {
+    let prefix = unique_prefix(test);
+    let b = RedisBroker::connect(&server.url(), &prefix, config())
+        .await
+        .expect("connect to the test redis-server");
+    (prefix, b)
+}
+
 async fn redis_broker(server: &RedisServer, test: &str, config: BrokerConfig) -> RedisBroker {
     RedisBroker::connect(&server.url(), &unique_prefix(test), config)
         .await
@@ -1485,10 +1495,7 @@ async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
 #[tokio::test]
 async fn redis_garbage_entries_are_dead_lettered() {
     let server = RedisServer::start();
-    let prefix = unique_prefix("garbage");
-    let b = RedisBroker::connect(&server.url(), &prefix, config())
-        .await
-        .unwrap();
+    let (prefix, b) = prefixed_broker(&server, "garbage").await;
     let mut conn = raw(&server).await;
     let stream = format!("{prefix}:{{q:default}}:stream");
     let garbage_id = new_call_id();
@@ -1546,10 +1553,7 @@ async fn redis_garbage_entries_are_dead_lettered() {
 #[tokio::test]
 async fn redis_garbage_at_the_result_key() {
     let server = RedisServer::start();
-    let prefix = unique_prefix("garbage_result");
-    let b = RedisBroker::connect(&server.url(), &prefix, config())
-        .await
-        .unwrap();
+    let (prefix, b) = prefixed_broker(&server, "garbage_result").await;
     let mut conn = raw(&server).await;
     let call = submit_one(&b).await;
     let result_key = format!("{prefix}:result:{}", call.id);
@@ -1602,10 +1606,7 @@ async fn redis_garbage_at_the_result_key() {
 #[tokio::test]
 async fn redis_garbage_in_a_batch_of_results() {
     let server = RedisServer::start();
-    let prefix = unique_prefix("garbage_batch");
-    let b = RedisBroker::connect(&server.url(), &prefix, config())
-        .await
-        .unwrap();
+    let (prefix, b) = prefixed_broker(&server, "garbage_batch").await;
     let mut conn = raw(&server).await;
     let calls = numbered_calls(&b, 3).await;
     b.submit(&calls, None).await.unwrap();
@@ -1781,10 +1782,7 @@ async fn redis_errors_name_the_server_but_not_the_password() {
 #[tokio::test]
 async fn redis_set_nx_never_overwrites_a_module() {
     let server = RedisServer::start();
-    let prefix = unique_prefix("nx");
-    let b = RedisBroker::connect(&server.url(), &prefix, config())
-        .await
-        .unwrap();
+    let (prefix, b) = prefixed_broker(&server, "nx").await;
     let mut conn = raw(&server).await;
     let hash = ModuleHash::of(WASM);
     let _: () = redis::cmd("SET")
@@ -1801,10 +1799,7 @@ async fn redis_set_nx_never_overwrites_a_module() {
 #[tokio::test]
 async fn redis_events_are_recorded() {
     let server = RedisServer::start();
-    let prefix = unique_prefix("events");
-    let b = RedisBroker::connect(&server.url(), &prefix, config())
-        .await
-        .unwrap();
+    let (prefix, b) = prefixed_broker(&server, "events").await;
     let call = submit_one(&b).await;
     let d = claim_one(&b, "h1", Duration::from_secs(2)).await;
     assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
@@ -2203,10 +2198,7 @@ async fn redis_submit_wait_reads_once_and_survives_lost_scripts() {
 #[tokio::test]
 async fn redis_wait_many_reads_results_in_bulk() {
     let server = RedisServer::start();
-    let prefix = unique_prefix("wait_many");
-    let b = RedisBroker::connect(&server.url(), &prefix, config())
-        .await
-        .unwrap();
+    let (prefix, b) = prefixed_broker(&server, "wait_many").await;
     let mut conn = raw(&server).await;
     let calls = numbered_calls(&b, 300).await;
     b.submit(&calls, None).await.unwrap();

@@ -498,6 +498,32 @@ fn dashboard_shows_hosts_and_calls_and_updates_live() {
     assert_eq!(env["result"], 3);
     assert_eq!(env["state"], "succeeded");
 
+    // The event level: a note says when calls' events are off (the chart
+    // and the recent calls come from them), and goes when they are back.
+    assert_eq!(overview(addr)["event_level"], "all");
+    assert_eq!(
+        b.eval("document.getElementById('events-level').hidden"),
+        json!(true)
+    );
+    let set = |level: &str| {
+        let out = run(c.cli().args(["events", "--set-level", level]));
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    };
+    set("off");
+    let note = b.wait_for(
+        30,
+        "the note that call events are off",
+        "(() => { const p = document.getElementById('events-level'); return p.hidden ? null : p.textContent })()",
+    );
+    assert!(note.as_str().unwrap().contains("events are off"), "{note}");
+    assert_eq!(overview(addr)["event_level"], "off");
+    set("all");
+    b.wait_for(
+        30,
+        "the note gone",
+        "document.getElementById('events-level').hidden",
+    );
+
     // A host going away disappears from the page.
     c.procs[0].terminate();
     b.wait_for(

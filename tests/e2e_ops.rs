@@ -170,6 +170,97 @@ async fn events_and_hosts_are_seen_from_another_process() {
     assert_eq!(offline[0]["error_kind"], "lease_expired");
 }
 
+/// The kinds of the events of `id`, as `wasq events --json --all --no-follow` prints them.
+fn kinds_of(c: &Cluster, id: &str) -> Vec<String> {
+    c.ok(&["events", "--json", "--all", "--no-follow"])
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["call_id"] == id)
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_level_holds_for_running_hosts_and_clients() {
+    let mut c = Cluster::start("ops_level").await;
+    let hash = c.upload("examples").await;
+    c.host(&["--concurrency", "2"]);
+    c.wait_hosts_exactly(1, 30).await;
+    let module = format!("sha256:{hash}");
+    let run_one = |c: &Cluster| {
+        let env = c.json(&["submit", &module, "add", "[1, 2]", "--wait", "--json"]);
+        assert_eq!(env["state"], "succeeded", "{env}");
+        env["id"].as_str().unwrap().to_string()
+    };
+    assert_eq!(c.ok(&["events", "--level"]).trim(), "all");
+
+    // The running host and new clients follow a level set from elsewhere.
+    assert_eq!(
+        c.ok(&["events", "--set-level", "off"]).trim(),
+        "events: off (was all)"
+    );
+    let quiet = run_one(&c);
+    assert_eq!(
+        c.ok(&["events", "--set-level", "outcomes"]).trim(),
+        "events: outcomes (was off)"
+    );
+    let outcome = run_one(&c);
+    let follow = run(c.cli().args(["events", "--all", "--no-follow"]));
+    assert!(
+        String::from_utf8_lossy(&follow.stderr).contains("the event level is outcomes"),
+        "{}",
+        describe(&follow)
+    );
+    assert!(kinds_of(&c, &quiet).is_empty());
+    assert_eq!(kinds_of(&c, &outcome), vec!["succeeded"]);
+    // Statistics count both.
+    let per_minute = c.stats("default")["throughput_1m"].as_f64().unwrap() * 60.0;
+    assert!((per_minute - 2.0).abs() < 1e-6, "{per_minute}");
+
+    // A level that is not one is a usage error and changes nothing.
+    let bad = run(c.cli().args(["events", "--set-level", "loud"]));
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("outcomes"));
+    assert_eq!(c.ok(&["events", "--level"]).trim(), "outcomes");
+
+    // Garbage at the level's key: reading it says so, calls go on with
+    // every event recorded, and setting a level repairs it.
+    let key = format!("{}:events:level", c.prefix);
+    let client = redis::Client::open(c.redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("level")
+        .arg("off")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let unreadable = run(c.cli().args(["events", "--level"]));
+    assert_eq!(
+        unreadable.status.code(),
+        Some(2),
+        "{}",
+        describe(&unreadable)
+    );
+    assert!(
+        String::from_utf8_lossy(&unreadable.stderr).contains("not a level"),
+        "{}",
+        describe(&unreadable)
+    );
+    let loud = run_one(&c);
+    assert_eq!(kinds_of(&c, &loud), vec!["queued", "started", "succeeded"]);
+    assert!(
+        c.ok(&["events", "--set-level", "all"])
+            .starts_with("events: all (was unreadable"),
+    );
+    assert_eq!(c.ok(&["events", "--level"]).trim(), "all");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_calls_end_revoked_whether_queued_sleeping_or_spinning() {
     let mut c = Cluster::start("ops_revoke").await;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
-use crate::ops::{Event, QueueStats, Rate, RateScope};
+use crate::ops::{Event, EventLevel, QueueStats, Rate, RateScope};
 use crate::types::{Call, Envelope, ModuleHash, TaskError};
 
 /// One claim of one call by one host.
@@ -423,6 +423,21 @@ pub trait Broker: Send + Sync + 'static {
         block: Option<Duration>,
     ) -> impl Future<Output = Result<Vec<Event>>> + Send;
 
+    /// Which events the deployment records from now on (see
+    /// [`EventLevel`]), for every client and host at once: each transition
+    /// looks the level up as it happens, no restart needed.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn set_event_level(&self, level: EventLevel) -> impl Future<Output = Result<()>> + Send;
+
+    /// The event level in force ([`EventLevel::All`] until one is set).
+    ///
+    /// # Errors
+    /// [`crate::Error::Malformed`] if the stored level is garbage (which
+    /// the broker treats as [`EventLevel::All`] meanwhile); backend errors.
+    fn event_level(&self) -> impl Future<Output = Result<EventLevel>> + Send;
+
     /// Every known queue (submitted to, consumed by a live host, paused or
     /// rate-limited) with its counts, limit and last-minute throughput and
     /// latency, sorted by name. Bounded work per queue.
@@ -614,6 +629,12 @@ impl<B: Broker> Broker for std::sync::Arc<B> {
         block: Option<Duration>,
     ) -> impl Future<Output = Result<Vec<Event>>> + Send {
         (**self).events(after, count, block)
+    }
+    fn set_event_level(&self, level: EventLevel) -> impl Future<Output = Result<()>> + Send {
+        (**self).set_event_level(level)
+    }
+    fn event_level(&self) -> impl Future<Output = Result<EventLevel>> + Send {
+        (**self).event_level()
     }
     fn queue_stats(&self) -> impl Future<Output = Result<Vec<QueueStats>>> + Send {
         (**self).queue_stats()

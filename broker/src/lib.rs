@@ -36,8 +36,8 @@ pub use client::{BlockingClient, CallBuilder, CallError, Client, ModuleRef, enco
 pub use error::{Error, Result};
 pub use local::LocalBroker;
 pub use ops::{
-    EVENT_KINDS, EVENTS_CAP, Event, LATENCY_SAMPLES, MAX_EVENTS_PER_READ, ParseRateError,
-    QueueStats, Rate, RateScope, STATS_WINDOW_MS, is_valid_entry_id,
+    EVENT_KINDS, EVENTS_CAP, Event, EventLevel, LATENCY_SAMPLES, MAX_EVENTS_PER_READ,
+    ParseRateError, QueueStats, Rate, RateScope, STATS_WINDOW_MS, is_valid_entry_id,
 };
 pub use redis::RedisBroker;
 pub use types::{

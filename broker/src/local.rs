@@ -28,8 +28,8 @@ use crate::broker::{
 };
 use crate::error::{Error, Result};
 use crate::ops::{
-    EVENTS_CAP, Event, LATENCY_SAMPLES, MAX_EVENTS_PER_READ, QueueStats, Rate, RateScope,
-    STATS_WINDOW_MS, parse_entry_id, percentile,
+    EVENTS_CAP, Event, EventLevel, LATENCY_SAMPLES, MAX_EVENTS_PER_READ, QueueStats, Rate,
+    RateScope, STATS_WINDOW_MS, parse_entry_id, percentile,
 };
 use crate::redis::{
     check_call, check_entry_id, check_final, check_module_ref, check_rate, fresh_call, new_token,
@@ -107,6 +107,7 @@ struct Inner {
     known: BTreeSet<String>,
     paused: HashSet<String>,
     buckets: BTreeMap<RateScope, Bucket>,
+    event_level: EventLevel,
 }
 
 /// A token bucket of a rate limit.
@@ -278,6 +279,7 @@ impl LocalBroker {
                 known: BTreeSet::new(),
                 paused: HashSet::new(),
                 buckets: BTreeMap::new(),
+                event_level: EventLevel::All,
             }),
             config,
             work: Notify::new(),
@@ -316,6 +318,9 @@ impl LocalBroker {
                 }
             }
             prune_window(q, now);
+        }
+        if !inner.event_level.records(ev.kind) {
+            return;
         }
         inner.events.push_back(Event {
             ts_ms: parse_entry_id(&id).map_or(0, |(ms, _)| ms),
@@ -1334,6 +1339,15 @@ impl Broker for LocalBroker {
             self.revoke_now(&mut inner, call, "purged", now);
         }
         Ok(dropped.len() as u64)
+    }
+
+    async fn set_event_level(&self, level: EventLevel) -> Result<()> {
+        self.lock().event_level = level;
+        Ok(())
+    }
+
+    async fn event_level(&self) -> Result<EventLevel> {
+        Ok(self.lock().event_level)
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {

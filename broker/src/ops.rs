@@ -58,6 +58,71 @@ pub const EVENT_KINDS: &[&str] = &[
     "host_offline",
 ];
 
+/// Which events a deployment records: set with
+/// [`crate::Broker::set_event_level`], for every client and host at once
+/// (Celery's `enable_events` / `disable_events`, without restarts).
+///
+/// Events are for watching (`wasq events`, the dashboard); nothing else
+/// reads them. Queue statistics ([`QueueStats`]), results, dead letters and
+/// host records are kept at every level. Host events (`host_online`,
+/// `host_heartbeat`, `host_offline`: a few per host per minute) are
+/// recorded at every level too. Each call event costs Redis an `XADD`: at
+/// [`EventLevel::All`] three per successful call, about a fifth of the
+/// server's work per call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventLevel {
+    /// Every event of [`EVENT_KINDS`] (the default).
+    #[default]
+    All,
+    /// Everything but `queued` and `started`: how each call ended, and
+    /// every retry, release and dead letter on the way.
+    Outcomes,
+    /// No call events; host events only.
+    Off,
+}
+
+impl EventLevel {
+    /// Every level, from the most recorded.
+    pub const ALL: [EventLevel; 3] = [EventLevel::All, EventLevel::Outcomes, EventLevel::Off];
+
+    /// Its name (`all`, `outcomes`, `off`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventLevel::All => "all",
+            EventLevel::Outcomes => "outcomes",
+            EventLevel::Off => "off",
+        }
+    }
+
+    /// Whether an event of `kind` is recorded at this level.
+    pub fn records(self, kind: &str) -> bool {
+        match self {
+            EventLevel::All => true,
+            _ if kind.starts_with("host_") => true,
+            EventLevel::Outcomes => !matches!(kind, "queued" | "started"),
+            EventLevel::Off => false,
+        }
+    }
+}
+
+impl fmt::Display for EventLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventLevel::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("unknown event level {s:?}; levels: all, outcomes, off"))
+    }
+}
+
 /// One entry of the events stream: a call changed state, or a host came,
 /// stayed or went. See [`EVENT_KINDS`] for the kinds and which fields each
 /// fills. Fields that do not apply are empty.
@@ -332,6 +397,47 @@ pub(crate) fn decode_rate(s: &str) -> Option<Rate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_levels_parse_print_and_filter() {
+        for l in EventLevel::ALL {
+            assert_eq!(l.as_str().parse::<EventLevel>(), Ok(l));
+            assert_eq!(serde_json::to_string(&l).unwrap(), format!("\"{l}\""));
+        }
+        assert!(
+            "loud"
+                .parse::<EventLevel>()
+                .unwrap_err()
+                .contains("outcomes")
+        );
+        assert_eq!(EventLevel::default(), EventLevel::All);
+        let recorded = |l: EventLevel| -> Vec<&str> {
+            EVENT_KINDS
+                .iter()
+                .copied()
+                .filter(|k| l.records(k))
+                .collect()
+        };
+        assert_eq!(recorded(EventLevel::All), EVENT_KINDS.to_vec());
+        assert_eq!(
+            recorded(EventLevel::Outcomes),
+            vec![
+                "retried",
+                "released",
+                "succeeded",
+                "failed",
+                "revoked",
+                "dead",
+                "host_online",
+                "host_heartbeat",
+                "host_offline"
+            ]
+        );
+        assert_eq!(
+            recorded(EventLevel::Off),
+            vec!["host_online", "host_heartbeat", "host_offline"]
+        );
+    }
 
     #[test]
     fn rates_parse_and_print() {

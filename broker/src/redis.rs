@@ -23,6 +23,7 @@
 //! | `P:dead` | stream | dead letters: `entry`, `queue`, `id`, `reason`, `call`, `deliveries`, `ts`, `error` (kind) | the dead-letter cap, exactly |
 //! | `P:dead:counts` | hash | queue → its dead letters in `P:dead` | the queues |
 //! | `P:events` | stream | `type`, `id`, `queue`, `task`, `host`, `ts`, `error`, `latency` of every transition ([`crate::EVENT_KINDS`]) | `MAXLEN ~ 10000` |
+//! | `P:events:level` | string | `outcomes` or `off` ([`crate::EventLevel`]; no key: `all`); every script reads it before its first call event | the operator |
 //! | `P:queues` | set | every queue submitted to, paused or rate-limited | the operator |
 //! | `P:{q:NAME}:paused` | string | `1` while the queue is paused | `wasq queue resume` |
 //! | `P:{q:NAME}:rate` | hash | the queue's token bucket: `rate` (per s), `burst`, `tokens`, `ts` | one per limit |
@@ -113,7 +114,10 @@
 //! `P:{q:NAME}:latency`; `queue_stats` reads both, and a queue's counts, in
 //! one script per queue, so its cost is bounded by the window, not by the
 //! traffic. Every transition also appends to `P:events`, which
-//! [`Broker::events`] reads with `XREAD` (blocking on a connection of its own).
+//! [`Broker::events`] reads with `XREAD` (blocking on a connection of its own),
+//! unless the event level (`P:events:level`, [`crate::EventLevel`]) leaves
+//! its kind out: each script reads the level once, before its first event,
+//! so a level set from anywhere holds for every host and client at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -129,8 +133,8 @@ use crate::broker::{
 };
 use crate::error::{Error, Result};
 use crate::ops::{
-    Event, MAX_EVENTS_PER_READ, QueueStats, Rate, RateScope, STATS_WINDOW_MS, decode_rate,
-    encode_rate, is_valid_entry_id,
+    Event, EventLevel, MAX_EVENTS_PER_READ, QueueStats, Rate, RateScope, STATS_WINDOW_MS,
+    decode_rate, encode_rate, is_valid_entry_id,
 };
 use crate::types::{
     Call, Envelope, ErrorKind, ModuleHash, State, TaskError, is_valid_call_id,
@@ -354,6 +358,10 @@ impl Keys {
     }
     fn events(&self) -> String {
         format!("{}:events", self.prefix)
+    }
+    /// Read by scripts as the events key plus `:level`.
+    fn event_level(&self) -> String {
+        format!("{}:events:level", self.prefix)
     }
     fn dead_counts(&self) -> String {
         format!("{}:dead:counts", self.prefix)
@@ -2596,6 +2604,54 @@ impl Broker for RedisBroker {
             purged += count_ones(self.pipeline(ops, WHAT).await?)?;
         }
         Ok(purged)
+    }
+
+    async fn set_event_level(&self, level: EventLevel) -> Result<()> {
+        // Every script reads the level the first time it records an event
+        // (`event` in common.lua); no key means `all`.
+        let mut cmd = if level == EventLevel::All {
+            redis::cmd("DEL")
+        } else {
+            redis::cmd("SET")
+        };
+        cmd.arg(self.keys.event_level());
+        if level != EventLevel::All {
+            cmd.arg(level.as_str());
+        }
+        let _: Value = self.query(&cmd, "cannot set the event level").await?;
+        Ok(())
+    }
+
+    async fn event_level(&self) -> Result<EventLevel> {
+        let key = self.keys.event_level();
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        let reply = self
+            .pipeline(vec![Op::cmd(get)], "cannot read the event level")
+            .await?
+            .pop()
+            .expect("one reply");
+        let garbage = |what: String| {
+            Error::Malformed(format!(
+                "{key} holds {what}, not a level: events are recorded at level all"
+            ))
+        };
+        match reply {
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => Err(garbage(format!("what GET refuses ({e})"))),
+            Ok(v) => match as_bytes(&v) {
+                None => Ok(EventLevel::All),
+                Some(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| {
+                        garbage(format!(
+                            "{:?}",
+                            String::from_utf8_lossy(&b[..b.len().min(64)])
+                        ))
+                    }),
+            },
+        }
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {

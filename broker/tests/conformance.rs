@@ -13,9 +13,9 @@ use serde_json::value::RawValue;
 use tokio::time::{Instant, sleep};
 use wasq_broker::testing::{RedisServer, unique_prefix};
 use wasq_broker::{
-    Broker, BrokerConfig, Call, Delivery, Envelope, Error, ErrorKind, Event, HostInfo, HostStats,
-    LocalBroker, ModuleHash, QueueStats, Rate, RateScope, RedisBroker, RetryPolicy, StartOutcome,
-    State, TaskError, new_call_id, now_ms,
+    Broker, BrokerConfig, Call, Delivery, Envelope, Error, ErrorKind, Event, EventLevel, HostInfo,
+    HostStats, LocalBroker, ModuleHash, QueueStats, Rate, RateScope, RedisBroker, RetryPolicy,
+    StartOutcome, State, TaskError, new_call_id, now_ms,
 };
 
 const LEASE: Duration = Duration::from_millis(400);
@@ -982,6 +982,89 @@ async fn failures_retries_and_revocations_are_events<B: Broker>(b: &B) {
     assert_eq!(evs.iter().filter(|e| e.is_final()).count(), 1);
 }
 
+/// One call through claim, start and complete; its events' kinds.
+async fn one_call_kinds<B: Broker>(b: &B) -> Vec<String> {
+    let call = submit_one(b).await;
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    let env = succeeded(&d, json!(9), "h1");
+    assert_eq!(b.complete(&[(d, env)]).await.unwrap(), vec![true]);
+    let evs = events_of(b, &call.id).await;
+    kinds(&evs).into_iter().map(String::from).collect()
+}
+
+async fn the_event_level_chooses_what_is_recorded<B: Broker>(b: &B) {
+    assert_eq!(b.event_level().await.unwrap(), EventLevel::All);
+    let mut seen = Vec::new();
+    for level in [EventLevel::Outcomes, EventLevel::Off, EventLevel::All] {
+        b.set_event_level(level).await.unwrap();
+        assert_eq!(b.event_level().await.unwrap(), level);
+        seen.push(one_call_kinds(b).await);
+    }
+    assert_eq!(
+        seen,
+        vec![
+            vec!["succeeded"],
+            vec![],
+            vec!["queued", "started", "succeeded"]
+        ]
+    );
+    // The statistics count every result, whatever the level.
+    let s = stats_of(b, "default").await;
+    assert!((s.throughput_1m - 3.0 / 60.0).abs() < 1e-9, "{s:?}");
+
+    // Outcomes keeps retries and revocations.
+    b.set_event_level(EventLevel::Outcomes).await.unwrap();
+    let module = b.put_module(WASM).await.unwrap().0;
+    let mut flaky = new_call(module, "[]");
+    flaky.retry = Some(RetryPolicy::new(1));
+    b.submit(std::slice::from_ref(&flaky), None).await.unwrap();
+    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
+    assert!(
+        b.retry(&d, &task_failed(&d, "flaky"), Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(b.revoke(&flaky.id).await.unwrap());
+    assert_eq!(
+        kinds(&events_of(b, &flaky.id).await),
+        vec!["retried", "revoked"]
+    );
+
+    // Off: a call a blocked host takes (the fused admission on Redis)
+    // leaves no event; host events stay.
+    b.set_event_level(EventLevel::Off).await.unwrap();
+    let qs = queues();
+    let (got, call) = tokio::join!(b.claim("h2", &qs, 1, Duration::from_secs(5)), async {
+        sleep(Duration::from_millis(100)).await;
+        submit_one(b).await
+    });
+    let d = got.unwrap().pop().expect("the blocked claim gets the call");
+    let env = succeeded(&d, json!(9), "h2");
+    assert_eq!(b.complete(&[(d, env)]).await.unwrap(), vec![true]);
+    assert_eq!(
+        b.wait(&call.id, None).await.unwrap().unwrap().state,
+        State::Succeeded
+    );
+    assert!(events_of(b, &call.id).await.is_empty());
+    b.register_host(&HostInfo {
+        id: "h2".into(),
+        name: "box".into(),
+        version: "0.1.0".into(),
+        queues: queues(),
+        concurrency: 1,
+        started_ms: now_ms(),
+    })
+    .await
+    .unwrap();
+    let last = b.events(None, 1, None).await.unwrap();
+    assert_eq!(
+        (last[0].kind.as_str(), last[0].host.as_str()),
+        ("host_online", "h2")
+    );
+}
+
 async fn host_events<B: Broker>(b: &B) {
     let info = |id: &str| HostInfo {
         id: id.into(),
@@ -1448,6 +1531,7 @@ conformance!(
     events_follow_calls,
     failures_retries_and_revocations_are_events,
     host_events,
+    the_event_level_chooses_what_is_recorded,
     queue_stats_count_and_time,
     a_paused_queue_is_not_claimed,
     purge_drops_waiting_calls_only,

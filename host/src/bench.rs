@@ -28,14 +28,14 @@ mod stats;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use wasq_broker::Broker;
+use wasq_broker::{Broker, EventLevel};
 
 pub use cluster::{HostSetup, Hosts, RedisProbe, Target as RedisTarget};
 pub use native::{fib as native_fib, sha256_soft, sha256_task as native_sha256_task};
 pub use plain::{Instrumentation, PlainEngine};
 pub use report::{
-    Baseline, BenchReport, ColdStart, CpuBound, Goal, Memory, SandboxCost, Scaling, Setup, Target,
-    Throughput, WarmCall, read_reports, table, targets,
+    Baseline, BenchReport, ColdStart, CpuBound, EventsOff, Goal, Memory, SandboxCost, Scaling,
+    Setup, Target, Throughput, WarmCall, read_reports, table, targets,
 };
 pub use sandbox_cost::SandboxBench;
 pub use stats::{
@@ -257,6 +257,36 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
                 report.p99_ms = Some(l.p99_ms);
                 report.latency = Some(l);
             }
+            // The same again without call events, as Celery runs unless
+            // told `-E`: what recording them costs, and the like-for-like
+            // comparison.
+            client.set_event_level(EventLevel::Off).await?;
+            let mut off = EventsOff::default();
+            let r = async {
+                if config.runs(Phase::Throughput) {
+                    let t = cluster::throughput(&client, probe.as_ref(), module, queue, config.calls, config.batch, config.waiters).await?;
+                    progress(&format!(
+                        "throughput, call events off: {:.0} calls/s (CPU/call: this process {:.1} µs, redis {:.1} µs)",
+                        t.per_s,
+                        t.process_cpu_us_per_call.unwrap_or(f64::NAN),
+                        t.redis_cpu_us_per_call.unwrap_or(f64::NAN),
+                    ));
+                    off.throughput = Some(t);
+                }
+                if config.runs(Phase::Latency) {
+                    let l = cluster::latency(&client, module, queue, config.latency_calls).await?;
+                    progress(&format!(
+                        "latency, call events off: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
+                        l.p50_ms, l.p90_ms, l.p99_ms
+                    ));
+                    off.latency = Some(l);
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            client.set_event_level(EventLevel::All).await?;
+            r?;
+            report.events_off = Some(off);
             anyhow::Ok(())
         }
         .await;

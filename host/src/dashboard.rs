@@ -39,7 +39,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
-use wasq_broker::{Broker, DeadLetter, Envelope, Event, QueueStats, now_ms};
+use wasq_broker::{Broker, DeadLetter, Envelope, Event, EventLevel, QueueStats, now_ms};
 
 /// Where `wasq dashboard` listens unless told otherwise (loopback only).
 pub const DEFAULT_DASHBOARD_ADDR: &str = "127.0.0.1:7878";
@@ -110,6 +110,10 @@ pub struct Overview {
     pub dead_letters: Vec<DeadLetter>,
     /// Events the dashboard has read since it started, and the newest id.
     pub events: EventsSeen,
+    /// Which events the deployment records; `None` if unreadable (see
+    /// `errors`). Below `all`, recent calls and the throughput chart, which
+    /// come from events, miss what is not recorded.
+    pub event_level: Option<EventLevel>,
     /// What could not be read this time (the rest of the overview is still valid).
     pub errors: Vec<String>,
 }
@@ -461,10 +465,11 @@ async fn tail_events<B: Broker>(inner: Arc<Inner<B>>) {
 async fn build_overview<B: Broker>(inner: &Inner<B>) -> Overview {
     let mut errors = Vec::new();
     let broker = &inner.broker;
-    let (hosts, queues, dead) = tokio::join!(
+    let (hosts, queues, dead, level) = tokio::join!(
         broker.hosts(),
         broker.queue_stats(),
-        broker.dead_letters(DEAD_LETTERS_SHOWN)
+        broker.dead_letters(DEAD_LETTERS_SHOWN),
+        broker.event_level()
     );
     let now = now_ms();
     let mut hosts: Vec<HostView> = hosts
@@ -501,6 +506,9 @@ async fn build_overview<B: Broker>(inner: &Inner<B>) -> Overview {
         errors.push(format!("dead letters: {e}"));
         Vec::new()
     });
+    let event_level = level
+        .map_err(|e| errors.push(format!("event level: {e}")))
+        .ok();
 
     // Fetch envelopes of the newest finished calls that lack one.
     let wanted: Vec<String> = {
@@ -550,6 +558,7 @@ async fn build_overview<B: Broker>(inner: &Inner<B>) -> Overview {
         recent,
         dead_letters,
         events,
+        event_level,
         errors,
     }
 }

@@ -105,10 +105,34 @@ local function failure_envelope(id, state, kind, message, attempt)
     '"attempt":' .. string.format('%d', tonumber(attempt) or 0) .. ',"host":""}'
 end
 
--- Best effort: an event for monitoring, capped at about 10 000 entries.
--- `err` is an error kind and `latency` the ms from submission to a final
--- result; both are left out when empty.
+-- The deployment's event level (EventLevel), read from `P:events:level`
+-- on a script's first call event: 0 all (no key, or garbage), 1 outcomes
+-- (no `queued`, `started`), 2 off (no call events).
+local events_level = nil
+local function records(events_key, kind)
+  if events_level == nil then
+    local l = redis.pcall('GET', events_key .. ':level')
+    if l == 'off' then
+      events_level = 2
+    elseif l == 'outcomes' then
+      events_level = 1
+    else
+      events_level = 0
+    end
+  end
+  if events_level == 0 or string.sub(kind, 1, 5) == 'host_' then
+    return true
+  end
+  return events_level == 1 and kind ~= 'queued' and kind ~= 'started'
+end
+
+-- Best effort: an event for monitoring, capped at about 10 000 entries,
+-- if the event level records it. `err` is an error kind and `latency` the
+-- ms from submission to a final result; both are left out when empty.
 local function event(events_key, kind, id, queue, task, host, ts, err, latency)
+  if not records(events_key, kind) then
+    return
+  end
   if type(ts) == 'number' then
     ts = int_text(ts)
   end

@@ -36,6 +36,20 @@ pub struct BenchReport {
     pub scaling: Option<Scaling>,
     /// RSS of a `wasq host run` process, idle and with many calls in flight.
     pub memory: Option<Memory>,
+    /// The throughput and latency phases again with call events off
+    /// (`EventLevel::Off`), as Celery runs by default (no task events
+    /// without `-E`); absent in reports from before session 7.
+    #[serde(default)]
+    pub events_off: Option<EventsOff>,
+}
+
+/// The throughput and latency phases with call events off.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EventsOff {
+    /// Throughput phase, same sizes.
+    pub throughput: Option<Throughput>,
+    /// Latency phase, same sizes.
+    pub latency: Option<LatencyStats>,
 }
 
 /// The run's setup.
@@ -454,6 +468,25 @@ pub fn targets(runs: &[BenchReport], baseline: &Baseline) -> Vec<Target> {
         pick(&|r| r.p50_ms),
     );
     push(
+        "throughput, call events off (as Celery's)",
+        "≥ 30× Celery",
+        Goal::AtLeastTimes(30.0),
+        "calls/s",
+        baseline.throughput_per_s,
+        pick(&|r| {
+            let t = r.events_off.as_ref()?.throughput.as_ref()?;
+            Some(t.per_s)
+        }),
+    );
+    push(
+        "p50 round trip, call events off",
+        "≤ 1/6 of Celery's",
+        Goal::AtMostFraction(6.0),
+        "ms",
+        baseline.p50_ms,
+        pick(&|r| Some(r.events_off.as_ref()?.latency.as_ref()?.p50_ms)),
+    );
+    push(
         "warm instantiate + call (noop), host CPU",
         "≤ 20 µs",
         Goal::AtMost(20.0),
@@ -728,5 +761,39 @@ mod tests {
         assert_eq!(t.met(), Some(true));
         let table = table(&targets(&runs, &baseline), runs.len(), &baseline);
         assert!(table.contains("30.0×"), "{table}");
+    }
+
+    #[test]
+    fn events_off_runs_have_their_own_rows() {
+        let run = |per_s: f64, p50_ms: f64| BenchReport {
+            throughput_per_s: Some(per_s / 2.0),
+            events_off: Some(EventsOff {
+                throughput: Some(Throughput {
+                    per_s,
+                    ..Throughput::default()
+                }),
+                latency: Some(LatencyStats::of(&[std::time::Duration::from_secs_f64(
+                    p50_ms / 1e3,
+                )])),
+            }),
+            ..BenchReport::default()
+        };
+        let runs = vec![run(24_000.0, 0.2), run(20_000.0, 0.4), run(26_000.0, 0.3)];
+        let baseline = Baseline {
+            throughput_per_s: Some(800.0),
+            p50_ms: Some(1.5),
+            ..Baseline::default()
+        };
+        let ts = targets(&runs, &baseline);
+        let row = |name: &str| ts.iter().find(|t| t.name == name).unwrap().clone();
+        let t = row("throughput, call events off (as Celery's)");
+        assert_eq!((t.measured, t.met()), (Some(24_000.0), Some(true)));
+        assert_eq!(row("throughput (add, end to end)").met(), Some(false));
+        let p = row("p50 round trip, call events off");
+        assert!((p.measured.unwrap() - 0.3).abs() < 1e-9, "{p:?}");
+        assert_eq!(p.met(), Some(false));
+        // Reports from before the events-off pass still read.
+        let old: BenchReport = serde_json::from_str(r#"{"throughput_per_s": 1.0, "p50_ms": null, "p90_ms": null, "p99_ms": null, "setup": {"redis": "", "prefix": "", "cores": 2, "cpu": "", "hosts": 1, "concurrency": 1, "shared_sandbox": false, "batch": 1, "waiters": 1}, "throughput": null, "latency": null, "cold_start": null, "sandbox": null, "scaling": null, "memory": null}"#).unwrap();
+        assert!(old.events_off.is_none());
     }
 }

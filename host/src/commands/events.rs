@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use wasq_broker::{Broker, BrokerConfig, Event, is_valid_entry_id};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use wasq_broker::{Broker, BrokerConfig, Event, EventLevel, is_valid_entry_id};
 
 use super::stats::{fmt_ms, fmt_time};
 use super::{RedisArgs, UsageError};
@@ -26,7 +27,8 @@ out unless --heartbeats. Follows until Ctrl-C (or --count lines).
 Examples:
   wasq events                          # from now on
   wasq events --all --no-follow        # what the stream still holds
-  wasq events --queue fast --json | jq .kind")]
+  wasq events --queue fast --json | jq .kind
+  wasq events --set-level outcomes     # no queued/started events from now on")]
 pub struct EventsCommand {
     #[command(flatten)]
     redis: RedisArgs,
@@ -63,6 +65,20 @@ pub struct EventsCommand {
     /// instead of following
     #[arg(long)]
     no_follow: bool,
+    /// Set which events every client and host records from now on, and
+    /// exit: all (the default), outcomes (no queued/started), off (host
+    /// events only). Each call event costs Redis an XADD
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        conflicts_with = "level",
+        value_parser = PossibleValuesParser::new(["all", "outcomes", "off"])
+            .map(|s| s.parse::<EventLevel>().expect("a listed level")),
+    )]
+    set_level: Option<EventLevel>,
+    /// Print which events are recorded (all, outcomes, off) and exit
+    #[arg(long)]
+    level: bool,
 }
 
 impl EventsCommand {
@@ -101,6 +117,30 @@ impl EventsCommand {
             .into());
         }
         let broker = self.redis.connect(BrokerConfig::default()).await?;
+        if let Some(level) = self.set_level {
+            let was = broker
+                .event_level()
+                .await
+                .map_or_else(|e| format!("unreadable: {e}"), |l| l.to_string());
+            broker.set_event_level(level).await?;
+            println!("events: {level} (was {was})");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if self.level {
+            println!("{}", broker.event_level().await?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        match broker.event_level().await {
+            Ok(EventLevel::All) => {}
+            Ok(level) => eprintln!(
+                "note: the event level is {level}: {} (`wasq events --set-level all` records every event)",
+                match level {
+                    EventLevel::Outcomes => "calls' queued and started events are not recorded",
+                    _ => "only host events are recorded",
+                }
+            ),
+            Err(e) => eprintln!("warning: {e}"),
+        }
         let mut cursor = match (&self.since, self.all || self.no_follow) {
             (Some(id), _) => id.clone(),
             (None, true) => "0".to_string(),

@@ -228,6 +228,21 @@ function renderErrors(o) {
   replaceRows($("errors"), o.errors.map((e) => el("li", {}, e)));
 }
 
+// The chart and the recent calls come from the events stream: say so when
+// the deployment records fewer events.
+function renderLevel(o) {
+  const p = $("events-level");
+  const level = o.event_level;
+  p.hidden = !level || level === "all";
+  if (level === "off") {
+    p.textContent = "Call events are off: the chart and the recent calls get nothing new " +
+      "(queue statistics are still counted). `wasq events --set-level all` turns them on.";
+  } else if (level === "outcomes") {
+    p.textContent = "Events at level outcomes: calls appear when they end (no queued or started events). " +
+      "`wasq events --set-level all` records every event.";
+  }
+}
+
 function render(o) {
   $("prefix").textContent = `prefix ${o.prefix}`;
   $("version").textContent = o.version;
@@ -235,6 +250,7 @@ function render(o) {
   renderChart(o);
   renderHosts(o);
   renderQueues(o);
+  renderLevel(o);
   renderCalls(o);
   renderDead(o);
   renderErrors(o);

@@ -2374,3 +2374,59 @@ async fn redis_a_deferred_admission_the_server_did_not_know() {
     assert_eq!(b.complete(&[(d, env.clone())]).await.unwrap(), vec![true]);
     assert_eq!(b.status(&call.id).await.unwrap(), Some(env));
 }
+
+/// `complete` reads the pending records of a batch's entries with one
+/// `XPENDING` over their range; an entry past what that read returned is
+/// looked up alone, and a stale delivery in the batch is still refused.
+#[tokio::test]
+async fn redis_complete_reads_a_batch_pending_records_at_once() {
+    let server = RedisServer::start();
+    let b = redis_broker(&server, "pel", config()).await;
+    let mut conn = raw(&server).await;
+    let calls = numbered_calls(&b, 200).await;
+    b.submit(&calls, None).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < calls.len() {
+        let more = b
+            .claim("h1", &queues(), 200, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(!more.is_empty(), "only {} of 200 claimed", got.len());
+        got.extend(more);
+    }
+    let done = |ds: &[&Delivery]| -> Vec<(Delivery, Envelope)> {
+        ds.iter()
+            .map(|d| ((*d).clone(), succeeded(d, json!(1), "h1")))
+            .collect()
+    };
+    let xpending = async |conn: &mut redis::aio::MultiplexedConnection| {
+        command_calls(conn, &["xpending"]).await
+    };
+
+    let before = xpending(&mut conn).await;
+    let batch: Vec<&Delivery> = got[50..60].iter().collect();
+    assert_eq!(b.complete(&done(&batch)).await.unwrap(), vec![true; 10]);
+    assert_eq!(xpending(&mut conn).await - before, 1);
+
+    // The first and the last: 200 pending entries in between, more than
+    // one read returns for a batch of two, so the last is looked up alone.
+    let before = xpending(&mut conn).await;
+    let ends = [&got[0], &got[199]];
+    assert_eq!(b.complete(&done(&ends)).await.unwrap(), vec![true, true]);
+    assert_eq!(xpending(&mut conn).await - before, 2);
+
+    // A copy of a delivery with another count (reclaimed meanwhile, as far
+    // as it can tell) is refused; its neighbours are published.
+    let mut stale = got[100].clone();
+    stale.deliveries += 1;
+    let mixed = [&got[99], &stale, &got[101]];
+    assert_eq!(
+        b.complete(&done(&mixed)).await.unwrap(),
+        vec![true, false, true]
+    );
+    assert_eq!(b.complete(&done(&[&got[100]])).await.unwrap(), vec![true]);
+    for d in [&got[0], &got[55], &got[100], &got[199]] {
+        let env = b.wait(&d.call.id, Some(Duration::ZERO)).await.unwrap();
+        assert_eq!(env.unwrap().state, State::Succeeded);
+    }
+}

@@ -32,7 +32,54 @@ local out = {}
 local acked = {}
 -- Whether held-back admissions may go through here (read once).
 local admissible = nil
-for k = 0, (#KEYS - 6) / 4 - 1 do
+local n = (#KEYS - 6) / 4
+-- The pending records of the batch's entries: one XPENDING over their
+-- range instead of one per entry (`owns`), read when first needed. Only for
+-- well-formed ids; entries past `covered` (the range held more than the
+-- read returned) are looked up one by one.
+local pel, covered, low = nil, nil, nil
+local function prefetch()
+  pel = false
+  if n < 2 then
+    return
+  end
+  local high
+  for k = 0, n - 1 do
+    local e = ARGV[5 + 12 * k]
+    if not string.match(e, '^%d+%-%d+$') then
+      return
+    end
+    if not low or id_after(low, e) then
+      low = e
+    end
+    if not high or id_after(e, high) then
+      high = e
+    end
+  end
+  local cap = 2 * n + 128
+  local r = redis.pcall('XPENDING', stream, 'hosts', low, high, cap)
+  if type(r) ~= 'table' or r.err then
+    return
+  end
+  pel = {}
+  for _, p in ipairs(r) do
+    pel[p[1]] = tonumber(p[4])
+  end
+  covered = high
+  if #r >= cap then
+    covered = r[#r][1]
+  end
+end
+local function owns_here(entry, deliveries)
+  if pel == nil then
+    prefetch()
+  end
+  if pel and not id_after(entry, covered) and not id_after(low, entry) then
+    return pel[entry] == tonumber(deliveries)
+  end
+  return owns(stream, entry, deliveries)
+end
+for k = 0, n - 1 do
   local call_key, result_key = KEYS[7 + 4 * k], KEYS[8 + 4 * k]
   local wake_key, revoked_key = KEYS[9 + 4 * k], KEYS[10 + 4 * k]
   local a = 5 + 12 * k
@@ -51,7 +98,7 @@ for k = 0, (#KEYS - 6) / 4 - 1 do
     if ARGV[a + 11] == '1' then
       -- Admitted here, if still its own: a delivery reclaimed meanwhile
       -- touches nothing.
-      owned = owns(stream, entry, deliveries)
+      owned = owns_here(entry, deliveries)
       tick()
       if admissible == nil and owned then
         admissible = redis.call('EXISTS', KEYS[5]) == 0 and bucket_peek(KEYS[6], now) == math.huge
@@ -74,7 +121,7 @@ for k = 0, (#KEYS - 6) / 4 - 1 do
       end
     end
     if owned == nil and mine then
-      owned = owns(stream, entry, deliveries)
+      owned = owns_here(entry, deliveries)
     end
     if mine and owned then
       tick()

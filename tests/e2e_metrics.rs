@@ -471,3 +471,43 @@ fn a_bad_batch_line_is_a_usage_error_and_queues_nothing() {
         .arg(&file));
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
+
+/// `wasq bench` through Redis at small sizes: the report has the headline
+/// figures the performance issue asks for, the events-off passes and the
+/// floor, every result was checked (a wrong one fails the run), and the
+/// run's keys, its event level with them, are gone.
+#[test]
+fn bench_reports_throughput_latency_and_the_floor_then_cleans_up() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("bench");
+    let out = run(wasq()
+        .args(["bench", "--redis", &redis.url(), "--prefix", &prefix])
+        .args(["--phases", "throughput,latency", "--json"])
+        .args(["--calls", "300", "--warmup", "20", "--latency-calls", "40"])
+        .arg("--examples")
+        .arg(task_module("examples")));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["throughput_per_s", "p50_ms", "p90_ms", "p99_ms"] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {report:#}"
+        );
+    }
+    // Half the calls at each level, in the order all, off, off, all.
+    assert_eq!(report["throughput"]["calls"], 300);
+    assert_eq!(report["events_off"]["throughput"]["calls"], 300);
+    assert_eq!(report["latency"]["n"], 40);
+    assert_eq!(report["events_off"]["latency"]["n"], 40);
+    assert_eq!(report["latency_floor"]["n"], 40);
+    let floor = report["latency_floor"]["p50_ms"].as_f64().unwrap();
+    assert!(floor > 0.0, "{report:#}");
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut con)
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -231,62 +231,72 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
         let hosts = Hosts::start(target, &setup, &client).await?;
         let r = async {
             cluster::warm_up(&client, module, queue, config.warmup).await?;
-            if config.runs(Phase::Throughput) {
-                let t = cluster::throughput(&client, probe.as_ref(), module, queue, config.calls, config.batch, config.waiters).await?;
-                progress(&format!(
-                    "throughput: {:.0} calls/s ({} calls in {:.2} s; submit {:.0}/s; CPU/call: this process {:.1} µs, redis {:.1} µs; machine {:.2} cores busy)",
-                    t.per_s,
-                    t.calls,
-                    t.seconds,
-                    t.submit_per_s,
-                    t.process_cpu_us_per_call.unwrap_or(f64::NAN),
-                    t.redis_cpu_us_per_call.unwrap_or(f64::NAN),
-                    t.machine_busy_cores.unwrap_or(f64::NAN)
-                ));
-                report.throughput_per_s = Some(t.per_s);
-                report.throughput = Some(t);
-            }
-            if config.runs(Phase::Latency) {
-                let l = cluster::latency(&client, module, queue, config.latency_calls).await?;
-                progress(&format!(
-                    "latency: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms ({} round trips)",
-                    l.p50_ms, l.p90_ms, l.p99_ms, l.n
-                ));
-                report.p50_ms = Some(l.p50_ms);
-                report.p90_ms = Some(l.p90_ms);
-                report.p99_ms = Some(l.p99_ms);
-                report.latency = Some(l);
-            }
-            // The same again without call events, as Celery runs unless
-            // told `-E`: what recording them costs, and the like-for-like
-            // comparison.
-            client.set_event_level(EventLevel::Off).await?;
-            let mut off = EventsOff::default();
-            let r = async {
+            // With call events at the default level and off (as Celery runs
+            // unless told `-E`), in the order all, off, off, all with half
+            // the calls each: what drifts during the phase (the machine,
+            // Redis's growing keyspace) weighs on both alike.
+            let mut passes: [Vec<Throughput>; 2] = Default::default();
+            let mut trips: [Vec<std::time::Duration>; 2] = Default::default();
+            for off in [false, true, true, false] {
+                let level = if off { EventLevel::Off } else { EventLevel::All };
+                client.set_event_level(level).await?;
+                let i = usize::from(off);
                 if config.runs(Phase::Throughput) {
-                    let t = cluster::throughput(&client, probe.as_ref(), module, queue, config.calls, config.batch, config.waiters).await?;
-                    progress(&format!(
-                        "throughput, call events off: {:.0} calls/s (CPU/call: this process {:.1} µs, redis {:.1} µs)",
-                        t.per_s,
-                        t.process_cpu_us_per_call.unwrap_or(f64::NAN),
-                        t.redis_cpu_us_per_call.unwrap_or(f64::NAN),
-                    ));
-                    off.throughput = Some(t);
+                    passes[i].push(
+                        cluster::throughput(&client, probe.as_ref(), module, queue, config.calls.div_ceil(2), config.batch, config.waiters).await?,
+                    );
                 }
                 if config.runs(Phase::Latency) {
-                    let l = cluster::latency(&client, module, queue, config.latency_calls).await?;
-                    progress(&format!(
-                        "latency, call events off: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
-                        l.p50_ms, l.p90_ms, l.p99_ms
-                    ));
-                    off.latency = Some(l);
+                    trips[i].extend(
+                        cluster::latency_samples(&client, module, queue, config.latency_calls.div_ceil(2)).await?,
+                    );
                 }
-                anyhow::Ok(())
             }
-            .await;
             client.set_event_level(EventLevel::All).await?;
-            r?;
-            report.events_off = Some(off);
+            let [all, off] = passes.map(|p| Throughput::merge(&p));
+            let [lat_all, lat_off] = trips.map(|t| (!t.is_empty()).then(|| LatencyStats::of(&t)));
+            for (t, what) in [(&all, ""), (&off, ", call events off")] {
+                if let Some(t) = t {
+                    progress(&format!(
+                        "throughput{what}: {:.0} calls/s ({} calls in {:.2} s; submit {:.0}/s; CPU/call: this process {:.1} µs, redis {:.1} µs; machine {:.2} cores busy)",
+                        t.per_s,
+                        t.calls,
+                        t.seconds,
+                        t.submit_per_s,
+                        t.process_cpu_us_per_call.unwrap_or(f64::NAN),
+                        t.redis_cpu_us_per_call.unwrap_or(f64::NAN),
+                        t.machine_busy_cores.unwrap_or(f64::NAN)
+                    ));
+                }
+            }
+            for (l, what) in [(&lat_all, ""), (&lat_off, ", call events off")] {
+                if let Some(l) = l {
+                    progress(&format!(
+                        "latency{what}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms ({} round trips)",
+                        l.p50_ms, l.p90_ms, l.p99_ms, l.n
+                    ));
+                }
+            }
+            report.throughput_per_s = all.as_ref().map(|t| t.per_s);
+            report.throughput = all;
+            report.p50_ms = lat_all.map(|l| l.p50_ms);
+            report.p90_ms = lat_all.map(|l| l.p90_ms);
+            report.p99_ms = lat_all.map(|l| l.p99_ms);
+            report.latency = lat_all;
+            report.events_off = Some(EventsOff {
+                throughput: off,
+                latency: lat_off,
+            });
+            if config.runs(Phase::Latency) {
+                let floor = LatencyStats::of(
+                    &cluster::latency_floor(&target.url, &target.prefix, config.latency_calls).await?,
+                );
+                progress(&format!(
+                    "latency floor, bare Redis commands of the same shape: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
+                    floor.p50_ms, floor.p90_ms, floor.p99_ms
+                ));
+                report.latency_floor = Some(floor);
+            }
             anyhow::Ok(())
         }
         .await;

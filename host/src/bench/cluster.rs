@@ -16,7 +16,7 @@ use wasq_broker::{
 
 use super::report::{ColdStart, Memory, Scaling, Throughput};
 use super::sandbox_cost::{bench_sandbox, scratch_dir};
-use super::stats::{LatencyStats, MachineCpu, median, process_cpu, rss_bytes};
+use super::stats::{MachineCpu, median, process_cpu, rss_bytes};
 use crate::{Sandbox, Worker, WorkerConfig};
 
 /// How long any one result may take before the benchmark gives up.
@@ -355,16 +355,16 @@ pub async fn throughput(
 }
 
 /// `n` sequential round trips: submit one `add(1, 2)` and wait for it, as
-/// a remote call does ([`Broker::submit_wait`]).
+/// a remote call does ([`Broker::submit_wait`]); the time of each.
 ///
 /// # Errors
 /// On broker errors or a wrong result.
-pub async fn latency(
+pub async fn latency_samples(
     client: &RedisBroker,
     module: ModuleHash,
     queue: &str,
     n: usize,
-) -> anyhow::Result<LatencyStats> {
+) -> anyhow::Result<Vec<Duration>> {
     let expected = json!(3);
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
@@ -374,7 +374,97 @@ pub async fn latency(
         samples.push(started.elapsed());
         check(env, &c.id, &expected)?;
     }
-    Ok(LatencyStats::of(&samples))
+    Ok(samples)
+}
+
+/// The floor under a round trip: its shape through Redis with nothing of
+/// wasq in it. `n` times, a client sends, in one pipeline on a connection of
+/// its own, an `XADD` to a stream and an `XREAD BLOCK` on a reply stream; a
+/// "host" task blocked in `XREADGROUP` on that stream wakes, and `XADD`s the
+/// reply on another connection, which wakes the client. No scripts, no
+/// JSON, no sandbox: two Redis hops each way and the tokio wake-ups, as in
+/// [`latency_samples`]. Keys under `prefix`.
+///
+/// # Errors
+/// On Redis errors.
+pub async fn latency_floor(url: &str, prefix: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let client = redis::Client::open(url).context("invalid redis url")?;
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESULT_TIMEOUT));
+    let connect = || client.get_multiplexed_async_connection_with_config(&config);
+    let (mut host_read, mut host_write, mut caller) =
+        (connect().await?, connect().await?, connect().await?);
+    let stream = format!("{prefix}:floor:calls");
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("hosts")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut host_read)
+        .await?;
+    let host = {
+        let stream = stream.clone();
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            for _ in 0..n {
+                let got: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg("hosts")
+                    .arg("h")
+                    .arg("COUNT")
+                    .arg(1)
+                    .arg("BLOCK")
+                    .arg(RESULT_TIMEOUT.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">")
+                    .query_async(&mut host_read)
+                    .await?;
+                let Some(entry) = got.keys.first().and_then(|k| k.ids.first()) else {
+                    bail!("the floor's host read nothing");
+                };
+                let i: u64 = entry.get("i").context("no i in the floor's call")?;
+                let _: redis::Value = redis::pipe()
+                    .cmd("XADD")
+                    .arg(format!("{prefix}:floor:reply:{i}"))
+                    .arg("*")
+                    .arg("r")
+                    .arg(i)
+                    .cmd("XACK")
+                    .arg(&stream)
+                    .arg("hosts")
+                    .arg(&entry.id)
+                    .query_async(&mut host_write)
+                    .await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let started = Instant::now();
+        let (_, reply): (redis::Value, redis::streams::StreamReadReply) = redis::pipe()
+            .cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("i")
+            .arg(i)
+            .cmd("XREAD")
+            .arg("BLOCK")
+            .arg(RESULT_TIMEOUT.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(format!("{prefix}:floor:reply:{i}"))
+            .arg("0-0")
+            .query_async(&mut caller)
+            .await?;
+        samples.push(started.elapsed());
+        ensure!(
+            !reply.keys.is_empty(),
+            "round trip {i} of the floor timed out"
+        );
+    }
+    host.await.context("the floor's host task died")??;
+    Ok(samples)
 }
 
 /// Warms hosts up: `n` calls through the whole path (the first compiles).

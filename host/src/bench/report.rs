@@ -41,6 +41,12 @@ pub struct BenchReport {
     /// without `-E`); absent in reports from before session 7.
     #[serde(default)]
     pub events_off: Option<EventsOff>,
+    /// The latency phase's round trip as bare Redis commands, no wasq in it
+    /// (`XADD` + `XREAD BLOCK` → a blocked `XREADGROUP` → `XADD`): the
+    /// floor this Redis and machine put under a round trip. Absent in
+    /// reports from before session 7.
+    #[serde(default)]
+    pub latency_floor: Option<LatencyStats>,
 }
 
 /// The throughput and latency phases with call events off.
@@ -93,6 +99,39 @@ pub struct Throughput {
     pub redis_cpu_us_per_call: Option<f64>,
     /// Cores of the machine busy on average during the phase.
     pub machine_busy_cores: Option<f64>,
+}
+
+impl Throughput {
+    /// Several passes as one: their calls over their summed time, CPU per
+    /// call weighted by calls, busy cores weighted by time. `None` if empty.
+    pub fn merge(parts: &[Throughput]) -> Option<Throughput> {
+        let calls: usize = parts.iter().map(|t| t.calls).sum();
+        let seconds: f64 = parts.iter().map(|t| t.seconds).sum();
+        if parts.is_empty() || calls == 0 || seconds <= 0.0 {
+            return None;
+        }
+        let per_call = |f: fn(&Throughput) -> Option<f64>| -> Option<f64> {
+            let total = parts
+                .iter()
+                .map(|t| f(t).map(|v| v * t.calls as f64))
+                .sum::<Option<f64>>()?;
+            Some(total / calls as f64)
+        };
+        let submit_seconds: f64 = parts.iter().map(|t| t.calls as f64 / t.submit_per_s).sum();
+        Some(Throughput {
+            calls,
+            seconds,
+            per_s: calls as f64 / seconds,
+            submit_per_s: calls as f64 / submit_seconds,
+            process_cpu_us_per_call: per_call(|t| t.process_cpu_us_per_call),
+            redis_cpu_us_per_call: per_call(|t| t.redis_cpu_us_per_call),
+            machine_busy_cores: parts
+                .iter()
+                .map(|t| t.machine_busy_cores.map(|c| c * t.seconds))
+                .sum::<Option<f64>>()
+                .map(|c| c / seconds),
+        })
+    }
 }
 
 /// Cold start of bench100k (≈ 76–100 KB).
@@ -487,6 +526,14 @@ pub fn targets(runs: &[BenchReport], baseline: &Baseline) -> Vec<Target> {
         pick(&|r| Some(r.events_off.as_ref()?.latency.as_ref()?.p50_ms)),
     );
     push(
+        "p50 floor: that round trip as bare Redis commands, no wasq (reference)",
+        "≤ 1/6 of Celery's?",
+        Goal::AtMostFraction(6.0),
+        "ms",
+        baseline.p50_ms,
+        pick(&|r| Some(r.latency_floor.as_ref()?.p50_ms)),
+    );
+    push(
         "warm instantiate + call (noop), host CPU",
         "≤ 20 µs",
         Goal::AtMost(20.0),
@@ -761,6 +808,31 @@ mod tests {
         assert_eq!(t.met(), Some(true));
         let table = table(&targets(&runs, &baseline), runs.len(), &baseline);
         assert!(table.contains("30.0×"), "{table}");
+    }
+
+    #[test]
+    fn throughput_passes_merge_by_calls_and_time() {
+        let pass = |calls: usize, seconds: f64, cpu: f64, busy: f64| Throughput {
+            calls,
+            seconds,
+            per_s: calls as f64 / seconds,
+            submit_per_s: calls as f64 / (seconds / 2.0),
+            process_cpu_us_per_call: Some(cpu),
+            redis_cpu_us_per_call: Some(cpu * 2.0),
+            machine_busy_cores: Some(busy),
+        };
+        let m =
+            Throughput::merge(&[pass(1000, 1.0, 10.0, 1.0), pass(3000, 1.0, 30.0, 2.0)]).unwrap();
+        assert_eq!((m.calls, m.seconds, m.per_s), (4000, 2.0, 2000.0));
+        assert!((m.submit_per_s - 4000.0).abs() < 1e-9, "{m:?}");
+        assert_eq!(m.process_cpu_us_per_call, Some(25.0));
+        assert_eq!(m.redis_cpu_us_per_call, Some(50.0));
+        assert_eq!(m.machine_busy_cores, Some(1.5));
+        let mut unmeasured = pass(10, 1.0, 1.0, 1.0);
+        unmeasured.redis_cpu_us_per_call = None;
+        let m = Throughput::merge(&[pass(10, 1.0, 1.0, 1.0), unmeasured]).unwrap();
+        assert_eq!(m.redis_cpu_us_per_call, None);
+        assert!(Throughput::merge(&[]).is_none());
     }
 
     #[test]

@@ -289,6 +289,12 @@ impl<B: Broker> Worker<B> {
                     done_tx.clone(),
                 ));
             }
+            // Let the calls just spawned start before the next claim goes
+            // out: otherwise that claim (a blocking read, when the queue is
+            // drained) is sent first and the new tasks wait for it, or for
+            // another thread to steal them (about 40 µs of a round trip's
+            // 0.7–0.9 ms here, measured with timestamps along the path).
+            tokio::task::yield_now().await;
         }
 
         // Shutdown: no more claims. Let running calls finish for the grace period.

@@ -927,18 +927,21 @@ async fn events_follow_calls<B: Broker>(b: &B) {
     );
 }
 
-async fn failures_retries_and_revocations_are_events<B: Broker>(b: &B) {
+/// A call with one retry whose first attempt failed (on `h1`); its next
+/// attempt is due after `delay`.
+async fn failed_once<B: Broker>(b: &B, delay: Duration) -> Call {
     let module = b.put_module(WASM).await.unwrap().0;
     let mut flaky = new_call(module, "[]");
     flaky.retry = Some(RetryPolicy::new(1));
     b.submit(std::slice::from_ref(&flaky), None).await.unwrap();
     let d = claim_one(b, "h1", Duration::from_secs(2)).await;
     assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
-    assert!(
-        b.retry(&d, &task_failed(&d, "flaky"), Duration::from_millis(10))
-            .await
-            .unwrap()
-    );
+    assert!(b.retry(&d, &task_failed(&d, "flaky"), delay).await.unwrap());
+    flaky
+}
+
+async fn failures_retries_and_revocations_are_events<B: Broker>(b: &B) {
+    let flaky = failed_once(b, Duration::from_millis(10)).await;
     let d = claim_one(b, "h1", Duration::from_secs(5)).await;
     assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
     let mut failed = task_failed(&d, "again");
@@ -1015,17 +1018,7 @@ async fn the_event_level_chooses_what_is_recorded<B: Broker>(b: &B) {
 
     // Outcomes keeps retries and revocations.
     b.set_event_level(EventLevel::Outcomes).await.unwrap();
-    let module = b.put_module(WASM).await.unwrap().0;
-    let mut flaky = new_call(module, "[]");
-    flaky.retry = Some(RetryPolicy::new(1));
-    b.submit(std::slice::from_ref(&flaky), None).await.unwrap();
-    let d = claim_one(b, "h1", Duration::from_secs(2)).await;
-    assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
-    assert!(
-        b.retry(&d, &task_failed(&d, "flaky"), Duration::from_secs(60))
-            .await
-            .unwrap()
-    );
+    let flaky = failed_once(b, Duration::from_secs(60)).await;
     assert!(b.revoke(&flaky.id).await.unwrap());
     assert_eq!(
         kinds(&events_of(b, &flaky.id).await),

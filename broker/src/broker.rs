@@ -297,8 +297,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Revokes a call: if queued (or delayed, or waiting to retry) it never
     /// starts: its `revoked` envelope is published at once, so waiters wake,
-    /// and a host that claims it later gets [`StartOutcome::Revoked`]. If
-    /// running, the host running it notices (see [`Broker::is_revoked`]) and
+    /// and a host that claims it later gets [`StartOutcome::Revoked`] (one
+    /// that took it just before, its start not recorded yet, may run it for
+    /// nothing: its result is refused). If running, the host running it notices (see [`Broker::is_revoked`]) and
     /// ends it as `revoked`; if its host has stopped heartbeating (its entry
     /// idled past this broker's lease), it is revoked at once too, and the
     /// host that reclaims it skips it. The revocation is durable (it

@@ -14,9 +14,9 @@
 //! | `P:names` | hash | `name` and `name@version` → module hex | the operator |
 //! | `P:{q:NAME}:stream` | stream, group `hosts` | field `call`: call JSON, one entry per queued call | entries are `XDEL`ed right after `XACK` |
 //! | `P:{q:NAME}:delayed` | sorted set | call JSON scored by due time (ms, Redis clock): countdowns and retries | promoted into the stream when due |
-//! | `P:call:ID` | hash | `state` (`queued`/`running`/`retrying`), `queue`, `attempt`, `token`, `host`, `entry`, `deliveries`, `last` (envelope of the failed attempt) | TTL: result TTL (+ delay); after the final result only a marker `state=done`, `token` for at most an hour |
+//! | `P:call:ID` | hash | `state` (`queued`/`running`/`retrying`), `queue`, `attempt`, `token`, `host`, `entry`, `deliveries`, `last` (envelope of the failed attempt), `waiting` (`1` once a waiter blocks on the call), `revoked` (`1` once revoked while running) | TTL: result TTL (+ delay); after the final result only a marker `state=done`, `token` for at most an hour |
 //! | `P:result:ID` | string | the final envelope JSON | TTL: result TTL (none if zero) |
-//! | `P:wake:ID` | stream, `MAXLEN 1` | one entry once the result exists, field `env`: the final envelope JSON; waiters `XREAD BLOCK` on it | TTL: 5 minutes |
+//! | `P:wake:ID` | stream, `MAXLEN 1` | for a call marked `waiting`, one entry once the result exists, field `env`: the final envelope JSON; waiters `XREAD BLOCK` on it | TTL: 5 minutes |
 //! | `P:revoked:ID` | string | `1` when the call was revoked | TTL: result TTL |
 //! | `P:host:ID` | hash | `info`, `stats` (JSON) of a live host | TTL: the lease, renewed by heartbeats |
 //! | `P:hosts` | sorted set | host ids scored by when their record can go | trimmed on every heartbeat and listing |
@@ -53,38 +53,48 @@
 //! host whose lease lapsed can neither publish nor acknowledge what is no
 //! longer its own.
 //!
-//! The claim starts what it hands out in the same script (`start_call` in
-//! `common.lua`: the call state becomes `running` under the delivery's token,
-//! or a revoked call gets its `revoked` envelope, and a revoked or finished
-//! one is acknowledged), so a host needs no `start` round trip per call; the
-//! blocking path does the same in its admission script. That script does
-//! not hold up the host: when no rate limit applies and no queue read is
-//! paused (an `EXISTS` pipelined behind the blocking read tells, without a
-//! round trip of its own), the calls a blocking read returns are handed out
-//! at once and admitted by the script that publishes their results, which
-//! checks pause and rate limit and does what `start_call` does, short of
-//! marking a call running that is finished already (or by the admission
-//! script sent alone after 2 ms, for longer calls, or before anything else
-//! about them: a retry, a release). A call the admission refuses (revoked
-//! or finished meanwhile, or over a limit set within the last second) has
-//! run for nothing: its result is refused, as for any stale delivery. A guest cannot act
-//! on the world, so that run costs CPU time and nothing else.
+//! A host needs no `start` round trip per call. The claim script checks
+//! each call it reads: one revoked or finished already is skipped there and
+//! never runs (`start_call` in `common.lua`: a revoked call gets its
+//! `revoked` envelope, and the entry is acknowledged). On a queue where no
+//! rate limit applies (queue or module), the rest is handed out unstarted
+//! ('held'), and so is what a blocking read returns when no rate limit
+//! applies and no queue read is paused (an `EXISTS` pipelined behind the
+//! read tells, without a round trip of its own). Their admission goes with
+//! their results: the script that publishes a result checks pause and rate
+//! limit and does what `start_call` does, short of marking running a call
+//! that is finished already, which saves writing each call's state a second
+//! time. A call that runs longer is admitted by a script sent alone after 2
+//! ms (`admit.lua`: the state becomes `running` under the delivery's token),
+//! and so is any call before anything else is done about it (a retry, a
+//! release). Elsewhere (a limit applies, a reclaimed entry), the claim
+//! starts what it hands out in its own script. A call the admission refuses
+//! (revoked or finished meanwhile, or over a limit set within the last
+//! second) has run for nothing: its result is refused, as for any stale
+//! delivery. A guest cannot act on the world, so that run costs CPU time
+//! and nothing else. A revocation while a call runs is written into its
+//! state (`revoked`) as well as the flag, so that the result's script of
+//! another delivery of the same call sees it in the state it reads anyway.
 //!
 //! Tokens are a random prefix per claim plus the entry id. The claim and
 //! admission scripts name the per-call keys of what they read from the
 //! stream (`P:call:ID` and friends) without declaring them, as they cannot
 //! know them beforehand.
 //!
-//! Waiting never polls: publishing a result adds an entry carrying the
-//! envelope to `P:wake:ID`; a waiter reads that stream from id 0 together
-//! with the call's state (one round trip, which ends the wait if the result
-//! is there), then `XREAD BLOCK`s on it from id 0, which returns the
-//! envelope itself. `XREAD` does not consume, so every waiter wakes, and an
-//! entry added between the check and the block is seen at once. Only a
-//! timeout, an unknown id or a result older than the wake-up's TTL costs a
-//! read of `P:result:ID`. A remote call (`submit_wait`) needs no check: it
-//! sends the submit script and the blocking read in one round trip, on a
-//! connection of its own.
+//! Waiting never polls: a waiter marks the call (field `waiting` of
+//! `P:call:ID`, set by `listen.lua` while the call is pending, in the same
+//! round trip as a read of `P:wake:ID` from id 0, which ends the wait if
+//! the result is there), then `XREAD BLOCK`s on `P:wake:ID` from id 0.
+//! Publishing the result of a marked call adds an entry carrying the
+//! envelope to that stream, so the blocked read returns the envelope
+//! itself. `XREAD` does not consume, so every waiter wakes, and an entry
+//! added between the mark and the block is seen at once; a result
+//! published before the mark is seen by it (the state is final then), and
+//! read from `P:result:ID`. Results nobody waits for (the many a bulk
+//! `wait_many` collects with `MGET`) get no wake-up: no stream to create,
+//! store and expire per call. A remote call (`submit_wait`) is marked by
+//! its submit script and needs no check: it sends that script and the
+//! blocking read in one round trip, on a connection of its own.
 //!
 //! # Pauses and rate limits
 //!
@@ -173,8 +183,9 @@ const SUBMIT_CHUNK: usize = 256;
 /// submits; a longer call costs one more round trip to wait on (and a server
 /// that lost its scripts, this long once).
 const FIRST_WAIT: Duration = Duration::from_millis(100);
-/// How long a blocking read's admission may wait to go out with the first
-/// command about its calls (usually their results) before it is sent alone.
+/// How long the admission of calls handed out unstarted (a blocking read's,
+/// or a claim's 'held') may wait to go out with the first command about
+/// them (usually their results) before it is sent alone.
 const DEFER_ADMIT: Duration = Duration::from_millis(2);
 /// Stored results [`Broker::wait_many`] looks up per round trip.
 const PEEK_MANY: usize = 128;
@@ -219,6 +230,7 @@ struct Scripts {
     dead_retry: Lua,
     dead_drop: Lua,
     host_gone: Lua,
+    listen: Lua,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -239,6 +251,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     dead_retry: Lua::new("dead_retry", include_str!("redis/dead_retry.lua")),
     dead_drop: Lua::new("dead_drop", include_str!("redis/dead_drop.lua")),
     host_gone: Lua::new("host_gone", include_str!("redis/host_gone.lua")),
+    listen: Lua::new("listen", include_str!("redis/listen.lua")),
 });
 
 /// One command of a pipeline; scripts remember which script they run so a
@@ -706,8 +719,10 @@ pub struct RedisBroker {
     last_reap: Mutex<Option<Instant>>,
     /// The rate-limited modules and queues, as last read from `P:rates`.
     limits: Mutex<Limited>,
-    /// Admissions of blocking reads not sent yet, by delivery token.
+    /// Admissions of calls handed out unstarted, not sent yet, by delivery token.
     deferred: DeferredMap,
+    /// How long those wait for a command about their calls ([`DEFER_ADMIT`]).
+    admission_delay: Duration,
     /// Set when a blocking read drained its queues: the next claim of that
     /// host may block again at once, without the non-blocking pass.
     drained: Mutex<Option<Drained>>,
@@ -765,9 +780,20 @@ impl RedisBroker {
             last_reap: Mutex::new(None),
             limits: Mutex::new(Limited::default()),
             deferred: DeferredMap::default(),
+            admission_delay: DEFER_ADMIT,
             drained: Mutex::new(None),
         };
         Ok(broker)
+    }
+
+    /// Sets how long the admission of calls handed out unstarted waits for
+    /// their results before it goes out alone (2 ms otherwise), so a test
+    /// can tell which way it went.
+    #[cfg(feature = "test-util")]
+    #[must_use]
+    pub fn with_admission_delay(mut self, delay: Duration) -> Self {
+        self.admission_delay = delay;
+        self
     }
 
     /// The key prefix.
@@ -1097,6 +1123,8 @@ impl RedisBroker {
         }
         let reply = self.eval(op.build(), "cannot claim calls").await?;
         let bad = || Error::Malformed("unexpected reply of the claim script".into());
+        // Where in `out` the deliveries handed out unstarted ('held') are.
+        let mut held_at = Vec::new();
         let parts = as_array(&reply).ok_or_else(bad)?;
         let next_due = parts.first().and_then(as_int).ok_or_else(bad)?;
         let entries = parts.get(1).and_then(as_array).ok_or_else(bad)?;
@@ -1106,8 +1134,14 @@ impl RedisBroker {
             let fields = e.get(1).map(reply::fields).unwrap_or_default();
             let deliveries = e.get(2).and_then(as_int).ok_or_else(bad)?;
             let deliveries = u32::try_from(deliveries).unwrap_or(u32::MAX);
-            let started = start_outcome(e.get(3));
+            let held = e.get(3).and_then(as_bytes) == Some(b"held");
+            let started = if held {
+                Some(StartOutcome::Run)
+            } else {
+                start_outcome(e.get(3))
+            };
             let parsed = parse_call(call_field(&fields));
+            let before = out.len();
             self.accept_entry(
                 queue,
                 id,
@@ -1119,6 +1153,17 @@ impl RedisBroker {
                 out,
             )
             .await?;
+            if held && out.len() > before {
+                held_at.push(before);
+            }
+        }
+        if !held_at.is_empty() {
+            self.hold(
+                host_id,
+                queue,
+                &token_prefix,
+                held_at.iter().map(|&i| &out[i]),
+            );
         }
         let blockable = parts.get(2).and_then(as_int) == Some(1);
         Ok((
@@ -1201,30 +1246,7 @@ impl RedisBroker {
                 )
                 .await?;
             }
-            let entries = out[first..]
-                .iter()
-                .map(|d| HeldEntry {
-                    entry_id: d.entry_id.clone(),
-                    call_id: d.call.id.clone(),
-                    task: d.call.task.clone(),
-                    attempt: d.call.attempt,
-                    submitted_ms: d.call.submitted_ms,
-                    token: d.token.clone(),
-                })
-                .collect();
-            self.defer_admission(Admission {
-                keys: self.limit_keys(queue, &[]),
-                head: vec![
-                    host_id.to_string(),
-                    self.keys.prefix.clone(),
-                    token_prefix,
-                    queue.to_string(),
-                    self.state_ttl_ms(Duration::ZERO).to_string(),
-                    self.marker_ttl_ms().to_string(),
-                    WAKE_TTL.as_millis().to_string(),
-                ],
-                entries,
-            });
+            self.hold(host_id, queue, &token_prefix, out[first..].iter());
             return Ok(());
         }
         let reply = self.eval(op.build(), "cannot admit claimed calls").await?;
@@ -1242,8 +1264,42 @@ impl RedisBroker {
         Ok(())
     }
 
+    /// Holds back the admission of `delivered`, handed out unstarted, until
+    /// a command about one of them goes out (see `admit`).
+    fn hold<'a>(
+        &self,
+        host_id: &str,
+        queue: &str,
+        token_prefix: &str,
+        delivered: impl Iterator<Item = &'a Delivery>,
+    ) {
+        let entries = delivered
+            .map(|d| HeldEntry {
+                entry_id: d.entry_id.clone(),
+                call_id: d.call.id.clone(),
+                task: d.call.task.clone(),
+                attempt: d.call.attempt,
+                submitted_ms: d.call.submitted_ms,
+                token: d.token.clone(),
+            })
+            .collect();
+        self.defer_admission(Admission {
+            keys: self.limit_keys(queue, &[]),
+            head: vec![
+                host_id.to_string(),
+                self.keys.prefix.clone(),
+                token_prefix.to_string(),
+                queue.to_string(),
+                self.state_ttl_ms(Duration::ZERO).to_string(),
+                self.marker_ttl_ms().to_string(),
+                WAKE_TTL.as_millis().to_string(),
+            ],
+            entries,
+        });
+    }
+
     /// Holds back an admission (see `admit`) until a command about one of
-    /// its deliveries goes out, or [`DEFER_ADMIT`] passes.
+    /// its deliveries goes out, or the admission delay passes.
     fn defer_admission(&self, admission: Admission) {
         let tokens = admission.tokens();
         let deferred = Arc::new(Deferred {
@@ -1256,8 +1312,9 @@ impl RedisBroker {
             }
         }
         let (conn, url, map) = (self.conn.clone(), self.url.clone(), self.deferred.clone());
+        let delay = self.admission_delay;
         tokio::spawn(async move {
-            tokio::time::sleep(DEFER_ADMIT).await;
+            tokio::time::sleep(delay).await;
             let mut backoff = Duration::from_millis(50);
             for attempt in 1..=8 {
                 match send_deferred(&conn, &url, &map, &deferred).await {
@@ -1358,8 +1415,15 @@ impl RedisBroker {
     }
 
     /// The submit scripts of `calls` (one per queue and chunk), after checking
-    /// every call: nothing is queued if one is invalid.
-    fn submit_ops(&self, calls: &[Call], countdown: Option<Duration>) -> Result<Vec<Op>> {
+    /// every call: nothing is queued if one is invalid. With `waiting`, the
+    /// calls are marked as waited for (see `listen`), so their results come
+    /// with a wake-up.
+    fn submit_ops(
+        &self,
+        calls: &[Call],
+        countdown: Option<Duration>,
+        waiting: bool,
+    ) -> Result<Vec<Op>> {
         // Check everything before anything is queued.
         let mut jsons = Vec::with_capacity(calls.len());
         for call in calls {
@@ -1384,7 +1448,11 @@ impl RedisBroker {
                 for &i in chunk {
                     op = op.key(self.keys.call(&calls[i].id));
                 }
-                let mut op = op.arg(*queue).arg(state_ttl).arg(countdown_ms);
+                let mut op = op
+                    .arg(*queue)
+                    .arg(state_ttl)
+                    .arg(countdown_ms)
+                    .arg(if waiting { "1" } else { "0" });
                 for &i in chunk {
                     let call = &calls[i];
                     op = op
@@ -1398,6 +1466,12 @@ impl RedisBroker {
             }
         }
         Ok(ops)
+    }
+
+    /// The state of call `id`, marking it waited for while it is pending
+    /// (`listen.lua`): its result then comes with a wake-up.
+    fn listen_op(&self, id: &str) -> Op {
+        Op::eval(&SCRIPTS.listen).key(self.keys.call(id)).build()
     }
 
     /// `XREAD BLOCK` of the wake-up stream of `id` from its start.
@@ -1636,7 +1710,7 @@ impl Broker for RedisBroker {
     }
 
     async fn submit(&self, calls: &[Call], countdown: Option<Duration>) -> Result<()> {
-        let ops = self.submit_ops(calls, countdown)?;
+        let ops = self.submit_ops(calls, countdown, false)?;
         for r in self.pipeline(ops, "cannot submit calls").await? {
             r?;
         }
@@ -1659,7 +1733,7 @@ impl Broker for RedisBroker {
         // as soon as the result is published (or at once if it already is).
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for op in self.submit_ops(std::slice::from_ref(call), None)? {
+        for op in self.submit_ops(std::slice::from_ref(call), None, true)? {
             pipe.add_command(op.cmd);
         }
         pipe.add_command(self.wake_read(&call.id, first));
@@ -1772,18 +1846,17 @@ impl Broker for RedisBroker {
             return Err(Error::UnknownCall(id.to_string()));
         }
         // One round trip: the wake-up (it carries the envelope, for five
-        // minutes after the result) and whether the call is pending.
+        // minutes after the result, if someone waited) and whether the call
+        // is pending, which marks it waited for (`listen`).
         let mut peek = redis::cmd("XREAD");
         peek.arg("COUNT")
             .arg(1)
             .arg("STREAMS")
             .arg(self.keys.wake(id))
             .arg("0-0");
-        let mut state = redis::cmd("HGET");
-        state.arg(self.keys.call(id)).arg("state");
         let mut replies = self
             .pipeline(
-                vec![Op::cmd(peek), Op::cmd(state)],
+                vec![Op::cmd(peek), self.listen_op(id)],
                 "cannot wait for a result",
             )
             .await?
@@ -1800,9 +1873,9 @@ impl Broker for RedisBroker {
             Woken::Bare => return self.final_status(id).await,
             Woken::Nothing => {}
         }
-        let pending = matches!(as_bytes(&state), Some(b"queued" | b"running" | b"retrying"));
-        if !pending {
-            // Unknown, or final with its wake-up gone: the stored result says.
+        if !is_pending(&state) {
+            // Unknown, or final (published before anyone waited, or with
+            // its wake-up gone): the stored result says.
             match self.status(id).await? {
                 None => return Err(Error::UnknownCall(id.to_string())),
                 Some(env) if env.state.is_final() => return Ok(Some(env)),
@@ -1824,6 +1897,16 @@ impl Broker for RedisBroker {
                 Woken::Nothing => {}
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            // A long wait: mark the call again, in case its state was
+            // written anew meanwhile (submitted again under its id), and
+            // stop if it is no longer pending.
+            if !is_pending(
+                &self
+                    .eval(self.listen_op(id), "cannot wait for a result")
+                    .await?,
+            ) {
                 break;
             }
         }
@@ -3205,6 +3288,11 @@ enum Woken {
     /// An entry without a usable envelope (written by an older wasq):
     /// the result exists, read it.
     Bare,
+}
+
+/// Whether a call state read from Redis is one a result is still to come for.
+fn is_pending(state: &Value) -> bool {
+    matches!(as_bytes(state), Some(b"queued" | b"running" | b"retrying"))
 }
 
 /// The wake-up in an `XREAD` reply of `id`'s wake-up stream.

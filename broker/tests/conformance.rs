@@ -6,6 +6,7 @@
 //! own throwaway `redis-server` with a prefix of its own. Redis-only tests
 //! (garbage in Redis, TTLs, a server restart) are at the end.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::json;
@@ -1633,6 +1634,9 @@ async fn redis_garbage_at_the_result_key() {
     let (prefix, b) = prefixed_broker(&server, "garbage_result").await;
     let mut conn = raw(&server).await;
     let call = submit_one(&b).await;
+    // A waiter that gave up at once marked the call all the same: its
+    // result comes with a wake-up.
+    assert_eq!(b.wait(&call.id, Some(Duration::ZERO)).await.unwrap(), None);
     let result_key = format!("{prefix}:result:{}", call.id);
     let _: i64 = redis::cmd("HSET")
         .arg(&result_key)
@@ -1737,6 +1741,8 @@ async fn redis_result_ttl_is_applied() {
             .await
             .unwrap();
         let call = submit_one(&b).await;
+        // Waited for (see `redis_wake_ups_are_for_waiters`): a wake-up too.
+        assert_eq!(b.wait(&call.id, Some(Duration::ZERO)).await.unwrap(), None);
         let d = claim_one(&b, "h1", Duration::from_secs(2)).await;
         assert_eq!(b.start(&d, "h1").await.unwrap(), StartOutcome::Run);
         let env = succeeded(&d, json!(9), "h1");
@@ -2226,6 +2232,73 @@ async fn redis_a_held_admission_goes_with_its_result() {
     assert_eq!(stats_of(&b, "default").await.pending, 0);
 }
 
+/// A claim that does not block checks what it reads (a call revoked while
+/// queued is not run) and, on a queue without limits, hands the rest out
+/// unstarted: the result's script starts each, so a call costs the claim's
+/// script and its result's. A revocation after the claim still holds: one
+/// while the call is queued refuses the result; one while it runs elsewhere
+/// (it was submitted twice) is in the call's state, and the result's
+/// script publishes it instead.
+#[tokio::test]
+async fn redis_a_claim_leaves_the_start_to_the_result() {
+    let server = RedisServer::start();
+    // Admissions wait for the results (never alone within the test).
+    let b = redis_broker(&server, "claim_held", config())
+        .await
+        .with_admission_delay(Duration::from_secs(600));
+    let mut conn = raw(&server).await;
+    let answer = |d: &Delivery| (d.clone(), succeeded(d, json!(d.call.id), "h1"));
+    let calls = numbered_calls(&b, 4).await;
+    b.submit(&calls, None).await.unwrap();
+    assert!(b.revoke(&calls[3].id).await.unwrap());
+    let before = scripts_run(&mut conn).await;
+    let got = b.claim("h1", &queues(), 8, Duration::ZERO).await.unwrap();
+    let started: Vec<_> = got
+        .iter()
+        .map(|d| (d.call.id.as_str(), d.started))
+        .collect();
+    let run = Some(StartOutcome::Run);
+    assert_eq!(
+        started,
+        [
+            (calls[0].id.as_str(), run),
+            (&calls[1].id, run),
+            (&calls[2].id, run),
+            (&calls[3].id, Some(StartOutcome::Revoked)),
+        ]
+    );
+    // Handed out, not started.
+    assert_eq!(state_of(&b, &calls[0].id).await, State::Queued);
+    assert_eq!(b.complete(&[answer(&got[0])]).await.unwrap(), vec![true]);
+    assert_eq!(scripts_run(&mut conn).await - before, 2);
+    let evs = events_of(&b, &calls[0].id).await;
+    assert_eq!(kinds(&evs), ["queued", "started", "succeeded"]);
+    assert_eq!((evs[1].host.as_str(), evs[2].host.as_str()), ("h1", "h1"));
+
+    // Revoked after the claim, while queued: revoked it stays.
+    assert!(b.revoke(&calls[1].id).await.unwrap());
+    assert_eq!(b.complete(&[answer(&got[1])]).await.unwrap(), vec![false]);
+    assert_eq!(state_of(&b, &calls[1].id).await, State::Revoked);
+
+    // Submitted again, started by h2 and revoked while it runs there (h2
+    // is alive: ending the run is its business); h1's result for the first
+    // entry finds the revocation and publishes it, not its own.
+    b.submit(std::slice::from_ref(&calls[2]), None)
+        .await
+        .unwrap();
+    let d2 = claim_one(&b, "h2", Duration::ZERO).await;
+    assert_eq!(b.start(&d2, "h2").await.unwrap(), StartOutcome::Run);
+    assert_eq!(state_of(&b, &calls[2].id).await, State::Running);
+    assert!(b.revoke(&calls[2].id).await.unwrap());
+    assert_eq!(state_of(&b, &calls[2].id).await, State::Running);
+    assert_eq!(b.complete(&[answer(&got[2])]).await.unwrap(), vec![false]);
+    let env = b.status(&calls[2].id).await.unwrap().unwrap();
+    assert_eq!(
+        (env.state, env.error.map(|e| e.kind)),
+        (State::Revoked, Some(ErrorKind::Revoked))
+    );
+}
+
 /// `submit_wait` submits and waits in one round trip (one read of the
 /// wake-up, no peek first), and works on a server that lost its scripts.
 #[tokio::test]
@@ -2270,6 +2343,71 @@ async fn redis_submit_wait_reads_once_and_survives_lost_scripts() {
     }
 }
 
+/// Publishing a result adds a wake-up only for a call someone waits for
+/// (`wait` marks it while it is pending; a remote call is marked when it is
+/// submitted): results collected in bulk cost no wake-up, and a wait that
+/// comes after the result gets it from the result key.
+#[tokio::test]
+async fn redis_wake_ups_are_for_waiters() {
+    let server = RedisServer::start();
+    let (prefix, b) = prefixed_broker(&server, "wake_ups").await;
+    let conn = raw(&server).await;
+    let calls = numbered_calls(&b, 2).await;
+    b.submit(&calls, None).await.unwrap();
+    let (alone, waited) = (&calls[0], &calls[1]);
+    let marked = |id: &str| {
+        let mut cmd = redis::cmd("HEXISTS");
+        cmd.arg(format!("{prefix}:call:{id}")).arg("waiting");
+        let mut conn = conn.clone();
+        async move { cmd.query_async::<bool>(&mut conn).await.unwrap() }
+    };
+    let wake_ttl = |id: &str| {
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(format!("{prefix}:wake:{id}"));
+        let mut conn = conn.clone();
+        async move { cmd.query_async::<i64>(&mut conn).await.unwrap() }
+    };
+    let (got, envs) = tokio::join!(b.wait(&waited.id, Some(Duration::from_secs(20))), async {
+        // The results come once the waiter has marked its call.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !marked(&waited.id).await {
+            assert!(
+                Instant::now() < deadline,
+                "the waiter never marked its call"
+            );
+            sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!marked(&alone.id).await);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            got.extend(b.claim("h1", &queues(), 2, Duration::ZERO).await.unwrap());
+        }
+        let done: Vec<_> = got
+            .iter()
+            .map(|d| (d.clone(), succeeded(d, json!(d.call.id), "h1")))
+            .collect();
+        assert_eq!(b.complete(&done).await.unwrap(), vec![true, true]);
+        done.into_iter()
+            .map(|(d, env)| (d.call.id, env))
+            .collect::<HashMap<_, _>>()
+    });
+    assert_eq!(got.unwrap().as_ref(), envs.get(&waited.id));
+    let ttl = wake_ttl(&waited.id).await;
+    assert!(ttl > 0 && ttl <= 300_000, "wake-up TTL {ttl}");
+    // Nobody waited for `alone`: no wake-up, and a wait now reads its result.
+    assert_eq!(wake_ttl(&alone.id).await, -2, "no wake-up key");
+    assert_eq!(
+        b.wait(&alone.id, Some(Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .as_ref(),
+        envs.get(&alone.id)
+    );
+    // That late wait marked nothing: the call is final.
+    assert!(!marked(&alone.id).await);
+    assert_eq!(wake_ttl(&alone.id).await, -2);
+}
+
 /// `wait_many` on results that are all there: one `MGET` per 128, no
 /// per-call command; garbage at one result key is that call's own business.
 #[tokio::test]
@@ -2304,21 +2442,17 @@ async fn redis_wait_many_reads_results_in_bulk() {
     assert_eq!(command_calls(&mut conn, &["mget"]).await - gets, 3);
     assert_eq!(command_calls(&mut conn, &per_call).await, singles);
 
-    // Garbage at a result key: its wake-up still carries the envelope...
-    let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}:result:{}", ids[7]))
-        .arg("{not json")
+    // Nobody blocked on these calls, so none has a wake-up...
+    let wakes: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:wake:*"))
         .query_async(&mut conn)
         .await
         .unwrap();
-    let again = b
-        .wait_many(&ids, Some(Duration::from_secs(5)))
-        .await
-        .unwrap();
-    assert_eq!(again, envs);
-    // ...and without it, the call's error says which call.
-    let _: () = redis::cmd("DEL")
-        .arg(format!("{prefix}:wake:{}", ids[7]))
+    assert!(wakes.is_empty(), "{wakes:?}");
+    // ...and garbage at a result key is that call's error, which says which call.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:result:{}", ids[7]))
+        .arg("{not json")
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -2409,7 +2543,10 @@ async fn redis_complete_reads_a_batch_pending_records_at_once() {
     assert_eq!(xpending(&mut conn).await - before, 2);
 
     // A copy of a delivery with another count (reclaimed meanwhile, as far
-    // as it can tell) is refused; its neighbours are published.
+    // as it can tell) is refused; its neighbours are published. (The call
+    // is started first, as one that runs a while is: a copy shares the
+    // delivery's token, and answering it would settle a held admission.)
+    assert_eq!(b.start(&got[100], "h1").await.unwrap(), StartOutcome::Run);
     let mut stale = got[100].clone();
     stale.deliveries += 1;
     let mixed = [&got[99], &stale, &got[101]];

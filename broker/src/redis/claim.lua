@@ -3,9 +3,10 @@
 -- the lease (their host stopped heartbeating) and read new entries, holding
 -- back those whose module is over its rate limit; all without blocking. The
 -- caller blocks separately if this returns nothing. What it hands out it
--- also starts (`start_call`), so a host needs no `start` round trip; entries
--- past the delivery limit, or whose call it cannot read, it leaves to the
--- host (to dead-letter, or to start itself).
+-- also starts (`start_call`), so a host needs no `start` round trip, or,
+-- for fresh entries of a queue without limits, leaves to be admitted with
+-- their results ('held'); entries past the delivery limit, or whose call it
+-- cannot read, it leaves to the host (to dead-letter, or to start itself).
 -- Touches the per-call keys (P:call:ID, P:result:ID, P:revoked:ID,
 -- P:wake:ID) of the calls it starts, which it can only name once it has
 -- read them.
@@ -22,7 +23,8 @@
 --          {{entry id, {field, value, ...}, deliveries, outcome}, ...},
 --          1 if a blocking read of new entries may hand them out now, else 0
 --          (paused, or the queue's bucket is empty)}
--- where outcome is what `start_call` returned, or '' if not started.
+-- where outcome is what `start_call` returned, 'held' if its start is left
+-- to the host's admission, or '' if not started.
 local stream, delayed = KEYS[1], KEYS[2]
 local consumer, want, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
@@ -45,6 +47,9 @@ end
 
 local out = {}
 local blockable = 0
+-- Whether fresh entries may be handed out unstarted (see below): no rate
+-- limit applies to the queue or any module.
+local hold = false
 if redis.call('EXISTS', KEYS[3]) == 0 then
   local avail, refill = bucket_peek(KEYS[4], now)
   local allowed = want
@@ -73,6 +78,7 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
     modules[ARGV[i + 7]] = KEYS[i]
     limited = true
   end
+  hold = avail == math.huge and not limited
   -- Held-back entries make room for more: read again, a few times at most.
   local rounds = 0
   while #out < allowed and rounds < 4 do
@@ -96,21 +102,30 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
   bucket_take(KEYS[4], now, #out)
 end
 
--- Start what we hand out.
+-- Start what we hand out; or, for a fresh entry without limits to heed,
+-- hold its start back ('held'): the host admits it with its result (see
+-- complete.lua), or alone if the call runs longer, which saves writing its
+-- state twice. A call revoked or finished already is started here (which
+-- skips it), so it never runs.
 local prefix, max_deliveries = ARGV[7], tonumber(ARGV[9])
 for _, o in ipairs(out) do
   local outcome = ''
   if o[3] <= max_deliveries then
     local id, task, attempt, submitted = call_head(field_of(o[2], 'call'))
     if id then
-      outcome = start_call({
-        stream = stream, call = prefix .. ':call:' .. id, result = prefix .. ':result:' .. id,
-        revoked = prefix .. ':revoked:' .. id, wake = prefix .. ':wake:' .. id,
-        events = KEYS[5], done = KEYS[6],
-        entry = o[1], deliveries = o[3], token = ARGV[8] .. ':' .. o[1], host = consumer,
-        id = id, queue = ARGV[10], task = task, attempt = attempt, submitted = submitted,
-        ttl = ARGV[11], marker_ttl = ARGV[12], wake_ttl = ARGV[13],
-      }, now, false)
+      local result, revoked = prefix .. ':result:' .. id, prefix .. ':revoked:' .. id
+      if hold and o[3] == 1 and redis.call('EXISTS', result, revoked) == 0 then
+        outcome = 'held'
+      else
+        outcome = start_call({
+          stream = stream, call = prefix .. ':call:' .. id, result = result,
+          revoked = revoked, wake = prefix .. ':wake:' .. id,
+          events = KEYS[5], done = KEYS[6],
+          entry = o[1], deliveries = o[3], token = ARGV[8] .. ':' .. o[1], host = consumer,
+          id = id, queue = ARGV[10], task = task, attempt = attempt, submitted = submitted,
+          ttl = ARGV[11], marker_ttl = ARGV[12], wake_ttl = ARGV[13],
+        }, now, false)
+      end
     end
   end
   o[4] = outcome

@@ -1,9 +1,12 @@
 -- complete: publish the final envelopes of a batch of deliveries of one
 -- queue, each only if its delivery still holds the call; the
--- first final result wins. A delivery whose admission was held back (see
--- RedisBroker::admit) is admitted here first, as admit.lua would
--- (`start_call`), except that its call is never marked running: its result
--- is already here. One TIME for the batch.
+-- first final result wins. A delivery whose admission was held back (a
+-- blocking read's, see RedisBroker::admit, or a claim's 'held') is admitted
+-- here first, as admit.lua would, except that its call is never marked
+-- running: its result is already here. Unless the call's state says it was
+-- revoked since (then `start_call` publishes that), the checks `start_call`
+-- begins with come free: the result's SET NX fails if one exists. One TIME
+-- for the batch.
 -- KEYS: 1 stream, 2 events, 3 queue's done counter, 4 queue's latency
 --       samples, 5 paused flag, 6 queue rate bucket, then 4 per delivery:
 --       call state, result, wake, revoked flag
@@ -35,25 +38,34 @@ local admissible = nil
 local n = (#KEYS - 6) / 4
 -- The pending records of the batch's entries: one XPENDING over their
 -- range instead of one per entry (`owns`), read when first needed. Only for
--- well-formed ids; entries past `covered` (the range held more than the
--- read returned) are looked up one by one.
-local pel, covered, low = nil, nil, nil
+-- well-formed ids, parsed once (comparing them with patterns cost ~2 µs a
+-- delivery); entries past `covered` (the range held more than the read
+-- returned) are looked up one by one.
+local pel, covered = nil, nil
+-- An entry id as its two numbers, or nil.
+local function parse_id(e)
+  local ms, seq = string.match(e, '^(%d+)%-(%d+)$')
+  if ms then
+    return tonumber(ms), tonumber(seq)
+  end
+end
 local function prefetch()
   pel = false
   if n < 2 then
     return
   end
-  local high
+  local low, high, lm, ls, hm, hs
   for k = 0, n - 1 do
     local e = ARGV[5 + 12 * k]
-    if not string.match(e, '^%d+%-%d+$') then
+    local m, s = parse_id(e)
+    if not m then
       return
     end
-    if not low or id_after(low, e) then
-      low = e
+    if not lm or m < lm or (m == lm and s < ls) then
+      low, lm, ls = e, m, s
     end
-    if not high or id_after(e, high) then
-      high = e
+    if not hm or m > hm or (m == hm and s > hs) then
+      high, hm, hs = e, m, s
     end
   end
   local cap = 2 * n + 128
@@ -61,21 +73,31 @@ local function prefetch()
   if type(r) ~= 'table' or r.err then
     return
   end
+  if #r >= cap then
+    local m, s = parse_id(r[#r][1])
+    if not m then
+      return
+    end
+    covered = {m, s}
+  end
   pel = {}
   for _, p in ipairs(r) do
     pel[p[1]] = tonumber(p[4])
-  end
-  covered = high
-  if #r >= cap then
-    covered = r[#r][1]
   end
 end
 local function owns_here(entry, deliveries)
   if pel == nil then
     prefetch()
   end
-  if pel and not id_after(entry, covered) and not id_after(low, entry) then
-    return pel[entry] == tonumber(deliveries)
+  if pel then
+    -- Every entry of the batch lies in the range read.
+    local m, s = nil, nil
+    if covered then
+      m, s = parse_id(entry)
+    end
+    if not covered or m < covered[1] or (m == covered[1] and s <= covered[2]) then
+      return pel[entry] == tonumber(deliveries)
+    end
   end
   return owns(stream, entry, deliveries)
 end
@@ -85,7 +107,11 @@ for k = 0, n - 1 do
   local a = 5 + 12 * k
   local entry, deliveries, token, envelope = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local ok = 0
-  local state, current = unpack(redis.call('HMGET', call_key, 'state', 'token'))
+  -- Whether this delivery's admission goes through here, to be recorded
+  -- (its `started` event) along with the result.
+  local starting = false
+  local state, current, waiting, revoking = unpack(redis.call('HMGET', call_key,
+    'state', 'token', 'waiting', 'revoked'))
   local mine = current == token
   -- Whether the delivery still holds its entry (read once, if needed).
   local owned = nil
@@ -108,14 +134,22 @@ for k = 0, n - 1 do
       elseif admissible then
         -- `already`: admitted before (a repeated batch whose admission
         -- went through), so nothing is recorded twice.
-        mine = start_call({
-          stream = stream, call = call_key, result = result_key, revoked = revoked_key,
-          wake = wake_key, events = KEYS[2], done = KEYS[3],
-          entry = entry, deliveries = deliveries, token = token, host = ARGV[a + 6],
-          id = ARGV[a + 4], queue = queue, task = ARGV[a + 7], attempt = ARGV[a + 10],
-          submitted = ARGV[a + 9], ttl = ARGV[1], marker_ttl = ARGV[2], wake_ttl = ARGV[3],
-          finished = true,
-        }, now, state == 'running' and mine) == 'run'
+        local already = state == 'running' and mine
+        if not revoking then
+          -- What start_call checks first costs nothing more here: a result
+          -- stored meanwhile makes the SET NX below fail, and a revocation
+          -- since the claim (which saw no `revoked` flag) marked the state.
+          mine, starting = true, not already
+        else
+          mine = start_call({
+            stream = stream, call = call_key, result = result_key, revoked = revoked_key,
+            wake = wake_key, events = KEYS[2], done = KEYS[3],
+            entry = entry, deliveries = deliveries, token = token, host = ARGV[a + 6],
+            id = ARGV[a + 4], queue = queue, task = ARGV[a + 7], attempt = ARGV[a + 10],
+            submitted = ARGV[a + 9], ttl = ARGV[1], marker_ttl = ARGV[2], wake_ttl = ARGV[3],
+            finished = true,
+          }, now, already) == 'run'
+        end
       else
         ok, mine = 2, false
       end
@@ -140,7 +174,10 @@ for k = 0, n - 1 do
         stored = true
       end
       if stored then
-        mark_published(call_key, wake_key, envelope, ARGV[2], ARGV[3], token)
+        if starting then
+          event(KEYS[2], 'started', ARGV[a + 4], queue, ARGV[a + 7], ARGV[a + 6], now)
+        end
+        mark_published(call_key, wake_key, envelope, ARGV[2], ARGV[3], token, waiting)
         acked[#acked + 1] = entry
         local latency = latency_since(ARGV[a + 9], clock)
         event(KEYS[2], ARGV[a + 5], ARGV[a + 4], queue, ARGV[a + 7], ARGV[a + 6], now,
@@ -151,7 +188,9 @@ for k = 0, n - 1 do
       else
         -- Someone else's final result is already there: it stays. Our entry is done.
         acked[#acked + 1] = entry
-        redis.call('HDEL', call_key, 'token')
+        if current == token then
+          redis.call('HDEL', call_key, 'token')
+        end
       end
     end
   end

@@ -37,5 +37,9 @@ if final then
   publish(KEYS[2], KEYS[1], KEYS[4], env, ARGV[2], ARGV[3], ARGV[4], '')
   event(KEYS[5], 'revoked', ARGV[1], queue, task, host, now, 'revoked', latency_since(submitted))
   count_final(KEYS[6], nil, now, '')
+else
+  -- Running: its host ends it. The state says so too, for the result's
+  -- script (complete.lua reads it with the state, not the flag).
+  redis.call('HSET', KEYS[1], 'revoked', '1')
 end
 return 1

@@ -2874,11 +2874,21 @@ impl RedisBroker {
                 .key(self.keys.wake(id))
                 .key(self.keys.revoked(id));
         }
+        // The range of the chunk's entries, for the script's one XPENDING
+        // (none if an id is not `ms-seq`, or for a single delivery).
+        let ids = chunk.iter().map(|&i| entry_number(&done[i].0.entry_id));
+        let id = |(ms, seq): (u64, u64)| format!("{ms}-{seq}");
+        let [low, high] = match (ids.clone().min(), ids.max()) {
+            (Some(Some(low)), Some(Some(high))) if chunk.len() > 1 => [id(low), id(high)],
+            _ => [String::new(), String::new()],
+        };
         let mut op = op
             .arg(self.result_ttl_ms())
             .arg(self.marker_ttl_ms())
             .arg(WAKE_TTL.as_millis() as u64)
-            .arg(queue);
+            .arg(queue)
+            .arg(low)
+            .arg(high);
         for &i in chunk {
             let (delivery, envelope) = &done[i];
             let call = &delivery.call;
@@ -3290,6 +3300,13 @@ enum Woken {
     Bare,
 }
 
+/// A stream entry id (`ms-seq`) as numbers, in their order; `None` if it
+/// is not one.
+fn entry_number(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// Whether a call state read from Redis is one a result is still to come for.
 fn is_pending(state: &Value) -> bool {
     matches!(as_bytes(state), Some(b"queued" | b"running" | b"retrying"))
@@ -3392,6 +3409,17 @@ mod tests {
         );
         assert_eq!(redact_url("rediss://:s3cret@h"), "rediss://:***@h");
         assert!(!redact_url("redis://a:p@ss@h").contains("p@ss"));
+    }
+
+    #[test]
+    fn entry_ids_order_as_numbers() {
+        let ids = ["1764512345678-9", "1764512345678-10", "1764512345677-99"];
+        let numbers: Vec<_> = ids.iter().map(|id| entry_number(id)).collect();
+        assert_eq!(numbers.iter().min(), Some(&Some((1764512345677, 99))));
+        assert_eq!(numbers.iter().max(), Some(&Some((1764512345678, 10))));
+        for bad in ["", "12", "12-", "-3", "a-1", "1-2-3"] {
+            assert_eq!(entry_number(bad), None, "{bad}");
+        }
     }
 
     #[test]

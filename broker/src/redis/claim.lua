@@ -92,7 +92,8 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
       held = admit_modules(stream, delayed, modules, got, now, out)
     else
       for _, e in ipairs(got) do
-        out[#out + 1] = {e[1], e[2] or {}, 1}
+        e[2], e[3] = e[2] or {}, 1
+        out[#out + 1] = e
       end
     end
     if #got < ask or held == 0 then
@@ -111,12 +112,18 @@ local prefix, max_deliveries = ARGV[7], tonumber(ARGV[9])
 for _, o in ipairs(out) do
   local outcome = ''
   if o[3] <= max_deliveries then
-    local id, task, attempt, submitted = call_head(field_of(o[2], 'call'))
-    if id then
-      local result, revoked = prefix .. ':result:' .. id, prefix .. ':revoked:' .. id
-      if hold and o[3] == 1 and redis.call('EXISTS', result, revoked) == 0 then
-        outcome = 'held'
-      else
+    local call = field_of(o[2], 'call')
+    -- Held, a call needs only its id here (the host reads the rest, and
+    -- buries a call it cannot read).
+    local fresh = hold and o[3] == 1 and type(call) == 'string'
+      and string.match(call, '^{"id":"([%w_%-]+)"')
+    if fresh and #fresh <= 128 and redis.call('EXISTS', prefix .. ':result:' .. fresh,
+        prefix .. ':revoked:' .. fresh) == 0 then
+      outcome = 'held'
+    else
+      local id, task, attempt, submitted = call_head(call)
+      if id then
+        local result, revoked = prefix .. ':result:' .. id, prefix .. ':revoked:' .. id
         outcome = start_call({
           stream = stream, call = prefix .. ':call:' .. id, result = result,
           revoked = revoked, wake = prefix .. ':wake:' .. id,

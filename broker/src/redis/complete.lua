@@ -10,7 +10,9 @@
 -- KEYS: 1 stream, 2 events, 3 queue's done counter, 4 queue's latency
 --       samples, 5 paused flag, 6 queue rate bucket, then 4 per delivery:
 --       call state, result, wake, revoked flag
--- ARGV: 1 result ttl ms, 2 marker ttl ms, 3 wake ttl ms, 4 queue, then 12
+-- ARGV: 1 result ttl ms, 2 marker ttl ms, 3 wake ttl ms, 4 queue, 5 and 6
+--       the lowest and highest entry id of the batch ('' = do not read the
+--       batch's pending records at once), then 12
 --       per delivery (in the order of its keys): entry, deliveries, token,
 --       envelope JSON, id, final state, host, task, error kind ('' = none),
 --       submit time ms, attempt, '1' to admit it here (else '0')
@@ -37,10 +39,10 @@ local acked = {}
 local admissible = nil
 local n = (#KEYS - 6) / 4
 -- The pending records of the batch's entries: one XPENDING over their
--- range instead of one per entry (`owns`), read when first needed. Only for
--- well-formed ids, parsed once (comparing them with patterns cost ~2 µs a
--- delivery); entries past `covered` (the range held more than the read
--- returned) are looked up one by one.
+-- range (ARGV 5 and 6, found by the caller: comparing ids here cost ~1 µs
+-- a delivery) instead of one per entry (`owns`), read when first needed.
+-- Entries past `covered` (the range held more than the read returned) are
+-- looked up one by one.
 local pel, covered = nil, nil
 -- An entry id as its two numbers, or nil.
 local function parse_id(e)
@@ -51,25 +53,11 @@ local function parse_id(e)
 end
 local function prefetch()
   pel = false
-  if n < 2 then
+  if ARGV[5] == '' then
     return
   end
-  local low, high, lm, ls, hm, hs
-  for k = 0, n - 1 do
-    local e = ARGV[5 + 12 * k]
-    local m, s = parse_id(e)
-    if not m then
-      return
-    end
-    if not lm or m < lm or (m == lm and s < ls) then
-      low, lm, ls = e, m, s
-    end
-    if not hm or m > hm or (m == hm and s > hs) then
-      high, hm, hs = e, m, s
-    end
-  end
   local cap = 2 * n + 128
-  local r = redis.pcall('XPENDING', stream, 'hosts', low, high, cap)
+  local r = redis.pcall('XPENDING', stream, 'hosts', ARGV[5], ARGV[6], cap)
   if type(r) ~= 'table' or r.err then
     return
   end
@@ -82,7 +70,7 @@ local function prefetch()
   end
   pel = {}
   for _, p in ipairs(r) do
-    pel[p[1]] = tonumber(p[4])
+    pel[p[1]] = p[4]
   end
 end
 local function owns_here(entry, deliveries)
@@ -95,7 +83,7 @@ local function owns_here(entry, deliveries)
     if covered then
       m, s = parse_id(entry)
     end
-    if not covered or m < covered[1] or (m == covered[1] and s <= covered[2]) then
+    if not covered or (m and (m < covered[1] or (m == covered[1] and s <= covered[2]))) then
       return pel[entry] == tonumber(deliveries)
     end
   end
@@ -104,7 +92,7 @@ end
 for k = 0, n - 1 do
   local call_key, result_key = KEYS[7 + 4 * k], KEYS[8 + 4 * k]
   local wake_key, revoked_key = KEYS[9 + 4 * k], KEYS[10 + 4 * k]
-  local a = 5 + 12 * k
+  local a = 7 + 12 * k
   local entry, deliveries, token, envelope = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local ok = 0
   -- Whether this delivery's admission goes through here, to be recorded

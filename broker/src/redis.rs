@@ -22,7 +22,7 @@
 //! | `P:hosts` | sorted set | host ids scored by when their record can go | trimmed on every heartbeat and listing |
 //! | `P:dead` | stream | dead letters: `entry`, `queue`, `id`, `reason`, `call`, `deliveries`, `ts`, `error` (kind) | the dead-letter cap, exactly |
 //! | `P:dead:counts` | hash | queue → its dead letters in `P:dead` | the queues |
-//! | `P:events` | stream | `type`, `id`, `queue`, `task`, `host`, `ts`, `error`, `latency` of every transition ([`crate::EVENT_KINDS`]) | `MAXLEN ~ 10000` |
+//! | `P:events` | stream | `type`, `id`, `queue`, `task`, `host`, `ts`, `error`, `latency` (the last two empty where they do not apply) of every transition ([`crate::EVENT_KINDS`]) | `MAXLEN ~ 10000` |
 //! | `P:events:level` | string | `outcomes` or `off` ([`crate::EventLevel`]; no key: `all`); every script reads it before its first call event | the operator |
 //! | `P:queues` | set | every queue submitted to, paused or rate-limited | the operator |
 //! | `P:{q:NAME}:paused` | string | `1` while the queue is paused | `wasq queue resume` |

@@ -1906,6 +1906,27 @@ async fn redis_events_are_recorded() {
             .iter()
             .all(|(_, f)| f.contains(&("id".to_string(), call.id.clone())))
     );
+    // One set of fields for every entry (a stream stores it once per
+    // node); what does not apply is empty.
+    for (_, fields) in &reply {
+        let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "type", "id", "queue", "task", "host", "ts", "error", "latency"
+            ]
+        );
+    }
+    let field = |i: usize, name: &str| {
+        let fields = &reply[i].1;
+        fields.iter().find(|(k, _)| k == name).unwrap().1.clone()
+    };
+    assert_eq!(
+        (field(0, "error"), field(0, "latency")),
+        (String::new(), String::new())
+    );
+    assert_eq!(field(2, "error"), "");
+    assert!(field(2, "latency").parse::<f64>().unwrap() >= 0.0);
 }
 
 #[tokio::test]

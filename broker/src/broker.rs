@@ -310,6 +310,19 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether a call has been revoked (hosts check this while running).
     fn is_revoked(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
 
+    /// [`Broker::is_revoked`] for many calls at once, in order: a host checks
+    /// all its running calls in one round trip, so the check costs the same
+    /// however many calls run.
+    fn revoked_many(&self, ids: &[String]) -> impl Future<Output = Result<Vec<bool>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(self.is_revoked(id).await?);
+            }
+            Ok(out)
+        }
+    }
+
     // ---- hosts ---------------------------------------------------------
 
     /// Announces a host and takes its lease.
@@ -322,12 +335,17 @@ pub trait Broker: Send + Sync + 'static {
     /// is reclaimed by another host. Send it well within the lease (a third).
     /// Deliveries that were already reclaimed by someone else are left alone
     /// (and logged): a heartbeat never takes a call back.
+    ///
+    /// Returns the tokens of those reclaimed deliveries: another host owns
+    /// their calls now, so this one should stop running them (their results
+    /// would be refused anyway). A delivery whose entry is no longer pending
+    /// at all (its result was published) is not reported.
     fn heartbeat(
         &self,
         host_id: &str,
         stats: &HostStats,
         running: &[Delivery],
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
 
     /// Removes a host's lease (on clean shutdown).
     fn deregister_host(&self, host_id: &str) -> impl Future<Output = Result<()>> + Send;
@@ -570,6 +588,9 @@ impl<B: Broker> Broker for std::sync::Arc<B> {
     fn is_revoked(&self, id: &str) -> impl Future<Output = Result<bool>> + Send {
         (**self).is_revoked(id)
     }
+    fn revoked_many(&self, ids: &[String]) -> impl Future<Output = Result<Vec<bool>>> + Send {
+        (**self).revoked_many(ids)
+    }
     fn register_host(&self, info: &HostInfo) -> impl Future<Output = Result<()>> + Send {
         (**self).register_host(info)
     }
@@ -578,7 +599,7 @@ impl<B: Broker> Broker for std::sync::Arc<B> {
         host_id: &str,
         stats: &HostStats,
         running: &[Delivery],
-    ) -> impl Future<Output = Result<()>> + Send {
+    ) -> impl Future<Output = Result<Vec<String>>> + Send {
         (**self).heartbeat(host_id, stats, running)
     }
     fn deregister_host(&self, host_id: &str) -> impl Future<Output = Result<()>> + Send {

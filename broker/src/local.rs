@@ -952,7 +952,7 @@ impl Broker for LocalBroker {
         host_id: &str,
         stats: &HostStats,
         running: &[Delivery],
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         let now = Instant::now();
         let mut inner = self.lock();
         let stats = HostStats {
@@ -984,16 +984,28 @@ impl Broker for LocalBroker {
                 );
             }
         }
+        let mut lost = Vec::new();
         for d in running {
-            match Self::owned(&mut inner, d) {
-                Some(p) if p.consumer == host_id => p.touched = now,
-                _ => tracing::warn!(host = host_id, entry = %d.entry_id,
-                    "a running call was reclaimed by another host (this host's lease lapsed)"),
+            let pending = d.entry_id.parse::<u64>().ok().and_then(|entry| {
+                inner
+                    .queues
+                    .get_mut(&d.queue)
+                    .and_then(|q| q.pending.get_mut(&entry))
+            });
+            match pending {
+                Some(p) if p.consumer == host_id && p.deliveries == d.deliveries => p.touched = now,
+                // Acknowledged: its result is out, nothing to keep fresh.
+                None => {}
+                Some(_) => {
+                    tracing::warn!(host = host_id, entry = %d.entry_id,
+                        "a running call was reclaimed by another host (this host's lease lapsed)");
+                    lost.push(d.token.clone());
+                }
             }
         }
         self.emit_host(&mut inner, "host_heartbeat", host_id, None);
         self.reap_hosts(&mut inner, now);
-        Ok(())
+        Ok(lost)
     }
 
     async fn deregister_host(&self, host_id: &str) -> Result<()> {

@@ -1957,6 +1957,31 @@ impl Broker for RedisBroker {
         Ok(n > 0)
     }
 
+    async fn revoked_many(&self, ids: &[String]) -> Result<Vec<bool>> {
+        // One EXISTS per call in one pipeline (each key may sit on its own
+        // cluster slot, which rules out a multi-key command).
+        let valid: Vec<&String> = ids.iter().filter(|id| is_valid_call_id(id)).collect();
+        if valid.is_empty() {
+            return Ok(vec![false; ids.len()]);
+        }
+        let ops = valid
+            .iter()
+            .map(|id| {
+                let mut cmd = redis::cmd("EXISTS");
+                cmd.arg(self.keys.revoked(id));
+                Op::cmd(cmd)
+            })
+            .collect();
+        let replies = self.pipeline(ops, "cannot check revocations").await?;
+        let mut found = HashSet::new();
+        for (id, r) in valid.into_iter().zip(replies) {
+            if matches!(r?, Value::Int(n) if n > 0) {
+                found.insert(id.as_str());
+            }
+        }
+        Ok(ids.iter().map(|id| found.contains(id.as_str())).collect())
+    }
+
     async fn register_host(&self, info: &HostInfo) -> Result<()> {
         lock(&self.registered).insert(info.id.clone(), info.clone());
         let stats = HostStats {
@@ -1976,7 +2001,7 @@ impl Broker for RedisBroker {
         host_id: &str,
         stats: &HostStats,
         running: &[Delivery],
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         let info = lock(&self.registered).get(host_id).cloned();
         let mut ops = self.host_record_ops(host_id, info.as_ref(), stats)?;
         ops.push(self.host_event_op("host_heartbeat", host_id));
@@ -1994,13 +2019,27 @@ impl Broker for RedisBroker {
             ops.push(op.build());
         }
         let replies = self.pipeline(ops, "cannot send a heartbeat").await?;
-        for r in replies {
+        // The replies of the per-queue scripts come last, in `by_queue`'s order.
+        let first_script = replies.len() - by_queue.len();
+        let mut lost = Vec::new();
+        for (i, r) in replies.into_iter().enumerate() {
             let v = r?;
-            if let Some(lost) = as_array(&v) {
-                for entry in lost.iter().filter_map(as_string) {
-                    warn!(host = host_id, entry = %entry,
-                        "a running call was reclaimed by another host (this host's lease lapsed)");
-                }
+            let Some(queue) = i
+                .checked_sub(first_script)
+                .and_then(|q| by_queue.iter().nth(q))
+            else {
+                continue;
+            };
+            for entry in as_array(&v).into_iter().flatten().filter_map(as_string) {
+                warn!(host = host_id, entry = %entry,
+                    "a running call was reclaimed by another host (this host's lease lapsed)");
+                lost.extend(
+                    queue
+                        .1
+                        .iter()
+                        .filter(|d| d.entry_id == entry)
+                        .map(|d| d.token.clone()),
+                );
             }
         }
         // Now and then, record the hosts that died (their lease lapsed).
@@ -2009,7 +2048,7 @@ impl Broker for RedisBroker {
         {
             debug!(cause = %e, "cannot look for dead hosts");
         }
-        Ok(())
+        Ok(lost)
     }
 
     async fn deregister_host(&self, host_id: &str) -> Result<()> {

@@ -17,11 +17,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, error, info, instrument, warn};
 use wasq_broker::{
     Broker, Delivery, Envelope, ErrorKind, HostInfo, HostStats, StartOutcome, TaskError, now_ms,
 };
@@ -94,6 +94,14 @@ pub struct WorkerStats {
     pub last_broker_ok_ms: AtomicU64,
     /// Broker errors seen.
     pub broker_errors: AtomicU64,
+    /// Calls whose execution panicked in the host (each ended failed).
+    pub panics: AtomicU64,
+    /// Calls interrupted here because another host reclaimed them (this
+    /// host's heartbeats had lapsed).
+    pub reclaimed: AtomicU64,
+    /// Results the broker refused for good (not a transient error): their
+    /// calls are left for redelivery.
+    pub unpublished: AtomicU64,
     /// Claim round trips that returned (with calls or empty).
     pub claims: AtomicU64,
     /// Deliveries those claims handed out.
@@ -144,6 +152,9 @@ pub struct Worker<B> {
     stats: Arc<WorkerStats>,
     running: Arc<Mutex<HashMap<String, Running>>>,
     slot_freed: Arc<Notify>,
+    /// Tests only: calls of this task panic inside the execution.
+    #[cfg(test)]
+    panic_on_task: Option<String>,
 }
 
 impl<B: Broker> Worker<B> {
@@ -156,6 +167,8 @@ impl<B: Broker> Worker<B> {
             stats: Arc::default(),
             running: Arc::default(),
             slot_freed: Arc::new(Notify::new()),
+            #[cfg(test)]
+            panic_on_task: None,
         }
     }
 
@@ -211,6 +224,7 @@ impl<B: Broker> Worker<B> {
             self.broker.clone(),
             done_rx,
             self.running.clone(),
+            self.stats.clone(),
         ));
         let heartbeat = tokio::spawn(heartbeat_loop(
             self.broker.clone(),
@@ -218,6 +232,22 @@ impl<B: Broker> Worker<B> {
             self.stats.clone(),
             self.running.clone(),
         ));
+        let revocations = tokio::spawn(revoke_loop(
+            self.broker.clone(),
+            self.config.clone(),
+            self.running.clone(),
+        ));
+        let exec = Exec {
+            broker: self.broker.clone(),
+            sandbox: self.sandbox.clone(),
+            host_id: self.config.host_id.clone(),
+            stats: self.stats.clone(),
+            running: self.running.clone(),
+            slot_freed: self.slot_freed.clone(),
+            done: done_tx,
+            #[cfg(test)]
+            panic_on_task: self.panic_on_task.clone(),
+        };
 
         let mut tasks = tokio::task::JoinSet::new();
         let mut backoff = Backoff::new();
@@ -267,7 +297,7 @@ impl<B: Broker> Worker<B> {
                 self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
                 self.running
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(PoisonError::into_inner)
                     .insert(
                         delivery.token.clone(),
                         Running {
@@ -277,17 +307,7 @@ impl<B: Broker> Worker<B> {
                             finished: false,
                         },
                     );
-                tasks.spawn(execute(
-                    self.broker.clone(),
-                    self.sandbox.clone(),
-                    self.config.host_id.clone(),
-                    delivery,
-                    cancel,
-                    self.stats.clone(),
-                    self.running.clone(),
-                    self.slot_freed.clone(),
-                    done_tx.clone(),
-                ));
+                tasks.spawn(execute(exec.clone(), delivery, cancel));
             }
             // Let the calls just spawned start before the next claim goes
             // out: otherwise that claim (a blocking read, when the queue is
@@ -300,7 +320,9 @@ impl<B: Broker> Worker<B> {
         // Shutdown: no more claims. Let running calls finish for the grace period.
         let in_flight = self.stats.in_flight.load(Ordering::SeqCst);
         info!(in_flight, grace = ?self.config.grace, "shutting down: finishing running calls");
-        let deadline = Instant::now() + self.config.grace;
+        let deadline = Instant::now()
+            .checked_add(self.config.grace)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
         while !tasks.is_empty() {
             match tokio::time::timeout_at(deadline.into(), tasks.join_next()).await {
                 Ok(_) => {}
@@ -313,7 +335,7 @@ impl<B: Broker> Worker<B> {
         let mut left: Vec<Delivery> = Vec::new();
         self.running
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, r| {
                 if r.finished {
                     return true;
@@ -335,7 +357,8 @@ impl<B: Broker> Worker<B> {
                 }
             }
         }
-        drop(done_tx);
+        drop(exec);
+        revocations.abort();
         // Publish what finished; give up only if the broker stays away.
         let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
         heartbeat.abort();
@@ -347,38 +370,102 @@ impl<B: Broker> Worker<B> {
     }
 }
 
-/// One call, from its start (usually done by the claim) to handing its
-/// envelope to the publisher.
-#[allow(clippy::too_many_arguments)]
-#[instrument(skip_all, fields(call_id = %delivery.call.id, task = %delivery.call.task, attempt = delivery.call.attempt))]
-async fn execute<B: Broker>(
+/// A call's slot: freed when its execution ends, however it ends (a panic
+/// included), so a host never loses capacity.
+struct Slot {
+    stats: Arc<WorkerStats>,
+    slot_freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.slot_freed.notify_one();
+    }
+}
+
+/// A call's place in the running map: removed when its execution ends
+/// unless its envelope went to the publisher (which removes it once
+/// published). An execution that panics drops it too, so heartbeats stop
+/// keeping the entry fresh and the call is redelivered after the lease.
+struct Held {
+    running: Arc<Mutex<HashMap<String, Running>>>,
+    token: String,
+    published: bool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.published {
+            lock(&self.running).remove(&self.token);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// What one call's execution needs from its worker.
+struct Exec<B> {
     broker: Arc<B>,
     sandbox: Sandbox,
     host_id: String,
-    delivery: Delivery,
-    cancel: Cancel,
     stats: Arc<WorkerStats>,
     running: Arc<Mutex<HashMap<String, Running>>>,
     slot_freed: Arc<Notify>,
     done: mpsc::UnboundedSender<(Delivery, Envelope)>,
-) {
-    let forget = |running: &Mutex<HashMap<String, Running>>| {
-        running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&delivery.token);
+    #[cfg(test)]
+    panic_on_task: Option<String>,
+}
+
+impl<B> Clone for Exec<B> {
+    fn clone(&self) -> Self {
+        Self {
+            broker: self.broker.clone(),
+            sandbox: self.sandbox.clone(),
+            host_id: self.host_id.clone(),
+            stats: self.stats.clone(),
+            running: self.running.clone(),
+            slot_freed: self.slot_freed.clone(),
+            done: self.done.clone(),
+            #[cfg(test)]
+            panic_on_task: self.panic_on_task.clone(),
+        }
+    }
+}
+
+/// One call, from its start (usually done by the claim) to handing its
+/// envelope to the publisher.
+#[instrument(skip_all, fields(call_id = %delivery.call.id, task = %delivery.call.task, attempt = delivery.call.attempt))]
+async fn execute<B: Broker>(x: Exec<B>, delivery: Delivery, cancel: Cancel) {
+    let slot = Slot {
+        stats: x.stats.clone(),
+        slot_freed: x.slot_freed.clone(),
     };
-    let finish_slot = || {
-        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
-        slot_freed.notify_one();
+    let mut held = Held {
+        running: x.running.clone(),
+        token: delivery.token.clone(),
+        published: false,
     };
+    let broker = &x.broker;
+    let stats = &x.stats;
     // Claims start what they hand out; only a delivery the claim could not
     // start costs a `start` round trip.
     let mut backoff = Backoff::new();
     let started = match delivery.started {
         Some(outcome) => Some(outcome),
         None => loop {
-            match broker.start(&delivery, &host_id).await {
+            match broker.start(&delivery, &x.host_id).await {
                 Ok(s) => break Some(s),
                 Err(e) if e.is_transient() && !cancel.is_cancelled() => {
                     stats.broker_errors.fetch_add(1, Ordering::Relaxed);
@@ -393,53 +480,89 @@ async fn execute<B: Broker>(
     };
     if started != Some(StartOutcome::Run) {
         debug!(outcome = ?started, "not running call");
-        forget(&running);
-        finish_slot();
         return;
     }
     let call = &delivery.call;
     info!(call_id = %call.id, deliveries = delivery.deliveries, "call started");
-    let limits = sandbox.limits().restrict(&call.limits);
     let broker_down = std::sync::atomic::AtomicBool::new(false);
-    let module = sandbox
-        .load(call.module, || async {
-            match broker.get_module(&call.module).await {
-                Ok(Some(bytes)) => Ok(bytes),
-                Ok(None) => Err(TaskError::new(
-                    ErrorKind::ModuleNotFound,
-                    format!("no module {} is stored", call.module),
-                )),
-                Err(e) => {
-                    broker_down.store(true, Ordering::Relaxed);
-                    Err(TaskError::new(
+    // A panic while loading or running (a host bug, or an operator setting
+    // that overflows) ends the call with a clear failure instead of leaving
+    // it `running` with its slot taken.
+    let run = std::panic::AssertUnwindSafe(async {
+        #[cfg(test)]
+        if x.panic_on_task.as_deref() == Some(call.task.as_str()) {
+            panic!("injected panic for task {}", call.task);
+        }
+        let limits = x.sandbox.limits().restrict(&call.limits);
+        let module = x
+            .sandbox
+            .load(call.module, || async {
+                match broker.get_module(&call.module).await {
+                    Ok(Some(bytes)) => Ok(bytes),
+                    Ok(None) => Err(TaskError::new(
                         ErrorKind::ModuleNotFound,
-                        format!("cannot fetch module: {e}"),
-                    ))
+                        format!("no module {} is stored", call.module),
+                    )),
+                    Err(e) => {
+                        broker_down.store(true, Ordering::Relaxed);
+                        Err(TaskError::new(
+                            ErrorKind::ModuleNotFound,
+                            format!("cannot fetch module: {e}"),
+                        ))
+                    }
                 }
+            })
+            .await;
+        match module {
+            Ok(m) => {
+                x.sandbox
+                    .run_json(&m, &call.task, &call.args, &limits, &cancel)
+                    .await
             }
-        })
-        .await;
-    if broker_down.load(Ordering::Relaxed) {
-        // Not the call's fault: hand it back for another delivery.
-        warn!("cannot fetch the module from the broker; releasing the call");
-        forget(&running);
-        finish_slot();
-        if let Err(e) = broker.release(&delivery).await {
-            warn!(cause = %e, "cannot release call; it will be reclaimed after the lease");
+            Err(e) => RunOutcome::failed(e),
+        }
+    });
+    let outcome = match futures::FutureExt::catch_unwind(run).await {
+        Ok(outcome) => outcome,
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            error!(
+                panic = message,
+                "the host panicked while running a call; failing it"
+            );
+            stats.panics.fetch_add(1, Ordering::Relaxed);
+            RunOutcome::failed(TaskError::new(
+                ErrorKind::Trap,
+                format!(
+                    "host error, not the task's: the host panicked while running this call ({message})"
+                ),
+            ))
+        }
+    };
+    if broker_down.load(Ordering::Relaxed) || outcome.host_busy {
+        // Not the call's fault: hand it back for another delivery. A busy
+        // host waits a moment first, so the call does not bounce straight
+        // back to it.
+        if outcome.host_busy {
+            warn!("every instance slot is in use; handing the call back");
+            tokio::time::sleep(Backoff::new().next()).await;
+        } else {
+            warn!("cannot fetch the module from the broker; releasing the call");
+        }
+        drop(slot);
+        match broker.release(&delivery).await {
+            Ok(_) => {
+                stats.released.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                warn!(cause = %e, "cannot release call; it will be reclaimed after the lease")
+            }
         }
         return;
     }
-    let outcome = match module {
-        Ok(m) => {
-            sandbox
-                .run_json(&m, &call.task, &call.args, &limits, &cancel)
-                .await
-        }
-        Err(e) => RunOutcome::failed(e),
-    };
-    let env = outcome.into_envelope(call.id.clone(), call.attempt, host_id.clone());
+    let env = outcome.into_envelope(call.id.clone(), call.attempt, x.host_id.clone());
     stats.fuel_used.fetch_add(env.fuel_used, Ordering::Relaxed);
-    finish_slot();
+    drop(slot);
 
     if let (Some(err), Some(policy)) = (&env.error, &call.retry)
         && err.kind.is_retryable()
@@ -462,66 +585,104 @@ async fn execute<B: Broker>(
         }
         info!(kind = %err.kind, next_attempt = call.attempt + 1, ?delay, "task failed; retrying");
         stats.calls.record_retry(&env);
-        forget(&running);
         return;
     }
     // The publisher forgets the delivery once the envelope is out. A call
-    // no longer in `running` was taken back by a shutdown past its grace
-    // (interrupted, to be released to its queue): what the interruption
-    // produced is not its result and must not be published.
+    // no longer in `running` was taken back (interrupted by a shutdown past
+    // its grace, to be released to its queue, or reclaimed by another host):
+    // what the interruption produced is not its result and must not be
+    // published.
     {
-        let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = lock(&x.running);
         match running.get_mut(&delivery.token) {
             Some(r) => r.finished = true,
             None => {
-                debug!("call handed back on shutdown; dropping its interrupted outcome");
+                debug!("call taken back; dropping its interrupted outcome");
                 return;
             }
         }
     }
+    held.published = true;
     stats.done.fetch_add(1, Ordering::Relaxed);
     if !env.succeeded() {
         stats.failed.fetch_add(1, Ordering::Relaxed);
     }
     stats.calls.record_final(&env);
-    let _ = done.send((delivery, env));
+    let _ = x.done.send((delivery, env));
 }
 
 /// Publishes finished envelopes in batches: one `complete` for everything
-/// that finished since the last one.
+/// that finished since the last one. Transient errors (Redis away) are
+/// retried until they pass; a permanent one (the broker refuses the batch)
+/// is retried call by call, and a call the broker still refuses is dropped
+/// from the running set, counted and logged: heartbeats stop keeping its
+/// entry fresh, so it is redelivered after the lease, up to the delivery
+/// limit, rather than retried here forever.
 async fn publish_loop<B: Broker>(
     broker: Arc<B>,
     mut rx: mpsc::UnboundedReceiver<(Delivery, Envelope)>,
     running: Arc<Mutex<HashMap<String, Running>>>,
+    stats: Arc<WorkerStats>,
 ) {
     const MAX_BATCH: usize = 256;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut backoff = Backoff::new();
-        loop {
-            match broker.complete(&batch).await {
-                Ok(accepted) => {
-                    for ((d, _), ok) in batch.iter().zip(accepted) {
-                        if !ok {
-                            debug!(call_id = %d.call.id, "result not accepted (stale delivery or already final)");
-                        }
+        if let Err(e) = publish(&*broker, &batch, &stats).await {
+            if batch.len() == 1 {
+                refused(&batch[0].0, &e, &stats);
+            } else {
+                for one in batch.chunks(1) {
+                    if let Err(e) = publish(&*broker, one, &stats).await {
+                        refused(&one[0].0, &e, &stats);
                     }
-                    break;
-                }
-                Err(e) => {
-                    let wait = backoff.next();
-                    warn!(cause = %e, calls = batch.len(), retry_in = ?wait, "cannot publish results; retrying");
-                    tokio::time::sleep(wait).await;
                 }
             }
         }
-        let mut r = running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&running);
         for (d, _) in batch.drain(..) {
             r.remove(&d.token);
         }
     }
 }
 
+/// One `complete`, retried while the error is transient.
+async fn publish<B: Broker>(
+    broker: &B,
+    batch: &[(Delivery, Envelope)],
+    stats: &WorkerStats,
+) -> wasq_broker::Result<()> {
+    let mut backoff = Backoff::new();
+    loop {
+        match broker.complete(batch).await {
+            Ok(accepted) => {
+                for ((d, _), ok) in batch.iter().zip(accepted) {
+                    if !ok {
+                        debug!(call_id = %d.call.id, "result not accepted (stale delivery or already final)");
+                    }
+                }
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => {
+                stats.broker_errors.fetch_add(1, Ordering::Relaxed);
+                let wait = backoff.next();
+                warn!(cause = %e, calls = batch.len(), retry_in = ?wait, "cannot publish results; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn refused(delivery: &Delivery, cause: &wasq_broker::Error, stats: &WorkerStats) {
+    stats.unpublished.fetch_add(1, Ordering::Relaxed);
+    error!(call_id = %delivery.call.id, cause = %cause,
+        "the broker refused this call's result; leaving the call for redelivery");
+}
+
+/// Renews the lease and keeps running entries fresh, on its own timer: no
+/// other work shares this task, so nothing delays a heartbeat past the
+/// lease. Calls the broker says another host reclaimed are interrupted and
+/// forgotten here (their results would be refused anyway).
 async fn heartbeat_loop<B: Broker>(
     broker: Arc<B>,
     config: WorkerConfig,
@@ -530,42 +691,83 @@ async fn heartbeat_loop<B: Broker>(
 ) {
     let mut beat = tokio::time::interval(config.heartbeat.max(Duration::from_millis(10)));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut revoke = tokio::time::interval(config.revoke_check.max(Duration::from_millis(10)));
-    revoke.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = beat.tick() => {
-                let deliveries: Vec<Delivery> = running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .map(|r| r.delivery.clone())
-                    .collect();
-                match broker.heartbeat(&config.host_id, &stats.snapshot(), &deliveries).await {
-                    Ok(()) => stats.last_broker_ok_ms.store(now_ms(), Ordering::Relaxed),
-                    Err(e) => {
-                        stats.broker_errors.fetch_add(1, Ordering::Relaxed);
-                        warn!(cause = %e, "heartbeat failed");
+        beat.tick().await;
+        let deliveries: Vec<Delivery> = lock(&running)
+            .values()
+            .map(|r| r.delivery.clone())
+            .collect();
+        // A heartbeat that hangs (a half-open link) must not hold the next
+        // one back: give it at most one interval.
+        let sent = tokio::time::timeout(
+            config.heartbeat.max(Duration::from_millis(10)),
+            broker.heartbeat(&config.host_id, &stats.snapshot(), &deliveries),
+        )
+        .await;
+        match sent {
+            Ok(Ok(lost)) => {
+                stats.last_broker_ok_ms.store(now_ms(), Ordering::Relaxed);
+                if !lost.is_empty() {
+                    let mut running = lock(&running);
+                    for token in &lost {
+                        // A finished call's envelope is with the publisher,
+                        // whose complete will be refused: nothing to stop.
+                        if let Some(r) = running.get(token)
+                            && !r.finished
+                        {
+                            warn!(call_id = %r.delivery.call.id, "call reclaimed by another host; interrupting it here");
+                            r.cancel.cancel();
+                            running.remove(token);
+                            stats.reclaimed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
-            _ = revoke.tick() => {
-                let ids: Vec<(String, Cancel)> = running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    // Short calls finish before a check would matter; only
-                    // calls running longer than one interval cost a round trip.
-                    .filter(|r| !r.finished && !r.cancel.is_cancelled() && r.since.elapsed() >= config.revoke_check)
-                    .map(|r| (r.delivery.call.id.clone(), r.cancel.clone()))
-                    .collect();
-                for (id, cancel) in ids {
-                    if let Ok(true) = broker.is_revoked(&id).await {
+            Ok(Err(e)) => {
+                stats.broker_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(cause = %e, "heartbeat failed");
+            }
+            Err(_) => {
+                stats.broker_errors.fetch_add(1, Ordering::Relaxed);
+                warn!("heartbeat timed out");
+            }
+        }
+    }
+}
+
+/// Checks running calls for revocation, all in one round trip per interval,
+/// and interrupts the revoked ones.
+async fn revoke_loop<B: Broker>(
+    broker: Arc<B>,
+    config: WorkerConfig,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+) {
+    let mut revoke = tokio::time::interval(config.revoke_check.max(Duration::from_millis(10)));
+    revoke.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        revoke.tick().await;
+        let (ids, cancels): (Vec<String>, Vec<Cancel>) = lock(&running)
+            .values()
+            // Short calls finish before a check would matter; only calls
+            // running longer than one interval are checked.
+            .filter(|r| {
+                !r.finished && !r.cancel.is_cancelled() && r.since.elapsed() >= config.revoke_check
+            })
+            .map(|r| (r.delivery.call.id.clone(), r.cancel.clone()))
+            .unzip();
+        if ids.is_empty() {
+            continue;
+        }
+        match broker.revoked_many(&ids).await {
+            Ok(revoked) => {
+                for ((id, cancel), revoked) in ids.iter().zip(&cancels).zip(revoked) {
+                    if revoked {
                         info!(call_id = %id, "revoked while running; interrupting");
                         cancel.cancel();
                     }
                 }
             }
+            Err(e) => debug!(cause = %e, "cannot check running calls for revocation"),
         }
     }
 }
@@ -592,4 +794,234 @@ impl Backoff {
         let jitter = f64::from(rand_u16()) / f64::from(u16::MAX);
         d / 2 + (d / 2).mul_f64(jitter)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Compilation, SandboxConfig};
+    use serde_json::value::RawValue;
+    use wasq_broker::{BrokerConfig, Call, CallLimits, LocalBroker, State, new_call_id};
+
+    const GUEST: &str = include_str!("../tests/guests/basic.wat");
+
+    fn broker(lease: Duration) -> Arc<LocalBroker> {
+        Arc::new(LocalBroker::new(BrokerConfig {
+            lease,
+            ..BrokerConfig::default()
+        }))
+    }
+
+    fn sandbox(compilation: Compilation, pool_size: u32) -> Sandbox {
+        Sandbox::new(SandboxConfig {
+            pool_size,
+            compilation,
+            ..SandboxConfig::default()
+        })
+        .expect("sandbox")
+    }
+
+    async fn submit(b: &LocalBroker, task: &str, limits: CallLimits) -> String {
+        let module = b
+            .put_module(&wat::parse_str(GUEST).unwrap())
+            .await
+            .unwrap()
+            .0;
+        let call = Call {
+            id: new_call_id(),
+            module,
+            task: task.into(),
+            args: RawValue::from_string("[]".into()).unwrap(),
+            limits,
+            attempt: 1,
+            submitted_ms: now_ms(),
+            retry: None,
+            queue: "default".into(),
+        };
+        b.submit(std::slice::from_ref(&call), None).await.unwrap();
+        call.id
+    }
+
+    async fn result(b: &LocalBroker, id: &str) -> Envelope {
+        b.wait(id, Some(Duration::from_secs(20)))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no result for {id} within 20 s"))
+    }
+
+    /// Runs `worker` until the returned sender is dropped or sent to.
+    fn start(worker: Worker<LocalBroker>) -> tokio::sync::oneshot::Sender<()> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        }));
+        stop
+    }
+
+    #[tokio::test]
+    async fn a_panic_fails_the_call_and_frees_its_slot() {
+        let b = broker(DEFAULT_LEASE_FOR_TESTS);
+        let mut worker = Worker::new(
+            b.clone(),
+            sandbox(Compilation::Quick, 4),
+            WorkerConfig::new(vec!["default".into()], 1, DEFAULT_LEASE_FOR_TESTS),
+        );
+        worker.panic_on_task = Some("nothing".into());
+        let stats = worker.stats();
+        let _stop = start(worker);
+
+        let panicked = submit(&b, "nothing", CallLimits::default()).await;
+        let env = result(&b, &panicked).await;
+        assert_eq!(env.state, State::Failed);
+        let err = env.error.unwrap();
+        assert_eq!(err.kind, ErrorKind::Trap);
+        assert!(err.message.contains("host panicked"), "{}", err.message);
+        assert!(err.message.contains("injected panic"), "{}", err.message);
+        // The only slot is free again: the next call runs.
+        let next = submit(&b, "answer", CallLimits::default()).await;
+        let env = result(&b, &next).await;
+        assert_eq!(env.state, State::Succeeded, "{env:?}");
+        assert_eq!(env.result, serde_json::json!(42));
+        assert_eq!(stats.panics.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.in_flight.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_busy_pool_hands_calls_back_instead_of_failing_them() {
+        let b = broker(DEFAULT_LEASE_FOR_TESTS);
+        // Two slots of work, one instance slot: the second call finds the
+        // pool exhausted while the first spins to its timeout.
+        let worker = Worker::new(
+            b.clone(),
+            sandbox(Compilation::Optimized, 1),
+            WorkerConfig::new(vec!["default".into()], 2, DEFAULT_LEASE_FOR_TESTS),
+        );
+        let stats = worker.stats();
+        let _stop = start(worker);
+        let limits = CallLimits {
+            timeout: Some(Duration::from_millis(300)),
+            ..CallLimits::default()
+        };
+        let ids = [
+            submit(&b, "spin", limits).await,
+            submit(&b, "spin", limits).await,
+        ];
+        for id in &ids {
+            let env = result(&b, id).await;
+            assert_eq!(
+                env.error.as_ref().map(|e| e.kind),
+                Some(ErrorKind::Timeout),
+                "{env:?}"
+            );
+        }
+        assert!(stats.released.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_reclaimed_elsewhere_is_interrupted_here() {
+        let lease = Duration::from_millis(300);
+        let b = broker(lease);
+        let id = submit(&b, "spin", CallLimits::default()).await;
+        let queues = vec!["default".to_string()];
+        let a = b.claim("a", &queues, 1, Duration::ZERO).await.unwrap();
+        assert_eq!(a.len(), 1);
+        let a = a.into_iter().next().unwrap();
+        // Host a stalls past its lease (nothing heartbeats for it) and host
+        // b takes the call over.
+        tokio::time::sleep(lease * 2).await;
+        let taken = b.claim("b", &queues, 1, Duration::ZERO).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].call.id, id);
+
+        // Host a's heartbeat learns it and interrupts its copy.
+        let cancel = Cancel::new();
+        let running = Arc::new(Mutex::new(HashMap::from([(
+            a.token.clone(),
+            Running {
+                delivery: a,
+                cancel: cancel.clone(),
+                since: Instant::now(),
+                finished: false,
+            },
+        )])));
+        let stats = Arc::new(WorkerStats::default());
+        let mut config = WorkerConfig::new(queues, 1, lease);
+        config.host_id = "a".into();
+        let beat = tokio::spawn(heartbeat_loop(
+            b.clone(),
+            config,
+            stats.clone(),
+            running.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(5), cancel.cancelled())
+            .await
+            .expect("the reclaimed call was not interrupted");
+        assert!(lock(&running).is_empty());
+        assert_eq!(stats.reclaimed.load(Ordering::Relaxed), 1);
+        beat.abort();
+    }
+
+    #[tokio::test]
+    async fn a_refused_result_does_not_stall_the_publisher() {
+        let b = broker(DEFAULT_LEASE_FOR_TESTS);
+        let queues = vec!["default".to_string()];
+        let first = submit(&b, "answer", CallLimits::default()).await;
+        let second = submit(&b, "answer", CallLimits::default()).await;
+        let got = b.claim("h", &queues, 2, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 2);
+        let running: Arc<Mutex<HashMap<String, Running>>> = Arc::default();
+        let stats = Arc::new(WorkerStats::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let publisher = tokio::spawn(publish_loop(b.clone(), rx, running, stats.clone()));
+        for d in got {
+            let mut env = Envelope::pending(d.call.id.clone(), State::Succeeded);
+            env.result = serde_json::json!(42);
+            if d.call.id == first {
+                // Not final: the broker refuses it for good.
+                env.state = State::Running;
+            }
+            tx.send((d, env)).unwrap();
+        }
+        let env = result(&b, &second).await;
+        assert_eq!(env.state, State::Succeeded);
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), publisher)
+            .await
+            .expect("the publisher kept retrying a refused result")
+            .unwrap();
+        assert_eq!(stats.unpublished.load(Ordering::Relaxed), 1);
+        assert!(
+            b.status(&first)
+                .await
+                .unwrap()
+                .is_some_and(|e| !e.state.is_final())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_timeout_past_the_clock_means_no_deadline() {
+        // An operator's `--timeout 1e18` once overflowed `Instant` and
+        // panicked the run.
+        let mut config = SandboxConfig {
+            pool_size: 2,
+            compilation: Compilation::Quick,
+            ..SandboxConfig::default()
+        };
+        config.limits.timeout = Duration::from_secs(1_000_000_000_000_000_000);
+        let sb = Sandbox::new(config).unwrap();
+        let module = sb.load_bytes(wat::parse_str(GUEST).unwrap()).await.unwrap();
+        let limits = *sb.limits();
+        let out = sb
+            .run_json(
+                &module,
+                "answer",
+                &RawValue::from_string("[]".into()).unwrap(),
+                &limits,
+                &Cancel::new(),
+            )
+            .await;
+        assert_eq!(out.result.unwrap(), serde_json::json!(42));
+    }
+
+    const DEFAULT_LEASE_FOR_TESTS: Duration = Duration::from_secs(10);
 }

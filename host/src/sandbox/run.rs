@@ -98,6 +98,11 @@ pub struct RunOutcome {
     pub fuel_used: u64,
     /// Wall time from instantiation to return.
     pub duration: Duration,
+    /// The host, not the call, ran out of something: every instance slot of
+    /// the pooling allocator was in use, so the call never ran. A worker
+    /// hands such a call back to be run later or by another host; `result`
+    /// still says why, for callers that cannot (`wasq exec`).
+    pub host_busy: bool,
 }
 
 impl RunOutcome {
@@ -110,6 +115,7 @@ impl RunOutcome {
             logs: Vec::new(),
             fuel_used: 0,
             duration: Duration::ZERO,
+            host_busy: false,
         }
     }
 
@@ -374,7 +380,12 @@ pub(crate) async fn run(
     let fuel = limits.fuel.min(i64::MAX as u64);
     let _ = store.set_fuel(fuel);
     let started = Instant::now();
-    let deadline = started + limits.timeout;
+    // A timeout too large for the clock (an operator's `--timeout 1e18`)
+    // means no deadline within this host's lifetime.
+    let far = Duration::from_secs(100 * 365 * 24 * 3600);
+    let deadline = started
+        .checked_add(limits.timeout)
+        .unwrap_or_else(|| started + far);
     let timeout = limits.timeout;
     let cancel_check = cancel.clone();
     store.set_epoch_deadline(1);
@@ -400,7 +411,9 @@ pub(crate) async fn run(
     // The epoch callback stops running wasm (and keeps the fuel count exact);
     // these stop a guest parked in an async host call (a WASI sleep), which no
     // epoch can interrupt, a few ticks later.
-    let backstop = deadline + sandbox.config().tick * 4;
+    let backstop = deadline
+        .checked_add(sandbox.config().tick * 4)
+        .unwrap_or(deadline);
     let ended: wasmtime::Result<()> = tokio::select! {
         r = tokio::time::timeout_at(backstop.into(), call) => match r {
             Ok(r) => r,
@@ -414,8 +427,13 @@ pub(crate) async fn run(
     // to its last call out of wasm.
     let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     let state = store.into_data();
+    let host_busy = matches!(&ended, Err(e) if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some());
     let result = match ended {
         Ok(()) => finish(state.output, state.failure),
+        Err(e) if host_busy => Err(TaskError::new(
+            ErrorKind::Trap,
+            format!("host busy, the call did not run: {e:#}"),
+        )),
         Err(e) => Err(classify(&e, state.failure, timeout)),
     };
     RunOutcome {
@@ -425,6 +443,7 @@ pub(crate) async fn run(
         logs: state.logs,
         fuel_used,
         duration,
+        host_busy,
     }
 }
 

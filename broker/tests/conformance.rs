@@ -416,6 +416,61 @@ async fn revoke_a_running_call<B: Broker>(b: &B) {
     assert_eq!(state_of(b, &call.id).await, State::Revoked);
 }
 
+async fn revoked_many_answers_in_order<B: Broker>(b: &B) {
+    let kept = submit_one(b).await;
+    let revoked = submit_one(b).await;
+    assert!(b.revoke(&revoked.id).await.unwrap());
+    let ids = [
+        kept.id.clone(),
+        revoked.id.clone(),
+        "not-a-call-id".to_string(),
+        new_call_id(),
+    ];
+    assert_eq!(
+        b.revoked_many(&ids).await.unwrap(),
+        vec![false, true, false, false]
+    );
+    assert!(b.revoked_many(&[]).await.unwrap().is_empty());
+}
+
+async fn a_heartbeat_reports_calls_reclaimed_elsewhere<B: Broker>(b: &B) {
+    let call = submit_one(b).await;
+    let a = claim_one(b, "a", Duration::from_secs(2)).await;
+    assert_eq!(b.start(&a, "a").await.unwrap(), StartOutcome::Run);
+    // While a holds it, its heartbeat reports nothing lost.
+    let lost = b
+        .heartbeat("a", &HostStats::default(), std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    assert!(lost.is_empty(), "{lost:?}");
+    // a stalls past its lease and b takes the call over.
+    let taken = claim_one(b, "b", LEASE * 10).await;
+    assert_eq!(taken.call.id, call.id);
+    let lost = b
+        .heartbeat("a", &HostStats::default(), std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![a.token.clone()]);
+    // b's heartbeat keeps it; and once b's result is out, nobody lost it.
+    assert!(
+        b.heartbeat("b", &HostStats::default(), std::slice::from_ref(&taken))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let env = succeeded(&taken, json!(9), "b");
+    assert_eq!(
+        b.complete(&[(taken.clone(), env)]).await.unwrap(),
+        vec![true]
+    );
+    assert!(
+        b.heartbeat("b", &HostStats::default(), std::slice::from_ref(&taken))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn several_waiters_all_wake<B: Broker>(b: &B) {
     let call = submit_one(b).await;
     let d = claim_one(b, "h1", Duration::from_secs(2)).await;
@@ -1511,6 +1566,8 @@ conformance!(
     live_host_is_never_reclaimed,
     revoke_a_queued_call,
     revoke_a_running_call,
+    revoked_many_answers_in_order,
+    a_heartbeat_reports_calls_reclaimed_elsewhere,
     several_waiters_all_wake,
     wait_times_out,
     release_requeues_at_once,

@@ -5,13 +5,20 @@
 //!   start yet stay in the queue for other hosts.
 //! - Sleeping guests do not hold a thread: every call is an async task.
 //! - A heartbeat task renews the host's lease and keeps its running entries
-//!   fresh, so a long call on a live host is never reclaimed; it also checks
-//!   running calls for revocation.
+//!   fresh, so a long call on a live host is never reclaimed; nothing else
+//!   shares that task. Should the host's lease lapse anyway and another host
+//!   reclaim a call, the heartbeat hears of it and the call is interrupted
+//!   here. A second task checks all running calls for revocation in one
+//!   round trip.
 //! - Results are published in batches: finished calls queue up while a
 //!   `complete` round trip is in flight and go out together in the next one.
 //! - Broker errors (Redis gone) never lose a call: claims back off and retry;
-//!   a result that cannot be published is retried until it is, while the
-//!   heartbeat keeps the entry ours.
+//!   a result that cannot be published for a transient reason is retried
+//!   until it is, while the heartbeat keeps the entry ours. A result the
+//!   broker refuses for good is left for redelivery.
+//! - Nothing a call does wedges a slot: a panic while running it fails the
+//!   call (kind `trap`, saying the host panicked) and frees the slot; a call
+//!   that finds every instance slot in use is handed back to its queue.
 //! - On shutdown it stops claiming, lets running calls finish for a grace
 //!   period, then interrupts the rest and releases them to the queue.
 

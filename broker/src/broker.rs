@@ -158,6 +158,11 @@ pub struct BrokerConfig {
     pub max_module: u64,
     /// Entries kept in the dead-letter stream (approximate cap). Default 10 000.
     pub dead_letter_cap: u64,
+    /// Largest args (bytes of their JSON) a submitted call may carry: the
+    /// submit is refused, before anything is queued, rather than the call
+    /// failing on a host. Hosts still check their own `--max-args` when they
+    /// run it. Default [`crate::DEFAULT_MAX_ARGS`].
+    pub max_args: u64,
 }
 
 /// Default host lease: 10 s.
@@ -177,6 +182,7 @@ impl Default for BrokerConfig {
             result_ttl: DEFAULT_RESULT_TTL,
             max_module: crate::DEFAULT_MAX_MODULE,
             dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
+            max_args: crate::DEFAULT_MAX_ARGS,
         }
     }
 }
@@ -197,6 +203,10 @@ pub trait Broker: Send + Sync + 'static {
     fn has_module(&self, hash: &ModuleHash) -> impl Future<Output = Result<bool>> + Send;
 
     /// The stored bytes, unverified: callers must check the hash.
+    ///
+    /// # Errors
+    /// [`crate::Error::ModuleTooLarge`] if the stored value is over this
+    /// broker's `max_module`, checked before any byte of it moves.
     fn get_module(&self, hash: &ModuleHash)
     -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 

@@ -738,7 +738,18 @@ impl Broker for LocalBroker {
     }
 
     async fn get_module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>> {
-        Ok(self.lock().modules.get(hash).map(|b| b.to_vec()))
+        let inner = self.lock();
+        let Some(bytes) = inner.modules.get(hash) else {
+            return Ok(None);
+        };
+        let size = bytes.len() as u64;
+        if size > self.config.max_module {
+            return Err(Error::ModuleTooLarge {
+                size,
+                limit: self.config.max_module,
+            });
+        }
+        Ok(Some(bytes.to_vec()))
     }
 
     async fn tag(&self, name: &str, version: Option<&str>, hash: &ModuleHash) -> Result<()> {
@@ -788,7 +799,7 @@ impl Broker for LocalBroker {
 
     async fn submit(&self, calls: &[Call], countdown: Option<Duration>) -> Result<()> {
         for call in calls {
-            check_call(call)?;
+            check_call(call, self.config.max_args)?;
         }
         let now = Instant::now();
         let mut inner = self.lock();

@@ -1427,7 +1427,7 @@ impl RedisBroker {
         // Check everything before anything is queued.
         let mut jsons = Vec::with_capacity(calls.len());
         for call in calls {
-            check_call(call)?;
+            check_call(call, self.config.max_args)?;
             jsons.push(serde_json::to_string(call).map_err(|e| Error::InvalidCall(e.to_string()))?);
         }
         // One script per queue and chunk, all in one round trip.
@@ -1612,6 +1612,17 @@ impl Broker for RedisBroker {
     }
 
     async fn get_module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>> {
+        // The size first, so an oversized value is never downloaded. Module
+        // keys are write-once, so the size cannot change in between.
+        let mut strlen = redis::cmd("STRLEN");
+        strlen.arg(self.keys.module(hash));
+        let size: u64 = self.query(&strlen, "cannot read a module's size").await?;
+        if size > self.config.max_module {
+            return Err(Error::ModuleTooLarge {
+                size,
+                limit: self.config.max_module,
+            });
+        }
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.keys.module(hash));
         self.query(&cmd, "cannot read a module").await
@@ -3128,7 +3139,7 @@ async fn broker_preflight(conn: &ConnectionManager, shown: &str) -> Result<()> {
 }
 
 /// Checks a call before it is queued.
-pub(crate) fn check_call(call: &Call) -> Result<()> {
+pub(crate) fn check_call(call: &Call, max_args: u64) -> Result<()> {
     if !is_valid_call_id(&call.id) {
         return Err(Error::InvalidCall(format!(
             "call id {:?} is not 1-128 of [A-Za-z0-9_-]",
@@ -3148,6 +3159,12 @@ pub(crate) fn check_call(call: &Call) -> Result<()> {
         return Err(Error::InvalidCall(
             "args must be a JSON array, like [4, 5]".into(),
         ));
+    }
+    let size = call.args.get().len() as u64;
+    if size > max_args {
+        return Err(Error::InvalidCall(format!(
+            "args are {size} bytes, over the limit of {max_args}"
+        )));
     }
     Ok(())
 }
@@ -3263,7 +3280,8 @@ pub(crate) fn fresh_call(letter: &DeadLetter) -> Result<Call> {
     }
     call.attempt = 1;
     call.submitted_ms = now_ms();
-    check_call(&call)?;
+    // It was accepted once; hosts check their own limits when they run it.
+    check_call(&call, u64::MAX)?;
     Ok(call)
 }
 

@@ -30,6 +30,7 @@ fn config() -> BrokerConfig {
         result_ttl: Duration::from_secs(600),
         max_module: 1024,
         dead_letter_cap: 100,
+        max_args: 4096,
     }
 }
 
@@ -469,6 +470,28 @@ async fn a_heartbeat_reports_calls_reclaimed_elsewhere<B: Broker>(b: &B) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn args_over_the_limit_are_refused_at_submit<B: Broker>(b: &B) {
+    let module = b.put_module(WASM).await.unwrap().0;
+    // config() allows 4096 bytes of args.
+    let at_limit = format!("[\"{}\"]", "x".repeat(4096 - 4));
+    let fits = new_call(module, &at_limit);
+    b.submit(std::slice::from_ref(&fits), None).await.unwrap();
+    let over = format!("[\"{}\"]", "x".repeat(4096 - 3));
+    let big = new_call(module, &over);
+    let err = b
+        .submit(&[new_call(module, "[1]"), big.clone()], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidCall(_)), "{err:?}");
+    assert!(err.to_string().contains("4097 bytes"), "{err}");
+    assert!(err.to_string().contains("4096"), "{err}");
+    // Nothing of the refused batch was queued.
+    assert!(b.status(&big.id).await.unwrap().is_none());
+    let got = b.claim("h", &queues(), 8, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].call.id, fits.id);
 }
 
 async fn several_waiters_all_wake<B: Broker>(b: &B) {
@@ -1567,6 +1590,7 @@ conformance!(
     revoke_a_queued_call,
     revoke_a_running_call,
     revoked_many_answers_in_order,
+    args_over_the_limit_are_refused_at_submit,
     a_heartbeat_reports_calls_reclaimed_elsewhere,
     several_waiters_all_wake,
     wait_times_out,
@@ -1683,6 +1707,34 @@ async fn redis_garbage_entries_are_dead_lettered() {
         .await
         .unwrap();
     assert_eq!(len, 0);
+}
+
+#[tokio::test]
+async fn redis_an_oversized_module_is_refused_before_download() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("oversized_module");
+    let roomy = BrokerConfig {
+        max_module: 1 << 20,
+        ..config()
+    };
+    let writer = RedisBroker::connect(&server.url(), &prefix, roomy)
+        .await
+        .unwrap();
+    let big = vec![0u8; 4096];
+    let (hash, _) = writer.put_module(&big).await.unwrap();
+    // A reader whose limit (config(): 1024 bytes) is below the stored size.
+    let reader = RedisBroker::connect(&server.url(), &prefix, config())
+        .await
+        .unwrap();
+    match reader.get_module(&hash).await {
+        Err(Error::ModuleTooLarge { size, limit }) => assert_eq!((size, limit), (4096, 1024)),
+        other => panic!("expected ModuleTooLarge, got {other:?}"),
+    }
+    assert_eq!(writer.get_module(&hash).await.unwrap(), Some(big));
+    assert_eq!(
+        reader.get_module(&ModuleHash::of(b"none")).await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]

@@ -510,6 +510,10 @@ async fn execute<B: Broker>(x: Exec<B>, delivery: Delivery, cancel: Cancel) {
                         ErrorKind::ModuleNotFound,
                         format!("no module {} is stored", call.module),
                     )),
+                    // Refused before a byte of it moved.
+                    Err(e @ wasq_broker::Error::ModuleTooLarge { .. }) => {
+                        Err(TaskError::new(ErrorKind::InvalidModule, e.to_string()))
+                    }
                     Err(e) => {
                         broker_down.store(true, Ordering::Relaxed);
                         Err(TaskError::new(

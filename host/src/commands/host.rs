@@ -152,6 +152,7 @@ impl HostRunCommand {
             max_deliveries: self.max_deliveries,
             result_ttl: self.result_ttl,
             max_module: self.limits.max_module,
+            max_args: self.limits.max_args,
             ..BrokerConfig::default()
         };
         let broker = Arc::new(self.redis.connect(broker_config).await?);

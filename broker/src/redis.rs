@@ -1,133 +1,17 @@
 //! [`RedisBroker`]: the production broker, on Redis 7.0 or newer.
 //!
-//! # Key layout
+//! The key layout, how a call moves through the keys, pauses, rate limits,
+//! statistics and what each Lua script does are documented in the
+//! repository's `docs/redis.md`: read it before changing a key or a script
+//! (a key or a script's contract is shared by every host and client of a
+//! deployment, see `docs/compatibility.md`).
 //!
-//! Every key starts with the prefix `P` given to [`RedisBroker::connect`]. The
-//! keys of one queue share the hash tag `{q:NAME}`. (Scripts touch a queue's
-//! keys together with per-call keys, so on Redis Cluster put the whole
-//! deployment in one slot with a prefix that is itself a hash tag, like
-//! `{wasq}`.)
-//!
-//! | key | type | holds | bounded by |
-//! | --- | --- | --- | --- |
-//! | `P:module:HEX` | string | module bytes, written once (`SET NX`) | the operator (modules are never deleted) |
-//! | `P:names` | hash | `name` and `name@version` → module hex | the operator |
-//! | `P:{q:NAME}:stream` | stream, group `hosts` | field `call`: call JSON, one entry per queued call | entries are `XDEL`ed right after `XACK` |
-//! | `P:{q:NAME}:delayed` | sorted set | call JSON scored by due time (ms, Redis clock): countdowns and retries | promoted into the stream when due |
-//! | `P:call:ID` | hash | `state` (`queued`/`running`/`retrying`), `queue`, `attempt`, `token`, `host`, `entry`, `deliveries`, `last` (envelope of the failed attempt), `waiting` (`1` once a waiter blocks on the call), `revoked` (`1` once revoked while running) | TTL: result TTL (+ delay); after the final result only a marker `state=done`, `token` for at most an hour |
-//! | `P:result:ID` | string | the final envelope JSON | TTL: result TTL (none if zero) |
-//! | `P:wake:ID` | stream, `MAXLEN 1` | for a call marked `waiting`, one entry once the result exists, field `env`: the final envelope JSON; waiters `XREAD BLOCK` on it | TTL: 5 minutes |
-//! | `P:revoked:ID` | string | `1` when the call was revoked | TTL: result TTL |
-//! | `P:host:ID` | hash | `info`, `stats` (JSON) of a live host | TTL: the lease, renewed by heartbeats |
-//! | `P:hosts` | sorted set | host ids scored by when their record can go | trimmed on every heartbeat and listing |
-//! | `P:dead` | stream | dead letters: `entry`, `queue`, `id`, `reason`, `call`, `deliveries`, `ts`, `error` (kind) | the dead-letter cap, exactly |
-//! | `P:dead:counts` | hash | queue → its dead letters in `P:dead` | the queues |
-//! | `P:events` | stream | `type`, `id`, `queue`, `task`, `host`, `ts`, `error`, `latency` (the last two empty where they do not apply) of every transition ([`crate::EVENT_KINDS`]) | `MAXLEN ~ 10000` |
-//! | `P:events:level` | string | `outcomes` or `off` ([`crate::EventLevel`]; no key: `all`); every script reads it before its first call event | the operator |
-//! | `P:queues` | set | every queue submitted to, paused or rate-limited | the operator |
-//! | `P:{q:NAME}:paused` | string | `1` while the queue is paused | `wasq queue resume` |
-//! | `P:{q:NAME}:rate` | hash | the queue's token bucket: `rate` (per s), `burst`, `tokens`, `ts` | one per limit |
-//! | `P:rate:module:HEX` | hash | a module's token bucket, the same fields | one per limit |
-//! | `P:rates` | hash | `queue:NAME` / `module:HEX` → `PER_SECOND:BURST`: every limit set | the operator |
-//! | `P:{q:NAME}:done` | hash | final results per second (field: the second) | fields older than 2 minutes are pruned; TTL 3 minutes |
-//! | `P:{q:NAME}:latency` | stream | `ms`: submission-to-result latency of calls hosts finished, one field per result of a published batch | `MAXLEN ~ 1000`; TTL 3 minutes |
-//!
-//! # How a call moves
-//!
-//! `submit` runs one script per queue for a whole batch of calls (in chunks
-//! of a few hundred, pipelined): per call `XADD` to the stream, or `ZADD` to
-//! the delayed set with a countdown, and the state hash, in one step.
-//! `claim` runs, per queue, a script that promotes due delayed calls,
-//! reclaims entries idle for longer than the lease (`XPENDING IDLE` +
-//! `XCLAIM`, which counts a delivery) and reads new entries (`XREADGROUP >`),
-//! all without blocking; only when that finds nothing does it block in
-//! `XREADGROUP ... BLOCK` on a dedicated connection, for at most half a lease
-//! (so reclaiming keeps happening) and never past the next delayed call.
-//!
-//! A delivery is its stream entry plus its delivery count: `XREADGROUP` starts
-//! the count at 1, every reclaim adds 1, and the host's heartbeat refreshes
-//! its entries with `XCLAIM ... JUSTID`, which resets the idle time without
-//! counting. Every script that acts for a delivery first checks that the entry
-//! is still pending with that count (nobody reclaimed it), and `complete` and
-//! `retry` also check the call's token, recorded when the call started. So a
-//! host whose lease lapsed can neither publish nor acknowledge what is no
-//! longer its own.
-//!
-//! A host needs no `start` round trip per call. The claim script checks
-//! each call it reads: one revoked or finished already is skipped there and
-//! never runs (`start_call` in `common.lua`: a revoked call gets its
-//! `revoked` envelope, and the entry is acknowledged). On a queue where no
-//! rate limit applies (queue or module), the rest is handed out unstarted
-//! ('held'), and so is what a blocking read returns when no rate limit
-//! applies and no queue read is paused (an `EXISTS` pipelined behind the
-//! read tells, without a round trip of its own). Their admission goes with
-//! their results: the script that publishes a result checks pause and rate
-//! limit and does what `start_call` does, short of marking running a call
-//! that is finished already, which saves writing each call's state a second
-//! time. A call that runs longer is admitted by a script sent alone after 2
-//! ms (`admit.lua`: the state becomes `running` under the delivery's token),
-//! and so is any call before anything else is done about it (a retry, a
-//! release). Elsewhere (a limit applies, a reclaimed entry), the claim
-//! starts what it hands out in its own script. A call the admission refuses
-//! (revoked or finished meanwhile, or over a limit set within the last
-//! second) has run for nothing: its result is refused, as for any stale
-//! delivery. A guest cannot act on the world, so that run costs CPU time
-//! and nothing else. A revocation while a call runs is written into its
-//! state (`revoked`) as well as the flag, so that the result's script of
-//! another delivery of the same call sees it in the state it reads anyway.
-//!
-//! Tokens are a random prefix per claim plus the entry id. The claim and
-//! admission scripts name the per-call keys of what they read from the
-//! stream (`P:call:ID` and friends) without declaring them, as they cannot
-//! know them beforehand.
-//!
-//! Waiting never polls: a waiter marks the call (field `waiting` of
-//! `P:call:ID`, set by `listen.lua` while the call is pending, in the same
-//! round trip as a read of `P:wake:ID` from id 0, which ends the wait if
-//! the result is there), then `XREAD BLOCK`s on `P:wake:ID` from id 0.
-//! Publishing the result of a marked call adds an entry carrying the
-//! envelope to that stream, so the blocked read returns the envelope
-//! itself. `XREAD` does not consume, so every waiter wakes, and an entry
-//! added between the mark and the block is seen at once; a result
-//! published before the mark is seen by it (the state is final then), and
-//! read from `P:result:ID`. Results nobody waits for (the many a bulk
-//! `wait_many` collects with `MGET`) get no wake-up: no stream to create,
-//! store and expire per call. A remote call (`submit_wait`) is marked by
-//! its submit script and needs no check: it sends that script and the
-//! blocking read in one round trip, on a connection of its own.
-//!
-//! # Pauses and rate limits
-//!
-//! The claim script does not read from a paused queue (it still promotes its
-//! due delayed calls, so they are waiting when the queue resumes) and reads at
-//! most as many entries as the queue's token bucket holds, taking one token
-//! per call it hands out; buckets refill on the Redis clock (`TIME`), so the
-//! limit holds across any number of hosts. A call whose module is over its
-//! limit is acknowledged and parked in the queue's delayed set, due when the
-//! module's bucket will have a token for it (the k-th held back waits k
-//! refills more): other modules' calls behind it are read on in the same
-//! pass, so a throttled module never blocks a queue (no head-of-line
-//! blocking), at the price of its calls losing their place in line. Entries
-//! reclaimed from dead hosts count against the queue's limit but not their
-//! module's (they were admitted once). The blocking `XREADGROUP` only covers
-//! queues that are neither paused nor out of tokens, and what it hands out
-//! goes through the same checks (`admit.lua`): a pause that lands while a
-//! host blocks still holds. The checks run before the host sees the calls if
-//! a queue read is paused or a rate limit applies; otherwise they go with the
-//! results (see above). Hosts learn which modules and queues are limited from
-//! `P:rates` at most a second late.
-//!
-//! # Statistics and events
-//!
-//! Every script that ends a call counts it in `P:{q:NAME}:done` (per second)
-//! and, for results hosts produced, records its latency in
-//! `P:{q:NAME}:latency`; `queue_stats` reads both, and a queue's counts, in
-//! one script per queue, so its cost is bounded by the window, not by the
-//! traffic. Every transition also appends to `P:events`, which
-//! [`Broker::events`] reads with `XREAD` (blocking on a connection of its own),
-//! unless the event level (`P:events:level`, [`crate::EventLevel`]) leaves
-//! its kind out: each script reads the level once, before its first event,
-//! so a level set from anywhere holds for every host and client at once.
+//! In short: every key starts with the prefix `P` given to
+//! [`RedisBroker::connect`]; a queue is a stream with one consumer group of
+//! hosts plus a delayed set, under the hash tag `{q:NAME}`; per call there is
+//! a state hash `P:call:ID`, a result `P:result:ID` and, for waited calls, a
+//! wake-up stream `P:wake:ID`. Every transition of a call is one Lua script
+//! that checks the delivery still holds its entry and the call's token.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};

@@ -1,5 +1,5 @@
 //! The data every part of wasq agrees on: module hashes, calls, limits and the
-//! result envelope of DESIGN.md.
+//! result envelope (`docs/envelope.md` in the repository).
 
 use std::fmt;
 use std::str::FromStr;
@@ -208,7 +208,7 @@ impl fmt::Display for State {
     }
 }
 
-/// Why a run failed (DESIGN.md, "Result envelope").
+/// Why a run failed (`docs/envelope.md`, "Error kinds").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {

@@ -265,7 +265,7 @@ pub(crate) fn load(
     let mut module = None;
     if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
         // SAFETY: the cache directory belongs to the host's operator (trusted,
-        // DESIGN.md "Security model"); files are written by `store` below via
+        // `docs/design.md`, "Security model"); files are written by `store` below via
         // rename, so they are complete artifacts of this engine's
         // configuration, and wasmtime checks the engine compatibility header.
         #[allow(unsafe_code)]

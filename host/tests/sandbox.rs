@@ -878,3 +878,48 @@ fn cwasm_files(dir: &std::path::Path) -> usize {
         })
         .count()
 }
+
+/// `[[…[0]…]]`: `levels` nested arrays.
+fn nested(levels: usize) -> String {
+    format!("{}0{}", "[".repeat(levels), "]".repeat(levels))
+}
+
+#[tokio::test]
+async fn result_depth_obeyed_and_violated() {
+    let m = wat(BASIC);
+    // `echo` returns its args, so the result nests as deep as they do.
+    let o = run_with(&m, "echo", &nested(64), limits()).await;
+    assert_ok(&o);
+    let o = run_with(&m, "echo", &nested(65), limits()).await;
+    assert_kind(&o, ErrorKind::OutputLimit);
+    assert!(o.result.unwrap_err().message.contains("64 levels"));
+    // Whatever a host publishes, a client can read back.
+    let o = run_with(&m, "echo", &nested(64), limits()).await;
+    let env = o.into_envelope("id1", 1, "h/1");
+    let json = serde_json::to_string(&vec![env.clone(), env]).unwrap();
+    let back: Vec<wasq_broker::Envelope> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.len(), 2);
+}
+
+#[tokio::test]
+async fn bytes_copied_by_host_functions_cost_fuel() {
+    let m = wat(BASIC);
+    // `echo` reads its input and outputs it: two copies of 60 000 bytes
+    // for a handful of instructions.
+    let args = format!("[\"{}\"]", "x".repeat(60_000 - 4));
+    let o = run_with(&m, "echo", &args, limits()).await;
+    assert_ok(&o);
+    assert!(o.fuel_used >= 120_000, "fuel {}", o.fuel_used);
+    let o = run_with(
+        &m,
+        "echo",
+        &args,
+        Limits {
+            fuel: 100_000,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::FuelExhausted);
+    assert_eq!(o.fuel_used, 100_000);
+}

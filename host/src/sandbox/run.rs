@@ -18,6 +18,12 @@ pub(crate) const MAX_TABLE_ELEMENTS: u64 = 1_000_000;
 /// lines is bounded too.
 const LOG_LINE_OVERHEAD: u64 = 16;
 
+/// Deepest nesting of arrays and objects a result may have. Every client
+/// parses envelopes with serde_json's default recursion limit (128), and an
+/// envelope (or a batch of them) wraps the result in a few more levels: a
+/// host refuses deeper results, so every envelope it publishes is readable.
+pub const MAX_RESULT_DEPTH: usize = 64;
+
 /// Per-call state inside the `Store`.
 pub struct CallState {
     wasi: WasiP1Ctx,
@@ -166,8 +172,10 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
         "input_read",
         |mut caller: Caller<'_, CallState>, ptr: i32| -> wasmtime::Result<()> {
             let memory = memory(&mut caller)?;
+            let len = caller.data().input.len();
+            charge(&mut caller, len)?;
             let (data, state) = memory.data_and_store_mut(&mut caller);
-            let range = span(ptr, state.input.len() as i32, data.len(), "input_read")?;
+            let range = span(ptr, len as i32, data.len(), "input_read")?;
             data[range].copy_from_slice(&state.input);
             Ok(())
         },
@@ -239,6 +247,20 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
     Ok(linker)
 }
 
+/// Charges one unit of fuel per byte a host function copies for the guest,
+/// as wasmtime charges its own bulk memory instructions: copying through
+/// the host is no cheaper than copying in wasm, so the fuel budget bounds it.
+fn charge(caller: &mut Caller<'_, CallState>, bytes: usize) -> wasmtime::Result<()> {
+    let fuel = caller.get_fuel()?;
+    match fuel.checked_sub(bytes as u64) {
+        Some(left) => caller.set_fuel(left),
+        None => {
+            caller.set_fuel(0)?;
+            Err(wasmtime::Error::new(Trap::OutOfFuel))
+        }
+    }
+}
+
 fn guest_log(task: &str, level: u8, message: &str) {
     match level {
         0 => tracing::trace!(target: "wasq::guest", task, "{message}"),
@@ -290,9 +312,9 @@ fn read(
         }));
     }
     let memory = memory(caller)?;
-    let data = memory.data(&*caller);
-    let range = span(ptr, len, data.len(), func)?;
-    Ok(data[range].to_vec())
+    let range = span(ptr, len, memory.data_size(&*caller), func)?;
+    charge(caller, range.len())?;
+    Ok(memory.data(&*caller)[range].to_vec())
 }
 
 pub(crate) async fn run(
@@ -455,15 +477,38 @@ fn finish(
     if let Some(f) = failure {
         return Err(f);
     }
-    match output {
-        None => Ok(serde_json::Value::Null),
+    let value: serde_json::Value = match output {
+        None => return Ok(serde_json::Value::Null),
         Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             TaskError::new(
                 ErrorKind::TaskError,
                 format!("task output is not valid JSON: {e}"),
             )
-        }),
+        })?,
+    };
+    if depth(&value) > MAX_RESULT_DEPTH {
+        return Err(TaskError::new(
+            ErrorKind::OutputLimit,
+            format!("result nests arrays and objects more than {MAX_RESULT_DEPTH} levels deep"),
+        ));
     }
+    Ok(value)
+}
+
+/// How deeply arrays and objects nest in `value` (a scalar is 0).
+fn depth(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Array(a) => Box::new(a.iter()),
+            serde_json::Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
 }
 
 /// Maps the error that ended a run to its envelope kind, by type.
@@ -528,6 +573,13 @@ mod tests {
         assert!(span(0, -1, 4, "t").is_err());
         assert!(span(i32::MAX, i32::MAX, usize::MAX, "t").is_ok());
         assert!(span(i32::MAX, 1, i32::MAX as usize, "t").is_err());
+    }
+
+    #[test]
+    fn depth_counts_arrays_and_objects() {
+        assert_eq!(depth(&serde_json::json!(1)), 0);
+        assert_eq!(depth(&serde_json::json!([])), 1);
+        assert_eq!(depth(&serde_json::json!([1, [2, {"a": [3]}], {}])), 4);
     }
 
     #[test]

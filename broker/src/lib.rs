@@ -9,6 +9,8 @@
 //!   [`Rate`] limits and their [`RateScope`].
 //! - `redis`: [`RedisBroker`], the production broker (its docs have the key
 //!   layout), with its Lua scripts in `redis/*.lua`.
+//! - `tls`: [`RedisTls`], the CA and client certificate of a `rediss://`
+//!   connection.
 //! - `local`: [`LocalBroker`], the same semantics in process memory, for the
 //!   demo, embedding and tests.
 //! - `client`: [`Client`] (async) and [`BlockingClient`] (a call reads like a
@@ -24,6 +26,7 @@ mod ops;
 mod redis;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod tls;
 mod types;
 
 pub use broker::{
@@ -40,6 +43,7 @@ pub use ops::{
     ParseRateError, QueueStats, Rate, RateScope, STATS_WINDOW_MS, is_valid_entry_id,
 };
 pub use redis::RedisBroker;
+pub use tls::{MAX_TLS_FILE, RedisTls};
 pub use types::{
     Call, CallLimits, DEFAULT_BACKOFF, DEFAULT_FUEL, DEFAULT_MAX_ARGS, DEFAULT_MAX_BACKOFF,
     DEFAULT_MAX_LOGS, DEFAULT_MAX_MODULE, DEFAULT_MAX_OUTPUT, DEFAULT_MAX_STDIO, DEFAULT_MEMORY,

@@ -30,6 +30,7 @@ use crate::ops::{
     Event, EventLevel, MAX_EVENTS_PER_READ, QueueStats, Rate, RateScope, STATS_WINDOW_MS,
     decode_rate, encode_rate, is_valid_entry_id,
 };
+use crate::tls::RedisTls;
 use crate::types::{
     Call, Envelope, ErrorKind, ModuleHash, State, TaskError, is_valid_call_id,
     is_valid_module_name, is_valid_queue_name, is_valid_task_name, now_ms,
@@ -631,12 +632,35 @@ impl RedisBroker {
     /// names the URL without its password); [`Error::Backend`] for an invalid
     /// URL, an empty prefix or rejected credentials.
     pub async fn connect(url: &str, prefix: &str, config: BrokerConfig) -> Result<Self> {
+        Self::connect_tls(url, prefix, config, &RedisTls::default()).await
+    }
+
+    /// [`RedisBroker::connect`] with the CA to trust and the client
+    /// certificate to present over a `rediss://` URL (see [`RedisTls`]).
+    ///
+    /// # Errors
+    /// As `connect`; [`Error::InvalidArgument`] if the TLS files do not fit
+    /// the URL or cannot be read. A server whose certificate the CA did not
+    /// sign, or that refuses the client certificate, is
+    /// [`Error::Unavailable`], naming the TLS failure.
+    pub async fn connect_tls(
+        url: &str,
+        prefix: &str,
+        config: BrokerConfig,
+        tls: &RedisTls,
+    ) -> Result<Self> {
         let shown = redact_url(url);
         if prefix.is_empty() {
             return Err(Error::Backend("the key prefix must not be empty".into()));
         }
-        let client = Client::open(url)
-            .map_err(|e| Error::Backend(format!("invalid redis url {shown}: {e}")))?;
+        if url.starts_with("rediss://") {
+            crate::tls::install_crypto_provider();
+        }
+        let client = match tls.certificates(url)? {
+            Some(certs) => Client::build_with_tls(url, certs),
+            None => Client::open(url),
+        }
+        .map_err(|e| Error::Backend(format!("invalid redis url {shown}: {e}")))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(100))

@@ -15,6 +15,7 @@ mod result;
 mod stats;
 mod submit;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -155,15 +156,31 @@ pub struct RedisArgs {
         global = true
     )]
     prefix: String,
+    /// PEM file of the CA that signed the Redis server's certificate (rediss:// only)
+    #[arg(long, value_name = "FILE", env = "WASQ_REDIS_CA", global = true)]
+    redis_ca: Option<PathBuf>,
+    /// PEM file of a client certificate for mutual TLS (needs --redis-key)
+    #[arg(long, value_name = "FILE", env = "WASQ_REDIS_CERT", global = true)]
+    redis_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (needs --redis-cert)
+    #[arg(long, value_name = "FILE", env = "WASQ_REDIS_KEY", global = true)]
+    redis_key: Option<PathBuf>,
 }
 
 impl RedisArgs {
-    /// Connects to Redis.
+    /// Connects to Redis. A TLS file that does not fit the URL, or cannot be
+    /// read, is a usage error (exit 2); a server that cannot be reached, or
+    /// whose certificate the CA did not sign, exits 3.
     pub async fn connect(
         &self,
         config: wasq_broker::BrokerConfig,
     ) -> anyhow::Result<wasq_broker::RedisBroker> {
-        Ok(wasq_broker::RedisBroker::connect(&self.url, &self.prefix, config).await?)
+        let tls = wasq_broker::RedisTls {
+            ca: self.redis_ca.clone(),
+            cert: self.redis_cert.clone(),
+            key: self.redis_key.clone(),
+        };
+        Ok(wasq_broker::RedisBroker::connect_tls(&self.url, &self.prefix, config, &tls).await?)
     }
 }
 

@@ -24,6 +24,9 @@ pub fn wasq() -> Command {
         "WASQ_CONCURRENCY",
         "WASQ_CACHE_DIR",
         "WASQ_RESULT_TTL",
+        "WASQ_REDIS_CA",
+        "WASQ_REDIS_CERT",
+        "WASQ_REDIS_KEY",
     ] {
         cmd.env_remove(var);
     }

@@ -462,7 +462,8 @@ fn health(port: u16) -> Option<u16> {
     use std::io::{Read, Write};
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    sock.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
+    sock.write_all(format!("GET /health HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+        .ok()?;
     let mut reply = String::new();
     sock.read_to_string(&mut reply).ok()?;
     reply.split_whitespace().nth(1)?.parse().ok()
@@ -513,4 +514,52 @@ async fn health_turns_false_while_the_host_cannot_consume() {
         .await
         .unwrap();
     assert_eq!(c.wait(&cl.id, 30).await.result, json!(7));
+}
+
+/// Every HTTP endpoint checks the Host header (DNS rebinding) and, when
+/// given one, a token; the health check is no exception.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoints_check_host_and_token() {
+    let mut c = Cluster::start("http_guard").await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (health_addr, metrics_addr) = (free(), free());
+    c.host(&[
+        "--health",
+        &health_addr.to_string(),
+        "--metrics",
+        &metrics_addr.to_string(),
+        "--token",
+        "s3cret",
+        "--allow-host",
+        "wasq.internal",
+    ]);
+    c.wait_hosts(1).await;
+    let bearer = "Authorization: Bearer s3cret";
+    for (addr, path) in [(health_addr, "/health"), (metrics_addr, "/metrics")] {
+        let host = addr.to_string();
+        // Wait until it listens (the host binds it while starting).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "{path} never listened");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, _, _) = common::http_request(addr, path, &host, &[bearer]);
+        assert_eq!(status, 200, "{path} with the token");
+        let (status, _, _) = common::http_request(addr, path, "wasq.internal:80", &[bearer]);
+        assert_eq!(status, 200, "{path} on an allowed name");
+        let (status, head, _) = common::http_request(addr, path, &host, &[]);
+        assert_eq!(status, 401, "{path} without the token");
+        assert!(head.contains("www-authenticate: bearer"), "{head}");
+        let (status, _, _) =
+            common::http_request(addr, path, &host, &["Authorization: Bearer wrong"]);
+        assert_eq!(status, 401, "{path} with a wrong token");
+        let (status, _, body) = common::http_request(addr, path, "evil.example:80", &[bearer]);
+        assert_eq!(status, 403, "{path} for another Host");
+        assert!(body.contains("--allow-host"), "{body}");
+    }
 }

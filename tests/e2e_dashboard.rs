@@ -537,3 +537,56 @@ fn dashboard_shows_hosts_and_calls_and_updates_live() {
     guard.dir = None; // passed: let the temp dir go
     drop(guard);
 }
+
+/// With `--token`, the dashboard answers nobody without it; a browser
+/// opening `/?token=` once gets a cookie and is sent on to the page. A
+/// request naming another Host is refused whatever it carries.
+#[test]
+fn the_dashboard_checks_its_token_and_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let mut c = Cluster::start("dashboard_token", &dir);
+    let dash = c.spawn(
+        "dashboard",
+        &["dashboard", "--listen", "127.0.0.1:0", "--token", "t0ken"],
+    );
+    let addr: SocketAddr = eventually(30, "the dashboard's address", || {
+        let log = c.procs[dash].log();
+        let rest = log.split("wasq dashboard: http://").nth(1)?;
+        rest.split('/').next()?.parse().ok()
+    });
+    let host = addr.to_string();
+    let (status, _, _) = common::http_request(addr, "/api/overview", &host, &[]);
+    assert_eq!(status, 401);
+    let (status, _, body) = common::http_request(
+        addr,
+        "/api/overview",
+        &host,
+        &["Authorization: Bearer t0ken"],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, head, _) = common::http_request(addr, "/?token=t0ken", &host, &[]);
+    assert_eq!(status, 303);
+    assert_eq!(common::header(&head, "location"), "/");
+    let cookie = common::header(&head, "set-cookie");
+    assert!(
+        cookie.starts_with("wasq_token=t0ken;") && cookie.contains("httponly"),
+        "{cookie}"
+    );
+    let (status, _, body) = common::http_request(addr, "/", &host, &["Cookie: wasq_token=t0ken"]);
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<html") || body.contains("<!doctype"),
+        "{body}"
+    );
+    let (status, _, _) = common::http_request(addr, "/?token=wrong", &host, &[]);
+    assert_eq!(status, 401);
+    // DNS rebinding: a page of another origin resolving to 127.0.0.1.
+    let (status, _, _) = common::http_request(
+        addr,
+        "/api/overview",
+        "attacker.example",
+        &["Authorization: Bearer t0ken"],
+    );
+    assert_eq!(status, 403);
+}

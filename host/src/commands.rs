@@ -184,6 +184,26 @@ impl RedisArgs {
     }
 }
 
+/// Who may call the HTTP endpoints (`dashboard`, `host run --health/--metrics`).
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Also accept requests whose Host header names HOST (repeatable;
+    /// loopback names and the listen address are always accepted)
+    #[arg(long = "allow-host", value_name = "HOST")]
+    allow_hosts: Vec<String>,
+    /// Require `Authorization: Bearer TOKEN` (or, for a browser, opening a
+    /// page once with ?token=TOKEN)
+    #[arg(long, value_name = "TOKEN", env = "WASQ_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl HttpArgs {
+    /// The guard for a server listening on `addr`.
+    pub fn guard(&self, addr: std::net::SocketAddr) -> wasq_host::HttpGuard {
+        wasq_host::HttpGuard::new(addr, &self.allow_hosts, self.token.clone())
+    }
+}
+
 /// The limits a call may ask for (`exec`, `submit`).
 #[derive(Debug, Clone, Args)]
 pub struct LimitsArgs {

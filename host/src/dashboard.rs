@@ -406,16 +406,18 @@ impl<B: Broker> Dashboard<B> {
             .layer(axum::middleware::map_response(secure_headers))
     }
 
-    /// Serves the dashboard on `listener` until `shutdown` completes.
+    /// Serves the dashboard on `listener`, behind `guard`, until `shutdown`
+    /// completes.
     ///
     /// # Errors
     /// If accepting connections fails for good.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
+        guard: crate::HttpGuard,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
+        axum::serve(listener, guard.protect(self.router()))
             .with_graceful_shutdown(shutdown)
             .await
     }

@@ -14,6 +14,8 @@
 //!   run, publish; heartbeats, revocation checks, graceful shutdown.
 //! - `metrics`: Prometheus metrics of a host, `GET /metrics` of `wasq host run
 //!   --metrics` ([`HostMetrics`], [`CallMetrics`]).
+//! - `http`: what every HTTP endpoint checks first: the `Host` header
+//!   against DNS rebinding, and an optional token ([`HttpGuard`]).
 //! - `dashboard`: the web dashboard of `wasq dashboard` and its JSON API
 //!   ([`Dashboard`]); its page, script and styles are embedded from `dashboard/`.
 //! - `bench`: the benchmarks behind `wasq bench` and `make bench` (public as a
@@ -23,6 +25,7 @@
 
 pub mod bench;
 mod dashboard;
+mod http;
 mod metrics;
 mod sandbox;
 mod worker;
@@ -31,6 +34,7 @@ pub use dashboard::{
     DEFAULT_DASHBOARD_ADDR, DEFAULT_RECENT_CALLS, DEFAULT_REFRESH, Dashboard, DashboardConfig,
     EventsSeen, HostView, Overview, RecentCall, THROUGHPUT_WINDOW_SECS, ThroughputPoint, Totals,
 };
+pub use http::HttpGuard;
 pub use metrics::{CallMetrics, DURATION_BUCKETS, HostLabels, HostMetrics, METRICS_CONTENT_TYPE};
 pub use sandbox::{
     CacheStats, CallState, Cancel, Compilation, DEFAULT_CACHE_CAPACITY, DEFAULT_COMPILE_TIMEOUT,

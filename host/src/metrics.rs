@@ -291,18 +291,23 @@ impl HostMetrics {
         out
     }
 
-    /// Serves `GET /metrics` on `listener` until the task is dropped.
+    /// Serves `GET /metrics` on `listener`, behind `guard`, until the task
+    /// is dropped.
     ///
     /// # Errors
     /// If accepting connections fails for good.
-    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        guard: crate::HttpGuard,
+    ) -> std::io::Result<()> {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving metrics at /metrics");
         }
         let app = Router::new()
             .route("/metrics", get(metrics_handler))
             .with_state(self);
-        axum::serve(listener, app).await
+        axum::serve(listener, guard.protect(app)).await
     }
 }
 

@@ -24,6 +24,7 @@ pub fn wasq() -> Command {
         "WASQ_CONCURRENCY",
         "WASQ_CACHE_DIR",
         "WASQ_RESULT_TTL",
+        "WASQ_TOKEN",
         "WASQ_REDIS_CA",
         "WASQ_REDIS_CERT",
         "WASQ_REDIS_KEY",
@@ -126,10 +127,25 @@ impl Drop for Proc {
 
 /// `GET path` over HTTP/1.0: (status, the header lines in lower case, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http_request(addr, path, &addr.to_string(), &[])
+}
+
+/// `GET path` over HTTP/1.0 with this `Host` header and extra header lines
+/// (`"Name: value"`): (status, the header lines in lower case, body).
+pub fn http_request(
+    addr: SocketAddr,
+    path: &str,
+    host: &str,
+    headers: &[&str],
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n").unwrap();
+    for h in headers {
+        write!(s, "{h}\r\n").unwrap();
+    }
+    write!(s, "\r\n").unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");

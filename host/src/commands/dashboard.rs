@@ -11,7 +11,7 @@ use wasq_broker::BrokerConfig;
 use wasq_host::{DEFAULT_DASHBOARD_ADDR, Dashboard, DashboardConfig};
 
 use super::host::shutdown_signal;
-use super::{RedisArgs, parse_secs};
+use super::{HttpArgs, RedisArgs, parse_secs};
 
 /// Serve a live web dashboard of the cluster: hosts, queues, recent calls
 /// and their envelopes, throughput. Read-only; stops on SIGINT/SIGTERM.
@@ -22,8 +22,10 @@ The page refreshes itself from a JSON API on the same address:
   GET /api/calls/ID          a call's envelope (404 if unknown)
   GET /api/events?after=ID&count=N   raw events (N <= 1000)
 
-Anyone who can reach the address can read call results: keep it on loopback
-or behind an authenticating proxy.
+Anyone who can reach the address can read call results: keep it on loopback,
+set --token (open the page once as http://ADDR/?token=TOKEN), or put it
+behind an authenticating proxy. Requests naming another Host than loopback or
+the listen address are refused (DNS rebinding); --allow-host adds names.
 
 Examples:
   wasq dashboard                              # http://127.0.0.1:7878/
@@ -40,6 +42,8 @@ pub struct DashboardCommand {
     /// Recent calls kept and shown
     #[arg(long, value_name = "N", default_value_t = wasq_host::DEFAULT_RECENT_CALLS)]
     recent: usize,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 impl DashboardCommand {
@@ -60,7 +64,7 @@ impl DashboardCommand {
         );
         eprintln!("wasq dashboard: http://{addr}/ (Ctrl-C to stop)");
         dashboard
-            .serve(listener, shutdown_signal())
+            .serve(listener, self.http.guard(addr), shutdown_signal())
             .await
             .with_context(|| format!("dashboard server on {addr} failed"))?;
         Ok(ExitCode::SUCCESS)

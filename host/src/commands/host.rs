@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasq_broker::{BrokerConfig, DEFAULT_MAX_DELIVERIES, Limits, is_valid_queue_name};
 use wasq_host::{
-    Compilation, HostLabels, HostMetrics, Sandbox, SandboxConfig, Worker, WorkerConfig, WorkerStats,
+    Compilation, HostLabels, HostMetrics, Sandbox, SandboxConfig, Worker, WorkerConfig,
 };
 
-use super::{RedisArgs, UsageError, parse_secs};
+use super::{HttpArgs, RedisArgs, UsageError, parse_secs};
 
 /// Run a worker host.
 #[derive(Debug, Args)]
@@ -134,6 +133,8 @@ pub struct HostRunCommand {
     /// Serve Prometheus metrics at `GET /metrics` here (e.g. 127.0.0.1:9187)
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 impl HostRunCommand {
@@ -177,7 +178,25 @@ impl HostRunCommand {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for health checks on {addr}"))?;
-            tokio::spawn(serve_health(listener, stats, stall));
+            let app = axum::Router::new().route(
+                "/health",
+                axum::routing::get(move || {
+                    let healthy = stats.healthy(stall);
+                    async move {
+                        if healthy {
+                            (axum::http::StatusCode::OK, "ok\n")
+                        } else {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stalled\n")
+                        }
+                    }
+                }),
+            );
+            let app = self.http.guard(addr).protect(app);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(cause = %e, "the health server stopped");
+                }
+            });
         }
         if let Some(addr) = self.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -192,7 +211,12 @@ impl HostRunCommand {
                     concurrency,
                 },
             ));
-            tokio::spawn(metrics.serve(listener));
+            let guard = self.http.guard(addr);
+            tokio::spawn(async move {
+                if let Err(e) = metrics.serve(listener, guard).await {
+                    tracing::error!(cause = %e, "the metrics server stopped");
+                }
+            });
         }
         worker.run(shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
@@ -220,29 +244,4 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutdown signal received");
-}
-
-/// A minimal HTTP responder for load balancers and orchestrators.
-async fn serve_health(listener: tokio::net::TcpListener, stats: Arc<WorkerStats>, stall: Duration) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
-            let healthy = stats.healthy(stall);
-            let (status, body) = if healthy {
-                ("200 OK", "ok\n")
-            } else {
-                ("503 Service Unavailable", "stalled\n")
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(reply.as_bytes()).await;
-        });
-    }
 }

@@ -256,21 +256,42 @@ pub fn read_module(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Guest-controlled text made safe to print for people: control characters
+/// other than newline and tab (terminal escape sequences, carriage returns
+/// that overwrite lines, bells) are shown as `\u{..}` escapes instead of
+/// reaching the terminal. JSON output needs none of this: JSON escapes them.
+pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Prints an envelope: exactly one JSON document with `json`, or the result
-/// and a one-line summary for people. Returns the exit status it implies.
+/// and a one-line summary for people (guest text through [`shown`]).
+/// Returns the exit status it implies.
 pub fn print_envelope(env: &Envelope, json: bool) -> ExitCode {
     if json {
         println!("{}", serde_json::to_string(env).unwrap_or_default());
     } else {
         if !env.stdout.is_empty() {
-            eprintln!("--- stdout ---\n{}", env.stdout.trim_end());
+            eprintln!("--- stdout ---\n{}", shown(env.stdout.trim_end()));
         }
         if !env.stderr.is_empty() {
-            eprintln!("--- stderr ---\n{}", env.stderr.trim_end());
+            eprintln!("--- stderr ---\n{}", shown(env.stderr.trim_end()));
         }
         for line in &env.logs {
             let level = ["trace", "debug", "info", "warn", "error"][usize::from(line.level.min(4))];
-            eprintln!("[{level}] {}", line.message);
+            eprintln!("[{level}] {}", shown(&line.message));
         }
         if env.succeeded() {
             println!(
@@ -278,7 +299,7 @@ pub fn print_envelope(env: &Envelope, json: bool) -> ExitCode {
                 serde_json::to_string_pretty(&env.result).unwrap_or_default()
             );
         } else if let Some(e) = &env.error {
-            eprintln!("error: {}: {}", e.kind, e.message);
+            eprintln!("error: {}: {}", e.kind, shown(&e.message));
         }
         eprintln!(
             "{} · fuel {} · {:.2} ms{}",
@@ -303,6 +324,13 @@ pub fn print_envelope(env: &Envelope, json: bool) -> ExitCode {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn guest_text_cannot_drive_the_terminal() {
+        assert_eq!(shown("plain\n\ttext"), "plain\n\ttext");
+        assert_eq!(shown("\u{1b}[2Jgone\r\u{7}"), "\\u{1b}[2Jgone\\u{d}\\u{7}");
+        assert_eq!(shown("\u{9b}31m"), "\\u{9b}31m");
+    }
 
     #[test]
     fn cli_is_well_formed() {

@@ -88,7 +88,7 @@ impl StatusCommand {
             println!("{}", serde_json::to_string(&env)?);
         } else {
             match &env.error {
-                Some(e) => println!("{} ({}: {})", env.state, e.kind, e.message),
+                Some(e) => println!("{} ({}: {})", env.state, e.kind, super::shown(&e.message)),
                 None => println!("{}", env.state),
             }
         }

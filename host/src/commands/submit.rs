@@ -134,7 +134,7 @@ impl SubmitCommand {
         let hash = match resolve_module(&broker, &self.module).await? {
             Ok(h) => h,
             Err(e) => {
-                eprintln!("error: {}: {}", e.kind, e.message);
+                eprintln!("error: {}: {}", e.kind, super::shown(&e.message));
                 return Ok(ExitCode::from(EXIT_FAILED));
             }
         };

@@ -103,7 +103,7 @@ pub async fn run(cmd: &SubmitCommand, path: &Path) -> anyhow::Result<ExitCode> {
     let hash = match resolve_module(&broker, &cmd.module).await? {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("error: {}: {}", e.kind, e.message);
+            eprintln!("error: {}: {}", e.kind, crate::commands::shown(&e.message));
             return Ok(ExitCode::from(EXIT_FAILED));
         }
     };

@@ -29,6 +29,7 @@
 //! instrumentation (fuel is counted per wasm operator, so `fuel_used` is the
 //! same on either) and run under the same limits.
 
+mod disk_cache;
 mod module;
 mod run;
 mod stdio;
@@ -42,6 +43,7 @@ use tokio::sync::{Notify, OnceCell};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, OptLevel, RegallocAlgorithm};
 use wasq_broker::{ErrorKind, Limits, ModuleHash, TaskError};
 
+pub use disk_cache::{DEFAULT_CACHE_MAX_BYTES, DiskCacheError};
 pub use module::{LoadedModule, ModuleReport, Tier, inspect};
 pub use run::{CallState, RunOutcome};
 
@@ -206,8 +208,18 @@ pub struct SandboxConfig {
     pub pool_size: u32,
     /// Epoch tick; the precision of timeouts and revocation.
     pub tick: Duration,
-    /// Where compiled code is kept across restarts; `None` keeps it only in memory.
+    /// Where compiled code is kept across restarts; `None` keeps it only in
+    /// memory. Entries are authenticated (HMAC) with the key in
+    /// `cache_key`; the directory must be the host user's and not writable
+    /// by others.
     pub cache_dir: Option<PathBuf>,
+    /// The key file that authenticates the disk cache; default `DIR.key`
+    /// beside `cache_dir`, created (mode 0600) if missing. Never inside the
+    /// directory: whoever can write entries must not hold the key.
+    pub cache_key: Option<PathBuf>,
+    /// Byte cap of the disk cache; the least recently written entries go
+    /// first. Default [`DEFAULT_CACHE_MAX_BYTES`].
+    pub cache_max_bytes: u64,
     /// How new modules are compiled.
     pub compilation: Compilation,
     /// Compiled modules kept in memory.
@@ -228,6 +240,8 @@ impl Default for SandboxConfig {
             pool_size: DEFAULT_POOL_SIZE,
             tick: DEFAULT_TICK,
             cache_dir: None,
+            cache_key: None,
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             compilation: Compilation::default(),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             host_name: default_host_name(),
@@ -252,14 +266,9 @@ pub enum SetupError {
     /// wasmtime refused the configuration.
     #[error("cannot configure the wasm engine: {0}")]
     Engine(String),
-    /// The cache directory cannot be created.
-    #[error("cannot create cache directory {path}: {source}")]
-    CacheDir {
-        /// The directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// The cache directory or its key cannot be used (or are unsafe to trust).
+    #[error("compiled-module cache: {0}")]
+    Cache(#[from] DiskCacheError),
 }
 
 type ModuleSlot = Arc<OnceCell<Result<Arc<LoadedModule>, TaskError>>>;
@@ -275,6 +284,9 @@ pub struct CacheStats {
     pub compiled: u64,
     /// Background compiles of optimised code swapped in (tiered).
     pub optimized: u64,
+    /// Disk cache entries refused (authentication failed, unreadable, a
+    /// symlink) and compiled over.
+    pub disk_rejected: u64,
 }
 
 /// Runs untrusted modules. Cheap to share (`Arc` inside); one per process.
@@ -298,6 +310,8 @@ struct Inner {
     modules: Mutex<ModuleCache>,
     stats: Mutex<CacheStats>,
     ticker_stop: Arc<AtomicBool>,
+    /// The authenticated disk cache, if `cache_dir` is set.
+    disk: Option<disk_cache::DiskCache>,
 }
 
 #[derive(Default)]
@@ -322,12 +336,14 @@ impl Sandbox {
     /// cannot reserve the virtual memory of the pool) or the cache directory
     /// cannot be created.
     pub fn new(config: SandboxConfig) -> Result<Self, SetupError> {
-        if let Some(dir) = &config.cache_dir {
-            std::fs::create_dir_all(dir).map_err(|source| SetupError::CacheDir {
-                path: dir.clone(),
-                source,
-            })?;
-        }
+        let disk = match &config.cache_dir {
+            Some(dir) => Some(disk_cache::DiskCache::open(
+                dir,
+                config.cache_key.as_deref(),
+                config.cache_max_bytes,
+            )?),
+            None => None,
+        };
         let setup = |e: wasmtime::Error| SetupError::Engine(format!("{e:#}"));
         let engine = Engine::new(&engine_config(&config, false)).map_err(setup)?;
         let linker = run::linker(&engine).map_err(setup)?;
@@ -353,6 +369,7 @@ impl Sandbox {
             modules: Mutex::default(),
             stats: Mutex::default(),
             ticker_stop,
+            disk,
         });
         if inner.config.compilation == Compilation::Tiered {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -567,6 +584,10 @@ impl Sandbox {
                 self.inner.pending.send_modify(|n| *n -= 1);
             }
         }
+    }
+
+    pub(crate) fn disk(&self) -> Option<&disk_cache::DiskCache> {
+        self.inner.disk.as_ref()
     }
 
     pub(crate) fn count(&self, f: impl FnOnce(&mut CacheStats)) {

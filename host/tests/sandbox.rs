@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use wasq_broker::{ErrorKind, Limits, ModuleHash};
-use wasq_host::{Cancel, Compilation, RunOutcome, Sandbox, SandboxConfig, Tier};
+use wasq_host::{CacheStats, Cancel, Compilation, RunOutcome, Sandbox, SandboxConfig, Tier};
 
 fn wat(src: &str) -> Vec<u8> {
     wat::parse_str(src).expect("test guest is valid WAT")
@@ -789,7 +789,7 @@ async fn tiered_compilation_swaps_in_optimised_code_and_caches_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = SandboxConfig {
         pool_size: 2,
-        cache_dir: Some(dir.path().to_path_buf()),
+        cache_dir: Some(dir.path().join("cache")),
         ..SandboxConfig::default()
     };
     assert_eq!(config.compilation, Compilation::Tiered);
@@ -821,7 +821,7 @@ async fn tiered_compilation_swaps_in_optimised_code_and_caches_it() {
         );
         assert_eq!(answer(&sb, module).await, quick_fuel);
     }
-    assert_eq!(cwasm_files(dir.path()), 1);
+    assert_eq!(cwasm_files(&dir.path().join("cache")), 1);
     let sb = Sandbox::new(config).unwrap();
     let module = sb.load_bytes(m).await.unwrap();
     let stats = sb.cache_stats();
@@ -843,7 +843,7 @@ async fn only_optimised_code_is_written_to_the_disk_cache() {
     let dir = tempfile::tempdir().unwrap();
     let config = |compilation| SandboxConfig {
         pool_size: 2,
-        cache_dir: Some(dir.path().to_path_buf()),
+        cache_dir: Some(dir.path().join("cache")),
         compilation,
         ..SandboxConfig::default()
     };
@@ -852,13 +852,13 @@ async fn only_optimised_code_is_written_to_the_disk_cache() {
     let module = sb.load_bytes(m.clone()).await.unwrap();
     sb.settled().await;
     assert_eq!(module.tier(), Tier::Quick);
-    assert_eq!(cwasm_files(dir.path()), 0);
+    assert_eq!(cwasm_files(&dir.path().join("cache")), 0);
 
     let sb = Sandbox::new(config(Compilation::Optimized)).unwrap();
     let module = sb.load_bytes(m.clone()).await.unwrap();
     assert_eq!(module.loaded_tier(), Tier::Optimized);
     assert_eq!(sb.cache_stats().compiled, 1);
-    assert_eq!(cwasm_files(dir.path()), 1);
+    assert_eq!(cwasm_files(&dir.path().join("cache")), 1);
 
     let sb = Sandbox::new(config(Compilation::Quick)).unwrap();
     let module = sb.load_bytes(m).await.unwrap();
@@ -922,4 +922,209 @@ async fn bytes_copied_by_host_functions_cost_fuel() {
     .await;
     assert_kind(&o, ErrorKind::FuelExhausted);
     assert_eq!(o.fuel_used, 100_000);
+}
+
+/// A sandbox caching optimised code in `dir/cache` (key `dir/cache.key`).
+fn caching(dir: &std::path::Path) -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        pool_size: 2,
+        cache_dir: Some(dir.join("cache")),
+        compilation: Compilation::Optimized,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox")
+}
+
+fn cwasm_paths(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+const OTHER: &str = r#"(module
+  (import "wasq" "output" (func $output (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "7")
+  (func (export "task.answer") (call $output (i32.const 0) (i32.const 1))))"#;
+
+/// Loads `module` on a fresh sandbox over `dir` and runs `answer`.
+async fn answer_from_cache(
+    dir: &std::path::Path,
+    module: &[u8],
+) -> (serde_json::Value, CacheStats) {
+    let sb = caching(dir);
+    let loaded = sb.load_bytes(module.to_vec()).await.unwrap();
+    let o = sb
+        .run(&loaded, "answer", b"[]", &limits(), &Cancel::new())
+        .await;
+    (o.result.unwrap(), sb.cache_stats())
+}
+
+#[tokio::test]
+async fn a_cache_entry_swapped_from_another_module_is_never_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (basic, other) = (wat(BASIC), wat(OTHER));
+    assert_eq!(
+        answer_from_cache(dir.path(), &basic).await.0,
+        serde_json::json!(42)
+    );
+    assert_eq!(
+        answer_from_cache(dir.path(), &other).await.0,
+        serde_json::json!(7)
+    );
+    let paths = cwasm_paths(dir.path());
+    assert_eq!(paths.len(), 2);
+    // Put one module's compiled code under the other's name.
+    let basic_entry = paths
+        .iter()
+        .find(|p| {
+            p.to_string_lossy()
+                .contains(&ModuleHash::of(&basic).to_hex())
+        })
+        .unwrap();
+    let other_entry = paths.iter().find(|p| *p != basic_entry).unwrap();
+    std::fs::copy(basic_entry, other_entry).unwrap();
+    let (result, stats) = answer_from_cache(dir.path(), &other).await;
+    assert_eq!(result, serde_json::json!(7), "ran another module's code");
+    assert_eq!(
+        (stats.disk_hits, stats.disk_rejected, stats.compiled),
+        (0, 1, 1)
+    );
+    // Compiled over: the next host loads the right code from the cache.
+    let (result, stats) = answer_from_cache(dir.path(), &other).await;
+    assert_eq!(result, serde_json::json!(7));
+    assert_eq!((stats.disk_hits, stats.disk_rejected), (1, 0));
+}
+
+#[tokio::test]
+async fn a_tampered_cache_entry_is_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let basic = wat(BASIC);
+    answer_from_cache(dir.path(), &basic).await;
+    let entry = cwasm_paths(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let last = bytes.len() - 100;
+    bytes[last] ^= 0x01;
+    std::fs::write(&entry, &bytes).unwrap();
+    let (result, stats) = answer_from_cache(dir.path(), &basic).await;
+    assert_eq!(result, serde_json::json!(42));
+    assert_eq!(
+        (stats.disk_hits, stats.disk_rejected, stats.compiled),
+        (0, 1, 1)
+    );
+    // A truncated one too.
+    std::fs::write(&entry, &bytes[..10]).unwrap();
+    let (_, stats) = answer_from_cache(dir.path(), &basic).await;
+    assert_eq!((stats.disk_hits, stats.disk_rejected), (0, 1));
+}
+
+#[tokio::test]
+async fn a_symlinked_cache_entry_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let basic = wat(BASIC);
+    answer_from_cache(dir.path(), &basic).await;
+    let entry = cwasm_paths(dir.path()).pop().unwrap();
+    let elsewhere = dir.path().join("elsewhere.cwasm");
+    std::fs::rename(&entry, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &entry).unwrap();
+    let (result, stats) = answer_from_cache(dir.path(), &basic).await;
+    assert_eq!(result, serde_json::json!(42));
+    assert_eq!((stats.disk_hits, stats.disk_rejected), (0, 1));
+}
+
+#[test]
+fn an_unsafe_cache_directory_or_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let open = |key: Option<std::path::PathBuf>| {
+        Sandbox::new(SandboxConfig {
+            pool_size: 1,
+            cache_dir: Some(cache.clone()),
+            cache_key: key,
+            compilation: Compilation::Optimized,
+            ..SandboxConfig::default()
+        })
+    };
+    open(None).expect("a fresh directory is fine");
+    let key = dir.path().join("cache.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for mode in [0o770, 0o707, 0o777] {
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = open(None)
+            .err()
+            .expect("a writable directory is refused")
+            .to_string();
+        assert!(err.contains("mode"), "{err}");
+    }
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A key others can read.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(open(None).err().unwrap().to_string().contains("mode"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The key inside the directory.
+    assert!(
+        open(Some(cache.join("k")))
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("inside")
+    );
+    // A symlinked directory.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&cache, &link).unwrap();
+    let err = Sandbox::new(SandboxConfig {
+        pool_size: 1,
+        cache_dir: Some(link),
+        cache_key: Some(key.clone()),
+        ..SandboxConfig::default()
+    })
+    .err()
+    .expect("a symlinked directory is refused")
+    .to_string();
+    assert!(err.contains("symlink"), "{err}");
+}
+
+#[tokio::test]
+async fn the_disk_cache_keeps_under_its_byte_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = |cap: u64| {
+        Sandbox::new(SandboxConfig {
+            pool_size: 2,
+            cache_dir: Some(dir.path().join("cache")),
+            cache_max_bytes: cap,
+            compilation: Compilation::Optimized,
+            ..SandboxConfig::default()
+        })
+        .unwrap()
+    };
+    sb(u64::MAX).load_bytes(wat(BASIC)).await.unwrap();
+    let basic_size = std::fs::metadata(&cwasm_paths(dir.path())[0])
+        .unwrap()
+        .len();
+    let other_dir = tempfile::tempdir().unwrap();
+    caching(other_dir.path())
+        .load_bytes(wat(OTHER))
+        .await
+        .unwrap();
+    let other_size = std::fs::metadata(&cwasm_paths(other_dir.path())[0])
+        .unwrap()
+        .len();
+    // One byte short of both: the older entry goes.
+    let tight = sb(basic_size + other_size - 1);
+    tight.load_bytes(wat(OTHER)).await.unwrap();
+    let left = cwasm_paths(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        left[0]
+            .to_string_lossy()
+            .contains(&ModuleHash::of(&wat(OTHER)).to_hex())
+    );
 }

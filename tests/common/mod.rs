@@ -23,6 +23,7 @@ pub fn wasq() -> Command {
         "WASQ_PREFIX",
         "WASQ_CONCURRENCY",
         "WASQ_CACHE_DIR",
+        "WASQ_CACHE_KEY",
         "WASQ_RESULT_TTL",
         "WASQ_TOKEN",
         "WASQ_REDIS_CA",

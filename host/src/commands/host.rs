@@ -102,6 +102,15 @@ pub struct HostRunCommand {
     /// Directory for compiled modules, so a restarted host starts warm
     #[arg(long, value_name = "DIR", env = "WASQ_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Key file authenticating the --cache-dir entries (default DIR.key beside
+    /// the directory; created, mode 0600, if missing)
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "WASQ_CACHE_KEY",
+        requires = "cache_dir"
+    )]
+    cache_key: Option<PathBuf>,
     /// How new modules compile: tiered (quick code first, optimised swapped
     /// in from the background), optimized, or quick
     #[arg(
@@ -165,6 +174,7 @@ impl HostRunCommand {
                 .unwrap_or(u32::MAX)
                 .saturating_add(4),
             cache_dir: self.cache_dir.clone(),
+            cache_key: self.cache_key.clone(),
             compilation: self.compile,
             ..SandboxConfig::default()
         })?;

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
@@ -258,25 +257,30 @@ pub(crate) fn load(
     let config = sandbox.config();
     let scan = scan(bytes, config)?;
     let (engine, linker) = sandbox.optimizing();
-    let cached = config
-        .cache_dir
-        .as_deref()
-        .map(|dir| cache_path(dir, engine, &hash));
     let mut module = None;
-    if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
-        // SAFETY: the cache directory belongs to the host's operator (trusted,
-        // `docs/design.md`, "Security model"); files are written by `store` below via
-        // rename, so they are complete artifacts of this engine's
-        // configuration, and wasmtime checks the engine compatibility header.
-        #[allow(unsafe_code)]
-        match unsafe { Module::deserialize_file(engine, path) } {
-            Ok(m) => {
-                sandbox.count(|s| s.disk_hits += 1);
-                module = Some((Tier::Optimized, m, linker));
+    match sandbox.disk().map(|d| d.get(&hash, engine_id(engine))) {
+        None | Some(Ok(None)) => {}
+        Some(Ok(Some(code))) => {
+            // SAFETY: the bytes carry a valid HMAC under this host's key over
+            // the module hash, this engine's compatibility hash and the code:
+            // they are what `store` serialized from this engine's own
+            // compilation of this module (see `disk_cache`), and wasmtime
+            // checks the engine compatibility header too.
+            #[allow(unsafe_code)]
+            match unsafe { Module::deserialize(engine, &code) } {
+                Ok(m) => {
+                    sandbox.count(|s| s.disk_hits += 1);
+                    module = Some((Tier::Optimized, m, linker));
+                }
+                Err(e) => {
+                    sandbox.count(|s| s.disk_rejected += 1);
+                    tracing::warn!(module = %hash, cause = %e, "ignoring unreadable compiled-module cache entry")
+                }
             }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), cause = %e, "ignoring unreadable compiled-module cache entry")
-            }
+        }
+        Some(Err(reason)) => {
+            sandbox.count(|s| s.disk_rejected += 1);
+            tracing::warn!(module = %hash, %reason, "refusing compiled-module cache entry; compiling again");
         }
     }
     let (tier, module, linker) = match (module, sandbox.quick()) {
@@ -289,9 +293,7 @@ pub(crate) fn load(
         (None, _) => {
             let m = Module::from_binary(engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
             sandbox.count(|s| s.compiled += 1);
-            if let Some(path) = &cached {
-                store(&m, path);
-            }
+            store(sandbox, &hash, &m);
             (Tier::Optimized, m, linker)
         }
     };
@@ -340,9 +342,7 @@ pub(crate) fn optimize(sandbox: &Sandbox, job: &Optimize) {
     });
     match compiled {
         Ok((m, pre)) => {
-            if let Some(dir) = &sandbox.config().cache_dir {
-                store(&m, &cache_path(dir, engine, &hash));
-            }
+            store(sandbox, &hash, &m);
             if job.module.optimized.set(pre).is_ok() {
                 sandbox.count(|s| s.optimized += 1);
                 tracing::debug!(module = %hash, "optimised code swapped in");
@@ -354,20 +354,20 @@ pub(crate) fn optimize(sandbox: &Sandbox, job: &Optimize) {
     }
 }
 
-fn cache_path(dir: &Path, engine: &wasmtime::Engine, hash: &ModuleHash) -> PathBuf {
+/// Which engine configuration compiled code belongs to.
+fn engine_id(engine: &wasmtime::Engine) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
-    dir.join(format!("{}-{:016x}.cwasm", hash.to_hex(), h.finish()))
+    h.finish()
 }
 
-fn store(module: &Module, path: &Path) {
-    let write = || -> std::io::Result<()> {
-        let bytes = module.serialize().map_err(std::io::Error::other)?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)
+/// Writes optimised code to the disk cache, if there is one.
+fn store(sandbox: &Sandbox, hash: &ModuleHash, module: &Module) {
+    let Some(disk) = sandbox.disk() else {
+        return;
     };
-    if let Err(e) = write() {
-        tracing::warn!(path = %path.display(), cause = %e, "cannot write compiled-module cache entry");
+    match module.serialize() {
+        Ok(code) => disk.put(hash, engine_id(module.engine()), &code),
+        Err(e) => tracing::warn!(module = %hash, cause = %e, "cannot serialize compiled code"),
     }
 }

@@ -799,6 +799,12 @@ impl RedisBroker {
         }
     }
 
+    /// The most bytes of a queued call entry this host reads: its args limit
+    /// and room for the rest of the call.
+    fn max_entry(&self) -> u64 {
+        self.config.max_args.saturating_add(CALL_OVERHEAD)
+    }
+
     /// Consumers idle this long (and holding nothing) are forgotten.
     fn consumer_gc_idle(&self) -> Duration {
         (self.config.lease * 10).max(Duration::from_secs(300))
@@ -1025,7 +1031,8 @@ impl RedisBroker {
             .arg(queue)
             .arg(self.state_ttl_ms(Duration::ZERO))
             .arg(self.marker_ttl_ms())
-            .arg(WAKE_TTL.as_millis() as u64);
+            .arg(WAKE_TTL.as_millis() as u64)
+            .arg(self.max_entry());
         for m in modules {
             op = op.arg(m.to_hex());
         }
@@ -1048,7 +1055,7 @@ impl RedisBroker {
             } else {
                 start_outcome(e.get(3))
             };
-            let parsed = parse_call(call_field(&fields));
+            let parsed = parse_entry(&fields, self.max_entry());
             let before = out.len();
             self.accept_entry(
                 queue,
@@ -1098,7 +1105,7 @@ impl RedisBroker {
         }
         let parsed: Vec<std::result::Result<Call, String>> = entries
             .iter()
-            .map(|(_, fields)| parse_call(call_field(fields)))
+            .map(|(_, fields)| parse_entry(fields, self.max_entry()))
             .collect();
         let token_prefix = new_token();
         let mut op = Op::eval(&SCRIPTS.admit);
@@ -3237,6 +3244,28 @@ fn call_field(fields: &[(String, Vec<u8>)]) -> Option<&[u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
+/// Room in a queued call entry beside its args (id, module, task, limits,
+/// retry policy, times), far more than a valid call needs.
+const CALL_OVERHEAD: u64 = 64 * 1024;
+
+/// A queued stream entry's call, or why it is garbage; an entry over
+/// `max_entry` bytes is refused before it is parsed (the claim script sends
+/// only its head and its size, `oversized`).
+fn parse_entry(fields: &[(String, Vec<u8>)], max_entry: u64) -> std::result::Result<Call, String> {
+    let raw = call_field(fields);
+    let size = fields
+        .iter()
+        .find(|(f, _)| f == "oversized")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+        .or_else(|| raw.map(|r| r.len() as u64).filter(|n| *n > max_entry));
+    match size {
+        Some(size) => Err(format!(
+            "the queued call is {size} bytes, over this host's limit of {max_entry} (its args limit and {CALL_OVERHEAD} bytes)"
+        )),
+        None => parse_call(raw),
+    }
+}
+
 /// A queued call, or why it is garbage.
 fn parse_call(raw: Option<&[u8]>) -> std::result::Result<Call, String> {
     match raw {
@@ -3305,9 +3334,16 @@ fn start_outcome(v: Option<&Value>) -> Option<StartOutcome> {
 
 /// The id of a garbage call, if it has a usable one.
 pub(crate) fn recognisable_id(raw: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
-    let id = v.get("id")?.as_str()?;
-    is_valid_call_id(id).then(|| id.to_string())
+    let id = match serde_json::from_slice::<serde_json::Value>(raw) {
+        Ok(v) => v.get("id")?.as_str()?.to_string(),
+        // The head of an oversized call: wasq writes the id first.
+        Err(_) => {
+            let rest = raw.strip_prefix(br#"{"id":""#)?;
+            let end = rest.iter().position(|b| *b == b'"')?;
+            String::from_utf8(rest[..end].to_vec()).ok()?
+        }
+    };
+    is_valid_call_id(&id).then_some(id)
 }
 
 fn truncate_utf8(s: &mut String, max: usize) {
@@ -3405,6 +3441,12 @@ mod tests {
         assert_eq!(recognisable_id(br#"{"id":"abc"}"#).as_deref(), Some("abc"));
         assert_eq!(recognisable_id(br#"{"id":"a b"}"#), None);
         assert_eq!(recognisable_id(b"nope"), None);
+        // The head of an oversized call, cut short.
+        assert_eq!(
+            recognisable_id(br#"{"id":"01ABC","module":"sha256:00"#).as_deref(),
+            Some("01ABC")
+        );
+        assert_eq!(recognisable_id(br#"{"id":"a b","mod"#), None);
     }
 
     #[test]

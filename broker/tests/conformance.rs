@@ -1710,6 +1710,72 @@ async fn redis_garbage_entries_are_dead_lettered() {
 }
 
 #[tokio::test]
+async fn redis_an_oversized_call_is_buried_not_sent_to_a_host() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("oversized_call");
+    // A submitter whose args limit is far above the host's (config(): 4096
+    // bytes, so entries over 4096 + 64 KiB are refused).
+    let roomy = BrokerConfig {
+        max_args: 1 << 20,
+        max_module: 1 << 20,
+        ..config()
+    };
+    let writer = RedisBroker::connect(&server.url(), &prefix, roomy)
+        .await
+        .unwrap();
+    let host = RedisBroker::connect(&server.url(), &prefix, config())
+        .await
+        .unwrap();
+    let module = writer.put_module(WASM).await.unwrap().0;
+    let big = new_call(module, &format!("[\"{}\"]", "x".repeat(200_000)));
+    let fits = new_call(module, "[1]");
+    writer
+        .submit(&[big.clone(), fits.clone()], None)
+        .await
+        .unwrap();
+    let got = host
+        .claim("h1", &queues(), 10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    // Obeyed: the small call is delivered; violated: the big one is not.
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].call.id, fits.id);
+    let dead = host.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, big.id);
+    assert!(
+        dead[0].reason.contains("over this host's limit"),
+        "{}",
+        dead[0].reason
+    );
+    let env = host.status(&big.id).await.unwrap().unwrap();
+    assert_eq!(env.state, State::Failed);
+    let error = env.error.unwrap();
+    assert_eq!(error.kind, ErrorKind::BadInput);
+    assert!(error.message.contains("200"), "{}", error.message);
+    // Also when it arrives while the host blocks for new calls.
+    let waiting = tokio::spawn({
+        let host = RedisBroker::connect(&server.url(), &prefix, config())
+            .await
+            .unwrap();
+        async move {
+            host.claim("h2", &queues(), 10, Duration::from_secs(2))
+                .await
+        }
+    });
+    let late = new_call(module, &format!("[\"{}\"]", "y".repeat(200_000)));
+    writer
+        .submit(std::slice::from_ref(&late), None)
+        .await
+        .unwrap();
+    // (The small call may come back: h1 never finished it and its lease is short.)
+    let got = waiting.await.unwrap().unwrap();
+    assert!(got.iter().all(|d| d.call.id == fits.id), "{got:?}");
+    let env = host.status(&late.id).await.unwrap().unwrap();
+    assert_eq!(env.error.unwrap().kind, ErrorKind::BadInput);
+}
+
+#[tokio::test]
 async fn redis_an_oversized_module_is_refused_before_download() {
     let server = RedisServer::start();
     let prefix = unique_prefix("oversized_module");

@@ -37,10 +37,13 @@ pub use dashboard::{
 pub use http::HttpGuard;
 pub use metrics::{CallMetrics, DURATION_BUCKETS, HostLabels, HostMetrics, METRICS_CONTENT_TYPE};
 pub use sandbox::{
-    CacheStats, CallState, Cancel, Compilation, DEFAULT_CACHE_CAPACITY, DEFAULT_COMPILE_TIMEOUT,
-    DEFAULT_MAX_CODE_BYTES, DEFAULT_MAX_FUNCTION_BYTES, DEFAULT_MAX_FUNCTIONS, DEFAULT_POOL_SIZE,
-    DEFAULT_TICK, LoadedModule, ModuleReport, RunOutcome, Sandbox, SandboxConfig, SandboxError,
-    SetupError, Tier, WASM_STACK, default_host_name, inspect,
+    CHILD_ARG, CacheStats, CallState, Cancel, Compilation, Compiler, DEFAULT_CACHE_CAPACITY,
+    DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_QUEUE, DEFAULT_COMPILE_TIMEOUT, DEFAULT_MAX_CODE_BYTES,
+    DEFAULT_MAX_COMPILES, DEFAULT_MAX_DATA_BYTES, DEFAULT_MAX_FUNCTION_BYTES,
+    DEFAULT_MAX_FUNCTIONS, DEFAULT_MAX_GLOBALS, DEFAULT_MAX_LOCALS, DEFAULT_MAX_TYPES,
+    DEFAULT_MEMORY_CACHE_BYTES, DEFAULT_POOL_SIZE, DEFAULT_TICK, LoadedModule, ModuleReport,
+    OPTIMIZE_QUEUE, RunOutcome, Sandbox, SandboxConfig, SandboxError, SetupError, Tier, WASM_STACK,
+    child_main, default_host_name, inspect,
 };
 pub use worker::{
     DEFAULT_CLAIM_BLOCK, DEFAULT_GRACE, DEFAULT_REVOKE_CHECK, Worker, WorkerConfig, WorkerStats,

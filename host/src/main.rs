@@ -8,6 +8,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A compiler child of a host (see `wasq_host::Compiler::Process`).
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(wasq_host::CHILD_ARG)) {
+        return wasq_host::child_main();
+    }
     let cli = commands::Cli::parse();
     commands::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

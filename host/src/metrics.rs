@@ -244,6 +244,36 @@ impl Collector for LiveValues {
             "Background compiles of optimised code swapped in.",
             cache.optimized,
         )?;
+        counter(
+            e,
+            "wasq_module_cache_rejected",
+            "Disk cache entries refused (authentication failed) and compiled over.",
+            cache.disk_rejected,
+        )?;
+        counter(
+            e,
+            "wasq_module_evictions",
+            "Compiled modules dropped from memory to stay within the cache caps.",
+            cache.evicted,
+        )?;
+        counter(
+            e,
+            "wasq_module_optimizations_dropped",
+            "Modules left on quick code because the optimiser's queue was full.",
+            cache.optimize_dropped,
+        )?;
+        counter(
+            e,
+            "wasq_calls_compile_busy",
+            "Calls handed back because too many calls waited for compiles.",
+            load(&s.compile_busy),
+        )?;
+        gauge(
+            e,
+            "wasq_loads_waiting",
+            "Calls waiting for their module to compile.",
+            i64::try_from(self.sandbox.loads_waiting()).unwrap_or(i64::MAX),
+        )?;
         Ok(())
     }
 }

@@ -29,13 +29,14 @@
 //! instrumentation (fuel is counted per wasm operator, so `fuel_used` is the
 //! same on either) and run under the same limits.
 
+mod compiler;
 mod disk_cache;
 mod module;
 mod run;
 mod stdio;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +44,7 @@ use tokio::sync::{Notify, OnceCell};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, OptLevel, RegallocAlgorithm};
 use wasq_broker::{ErrorKind, Limits, ModuleHash, TaskError};
 
+pub use compiler::{CHILD_ARG, Compiler, DEFAULT_COMPILE_MEMORY, child_main};
 pub use disk_cache::{DEFAULT_CACHE_MAX_BYTES, DiskCacheError};
 pub use module::{LoadedModule, ModuleReport, Tier, inspect};
 pub use run::{CallState, RunOutcome};
@@ -63,6 +65,25 @@ pub const DEFAULT_MAX_FUNCTION_BYTES: u32 = 1024 * 1024;
 pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default number of compiled modules kept in memory.
 pub const DEFAULT_CACHE_CAPACITY: usize = 512;
+/// Default cap on the bytes of compiled modules kept in memory (their code,
+/// and their wasm bytes, which bound their memory images).
+pub const DEFAULT_MEMORY_CACHE_BYTES: u64 = 1 << 30;
+/// Default number of modules compiling at once.
+pub const DEFAULT_MAX_COMPILES: usize = 2;
+/// Default number of calls that may wait for one of those slots; past it a
+/// host hands calls of modules not loaded back instead of holding a call slot.
+pub const DEFAULT_COMPILE_QUEUE: usize = 8;
+/// Quick-compiled modules waiting for the background optimiser at most;
+/// past it a module keeps its quick code (counted as `optimize_dropped`).
+pub const OPTIMIZE_QUEUE: usize = 32;
+/// Default cap on the types a module declares.
+pub const DEFAULT_MAX_TYPES: u32 = 10_000;
+/// Default cap on the globals a module declares.
+pub const DEFAULT_MAX_GLOBALS: u32 = 10_000;
+/// Default cap on one function's locals.
+pub const DEFAULT_MAX_LOCALS: u32 = 20_000;
+/// Default cap on the bytes of a module's data segments in all.
+pub const DEFAULT_MAX_DATA_BYTES: u64 = 32 * 1024 * 1024;
 /// Bytes of a pool slot's linear memory kept resident (and reset in place)
 /// when a call ends.
 const KEEP_RESIDENT: usize = 2 * 1024 * 1024;
@@ -202,8 +223,27 @@ pub struct SandboxConfig {
     pub max_code_bytes: u64,
     /// Most bytes of one function body.
     pub max_function_bytes: u32,
-    /// Compilation taking longer than this fails the module.
+    /// Most types a module may declare.
+    pub max_types: u32,
+    /// Most globals a module may declare.
+    pub max_globals: u32,
+    /// Most locals of one function.
+    pub max_locals: u32,
+    /// Most bytes of data segments in all.
+    pub max_data_bytes: u64,
+    /// Compilation taking longer than this fails the module (in a child
+    /// process, also the CPU time it may use).
     pub compile_timeout: Duration,
+    /// Where modules compile: [`Compiler::Process`] for modules the host
+    /// did not write.
+    pub compiler: Compiler,
+    /// Address-space limit of a compiler child, in bytes.
+    pub compile_memory: u64,
+    /// Modules compiling at once.
+    pub max_compiles: usize,
+    /// Calls that may wait for a compile slot beside those compiling (see
+    /// [`Sandbox::compile_backlog_full`]).
+    pub compile_queue: usize,
     /// Slots of the pooling allocator: calls running at once.
     pub pool_size: u32,
     /// Epoch tick; the precision of timeouts and revocation.
@@ -224,6 +264,8 @@ pub struct SandboxConfig {
     pub compilation: Compilation,
     /// Compiled modules kept in memory.
     pub cache_capacity: usize,
+    /// Bytes of compiled modules kept in memory (code and wasm bytes).
+    pub memory_cache_bytes: u64,
     /// The `host` field of envelopes (`name/pid`).
     pub host_name: String,
 }
@@ -236,7 +278,15 @@ impl Default for SandboxConfig {
             max_functions: DEFAULT_MAX_FUNCTIONS,
             max_code_bytes: DEFAULT_MAX_CODE_BYTES,
             max_function_bytes: DEFAULT_MAX_FUNCTION_BYTES,
+            max_types: DEFAULT_MAX_TYPES,
+            max_globals: DEFAULT_MAX_GLOBALS,
+            max_locals: DEFAULT_MAX_LOCALS,
+            max_data_bytes: DEFAULT_MAX_DATA_BYTES,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
+            compiler: Compiler::default(),
+            compile_memory: DEFAULT_COMPILE_MEMORY,
+            max_compiles: DEFAULT_MAX_COMPILES,
+            compile_queue: DEFAULT_COMPILE_QUEUE,
             pool_size: DEFAULT_POOL_SIZE,
             tick: DEFAULT_TICK,
             cache_dir: None,
@@ -244,6 +294,7 @@ impl Default for SandboxConfig {
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             compilation: Compilation::default(),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
+            memory_cache_bytes: DEFAULT_MEMORY_CACHE_BYTES,
             host_name: default_host_name(),
         }
     }
@@ -271,7 +322,33 @@ pub enum SetupError {
     Cache(#[from] DiskCacheError),
 }
 
-type ModuleSlot = Arc<OnceCell<Result<Arc<LoadedModule>, TaskError>>>;
+type ModuleSlot = Arc<OnceCell<Result<Arc<LoadedModule>, LoadFailure>>>;
+
+/// A failed load, and whether the module is to blame (then the failure is
+/// remembered, so a hostile module is not compiled again for each call).
+#[derive(Clone)]
+struct LoadFailure {
+    error: TaskError,
+    remembered: bool,
+}
+
+impl From<compiler::CompileError> for LoadFailure {
+    fn from(e: compiler::CompileError) -> Self {
+        match e {
+            compiler::CompileError::Module(error) => Self {
+                error,
+                remembered: true,
+            },
+            compiler::CompileError::Host(reason) => Self {
+                error: TaskError::new(
+                    ErrorKind::Trap,
+                    format!("host error, not the module's: {reason}"),
+                ),
+                remembered: false,
+            },
+        }
+    }
+}
 
 /// Counters of the module cache, for metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -287,6 +364,10 @@ pub struct CacheStats {
     /// Disk cache entries refused (authentication failed, unreadable, a
     /// symlink) and compiled over.
     pub disk_rejected: u64,
+    /// Modules left on quick code because the optimiser's queue was full.
+    pub optimize_dropped: u64,
+    /// Modules dropped from memory to stay within the count or byte cap.
+    pub evicted: u64,
 }
 
 /// Runs untrusted modules. Cheap to share (`Arc` inside); one per process.
@@ -303,7 +384,13 @@ struct Inner {
     /// [`Compilation::Optimized`].
     quick: Option<(Engine, Linker<CallState>)>,
     /// Hands quick-compiled modules to the background optimiser thread.
-    optimizer: Mutex<Option<std::sync::mpsc::Sender<module::Optimize>>>,
+    optimizer: Mutex<Option<std::sync::mpsc::SyncSender<module::Optimize>>>,
+    /// Compile slots.
+    compiles: Arc<tokio::sync::Semaphore>,
+    /// Compiles waiting for a slot.
+    waiting: AtomicUsize,
+    /// Loads waiting for a module that is not loaded yet.
+    loading: AtomicUsize,
     /// Optimisations queued or running.
     pending: tokio::sync::watch::Sender<usize>,
     config: SandboxConfig,
@@ -317,7 +404,35 @@ struct Inner {
 #[derive(Default)]
 struct ModuleCache {
     slots: std::collections::HashMap<ModuleHash, ModuleSlot>,
+    /// Oldest first.
     order: std::collections::VecDeque<ModuleHash>,
+}
+
+impl ModuleCache {
+    /// Drops the oldest modules until at most `count` remain and those
+    /// loaded weigh at most `bytes`; answers how many went. Calls running a
+    /// dropped module keep it alive until they end.
+    fn evict(&mut self, count: usize, bytes: u64) -> u64 {
+        let mut weight: u64 = self
+            .slots
+            .values()
+            .filter_map(|s| s.get()?.as_ref().ok())
+            .map(|m| m.footprint())
+            .sum();
+        let mut evicted = 0;
+        while self.order.len() > count || (weight > bytes && !self.order.is_empty()) {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.slots.remove(&old) {
+                if let Some(Ok(m)) = slot.get() {
+                    weight = weight.saturating_sub(m.footprint());
+                }
+                evicted += 1;
+            }
+        }
+        evicted
+    }
 }
 
 impl Drop for Inner {
@@ -364,6 +479,9 @@ impl Sandbox {
             linker,
             quick,
             optimizer: Mutex::new(None),
+            compiles: Arc::new(tokio::sync::Semaphore::new(config.max_compiles.max(1))),
+            waiting: AtomicUsize::new(0),
+            loading: AtomicUsize::new(0),
             pending: tokio::sync::watch::Sender::new(0),
             config,
             modules: Mutex::default(),
@@ -372,7 +490,7 @@ impl Sandbox {
             disk,
         });
         if inner.config.compilation == Compilation::Tiered {
-            let (tx, rx) = std::sync::mpsc::channel();
+            let (tx, rx) = std::sync::mpsc::sync_channel(OPTIMIZE_QUEUE);
             let weak = Arc::downgrade(&inner);
             std::thread::Builder::new()
                 .name("wasq-optimize".into())
@@ -412,12 +530,48 @@ impl Sandbox {
         cache.slots.get(hash).is_some_and(|s| s.initialized())
     }
 
+    /// Whether a call of `hash` would join too many calls already waiting
+    /// for modules to load: `hash` is not loaded, and
+    /// [`SandboxConfig::max_compiles`] + [`SandboxConfig::compile_queue`]
+    /// calls wait for compiles (running or queued). A worker then hands the
+    /// call back rather than hold a call slot for it, so a flood of new
+    /// modules (or of calls of one costly module) cannot take the slots of
+    /// other calls.
+    pub fn compile_backlog_full(&self, hash: &ModuleHash) -> bool {
+        let loaded = {
+            let cache = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+            cache.slots.get(hash).is_some_and(|s| s.initialized())
+        };
+        let limit = self.inner.config.max_compiles.max(1) + self.inner.config.compile_queue;
+        !loaded && self.inner.loading.load(Ordering::SeqCst) >= limit
+    }
+
+    /// Compiles waiting for a compile slot now.
+    pub fn compiles_waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Calls waiting for their module to load (compile running or queued).
+    pub fn loads_waiting(&self) -> usize {
+        self.inner.loading.load(Ordering::SeqCst)
+    }
+
+    /// Compiles running now (each holds a compile slot until its thread ends).
+    pub fn compiles_running(&self) -> usize {
+        self.inner
+            .config
+            .max_compiles
+            .max(1)
+            .saturating_sub(self.inner.compiles.available_permits())
+    }
+
     /// The compiled module for `hash`, compiling `bytes()` on first use.
     /// Concurrent loads of one module compile it once. `bytes` is only called
     /// on a miss; it returns the stored bytes, or an error envelope kind
     /// (`module_not_found`). The bytes are verified against `hash` before
-    /// compiling (`integrity`). Failures are cached too, so a hostile module is
-    /// not recompiled for each of its calls.
+    /// compiling (`integrity`). A module's own failures are cached too, so a
+    /// hostile module is not recompiled for each of its calls; failures of
+    /// the host (a compiler process that cannot start) are not.
     pub async fn load<F, Fut>(
         &self,
         hash: ModuleHash,
@@ -432,55 +586,69 @@ impl Sandbox {
             if let Some(slot) = cache.slots.get(&hash) {
                 slot.clone()
             } else {
-                while cache.order.len() >= self.inner.config.cache_capacity.max(1) {
-                    if let Some(old) = cache.order.pop_front() {
-                        cache.slots.remove(&old);
-                    }
-                }
+                let evicted = cache.evict(self.inner.config.cache_capacity.max(1) - 1, u64::MAX);
+                self.count(|s| s.evicted += evicted);
                 let slot = ModuleSlot::default();
                 cache.slots.insert(hash, slot.clone());
                 cache.order.push_back(hash);
                 slot
             }
         };
-        if slot.initialized() {
-            self.inner
-                .stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .hits += 1;
-        }
+        let _waiting = if slot.initialized() {
+            self.count(|s| s.hits += 1);
+            None
+        } else {
+            Some(Counted::new(&self.inner.loading))
+        };
         let result = slot
             .get_or_init(|| async {
                 let bytes = match bytes().await {
                     Ok(b) => b,
-                    Err(e) => return Err(e),
+                    // Transient: the module may be uploaded later.
+                    Err(error) => {
+                        return Err(LoadFailure {
+                            remembered: !matches!(error.kind, ErrorKind::ModuleNotFound),
+                            error,
+                        });
+                    }
                 };
                 if ModuleHash::of(&bytes) != hash {
-                    return Err(TaskError::new(
-                        ErrorKind::Integrity,
-                        format!("stored bytes of module {hash} do not hash to its key"),
-                    ));
+                    return Err(LoadFailure {
+                        error: TaskError::new(
+                            ErrorKind::Integrity,
+                            format!("stored bytes of module {hash} do not hash to its key"),
+                        ),
+                        remembered: true,
+                    });
                 }
                 self.compile(hash, bytes).await
             })
             .await
             .clone();
-        if let Err(e) = &result {
-            // Transient lookups are not cached: the module may be uploaded later.
-            if matches!(e.kind, ErrorKind::ModuleNotFound) {
-                let mut cache = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
-                if cache
-                    .slots
-                    .get(&hash)
-                    .is_some_and(|s| Arc::ptr_eq(s, &slot))
+        let mut cache = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(m) => {
+                let evicted = cache.evict(
+                    self.inner.config.cache_capacity.max(1),
+                    self.inner.config.memory_cache_bytes,
+                );
+                drop(cache);
+                self.count(|s| s.evicted += evicted);
+                Ok(m)
+            }
+            Err(failure) => {
+                if !failure.remembered
+                    && cache
+                        .slots
+                        .get(&hash)
+                        .is_some_and(|s| Arc::ptr_eq(s, &slot))
                 {
                     cache.slots.remove(&hash);
                     cache.order.retain(|h| h != &hash);
                 }
+                Err(failure.error)
             }
         }
-        result
     }
 
     /// Loads module bytes that are already at hand (`wasq exec`).
@@ -489,18 +657,26 @@ impl Sandbox {
         self.load(hash, || async move { Ok(bytes) }).await
     }
 
+    /// Compiles on a thread of its own once a compile slot is free; the slot
+    /// stays taken until the thread ends (an in-process compile past its
+    /// deadline included), so compiles are bounded in number whatever
+    /// submitters send.
     async fn compile(
         &self,
         hash: ModuleHash,
         bytes: Vec<u8>,
-    ) -> Result<Arc<LoadedModule>, TaskError> {
+    ) -> Result<Arc<LoadedModule>, LoadFailure> {
+        let permit = {
+            let _waiting = Counted::new(&self.inner.waiting);
+            let permit = self.inner.compiles.clone().acquire_owned().await;
+            permit.map_err(|_| compiler::CompileError::Host("the sandbox is closed".into()))?
+        };
         let this = self.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // Compilation is CPU-bound and cannot be interrupted; it runs on its own
-        // thread and the caller stops waiting after `compile_timeout`.
         std::thread::Builder::new()
             .name(format!("wasq-compile-{}", &hash.to_hex()[..8]))
             .spawn(move || {
+                let _permit = permit;
                 let loaded = module::load(&this, hash, &bytes).map(Arc::new);
                 if let Ok(m) = &loaded
                     && m.tier() == Tier::Quick
@@ -511,24 +687,33 @@ impl Sandbox {
                 let _ = tx.send(loaded);
             })
             .map_err(|e| {
-                TaskError::new(
-                    ErrorKind::InvalidModule,
-                    format!("cannot start compiler thread: {e}"),
-                )
+                compiler::CompileError::Host(format!("cannot start a compiler thread: {e}"))
             })?;
-        match tokio::time::timeout(self.inner.config.compile_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(TaskError::new(
-                ErrorKind::InvalidModule,
-                "compiler thread died",
-            )),
-            Err(_) => Err(TaskError::new(
-                ErrorKind::InvalidModule,
-                format!(
-                    "compiling the module took longer than {:?}",
-                    self.inner.config.compile_timeout
-                ),
-            )),
+        let timeout = self.inner.config.compile_timeout;
+        // A compiler child is killed at `timeout` and its thread answers
+        // then; waiting a little longer lets that answer (the process gone)
+        // arrive first. An in-process compile cannot be stopped: stop waiting.
+        let wait = match self.inner.config.compiler {
+            Compiler::Process(_) => timeout.saturating_add(Duration::from_secs(2)),
+            Compiler::InProcess => timeout,
+        };
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(result)) => result.map_err(LoadFailure::from),
+            Ok(Err(_)) => {
+                Err(compiler::CompileError::Host("the compiler thread died".into()).into())
+            }
+            Err(_) => Err(compiler::CompileError::module(format!(
+                "compiling the module took longer than {timeout:?}"
+            ))
+            .into()),
+        }
+    }
+
+    /// The limits of one compile.
+    pub(crate) fn budget(&self) -> compiler::Budget {
+        compiler::Budget {
+            deadline: self.inner.config.compile_timeout,
+            memory: self.inner.config.compile_memory,
         }
     }
 
@@ -580,8 +765,17 @@ impl Sandbox {
             .unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = optimizer.as_ref() {
             self.inner.pending.send_modify(|n| *n += 1);
-            if tx.send(module::Optimize { module, bytes }).is_err() {
-                self.inner.pending.send_modify(|n| *n -= 1);
+            let hash = module.hash;
+            match tx.try_send(module::Optimize { module, bytes }) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    self.inner.pending.send_modify(|n| *n -= 1);
+                    self.count(|s| s.optimize_dropped += 1);
+                    tracing::warn!(module = %hash, "optimiser queue full; the module keeps its quick code");
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    self.inner.pending.send_modify(|n| *n -= 1);
+                }
             }
         }
     }
@@ -592,6 +786,23 @@ impl Sandbox {
 
     pub(crate) fn count(&self, f: impl FnOnce(&mut CacheStats)) {
         f(&mut self.inner.stats.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// One more in a counter for as long as it lives (a waiting load is counted
+/// out also when its caller stops waiting).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -618,21 +829,11 @@ fn optimizer(sandbox: std::sync::Weak<Inner>, jobs: std::sync::mpsc::Receiver<mo
 /// so it gets no pool of its own). Both have the same instrumentation and
 /// stack; the limits are enforced per store by the `ResourceLimiter`.
 fn engine_config(config: &SandboxConfig, quick: bool) -> Config {
-    let mut cfg = Config::new();
-    cfg.consume_fuel(true)
-        .epoch_interruption(true)
-        .max_wasm_stack(WASM_STACK)
-        .async_stack_size(WASM_STACK + 1024 * 1024)
-        .wasm_multi_memory(false)
-        .wasm_memory64(false)
-        .wasm_custom_page_sizes(false)
-        .memory_init_cow(true);
+    let mut cfg = code_config(if quick { Tier::Quick } else { Tier::Optimized });
+    cfg.async_stack_size(WASM_STACK + 1024 * 1024);
     if quick {
-        cfg.cranelift_opt_level(OptLevel::None)
-            .cranelift_regalloc_algorithm(RegallocAlgorithm::SinglePass);
         return cfg;
     }
-    cfg.cranelift_opt_level(OptLevel::Speed);
     let mut pool = wasmtime::PoolingAllocationConfig::default();
     let slots = config.pool_size.max(1);
     let max_memory = usize::try_from(config.limits.memory).unwrap_or(usize::MAX);
@@ -654,6 +855,27 @@ fn engine_config(config: &SandboxConfig, quick: bool) -> Config {
         .table_keep_resident(64 * 1024)
         .pagemap_scan(wasmtime::Enabled::Auto);
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    cfg
+}
+
+/// What decides the code of a tier: instrumentation, features, optimiser.
+/// A compiler child builds its engine from this alone, so the code it writes
+/// loads into the host's engines.
+pub(crate) fn code_config(tier: Tier) -> Config {
+    let mut cfg = Config::new();
+    cfg.consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(WASM_STACK)
+        .wasm_multi_memory(false)
+        .wasm_memory64(false)
+        .wasm_custom_page_sizes(false)
+        .memory_init_cow(true);
+    match tier {
+        Tier::Quick => cfg
+            .cranelift_opt_level(OptLevel::None)
+            .cranelift_regalloc_algorithm(RegallocAlgorithm::SinglePass),
+        Tier::Optimized => cfg.cranelift_opt_level(OptLevel::Speed),
+    };
     cfg
 }
 

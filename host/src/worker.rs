@@ -106,6 +106,8 @@ pub struct WorkerStats {
     /// Calls interrupted here because another host reclaimed them (this
     /// host's heartbeats had lapsed).
     pub reclaimed: AtomicU64,
+    /// Calls of new modules handed back because the compile backlog was full.
+    pub compile_busy: AtomicU64,
     /// Results the broker refused for good (not a transient error): their
     /// calls are left for redelivery.
     pub unpublished: AtomicU64,
@@ -492,6 +494,7 @@ async fn execute<B: Broker>(x: Exec<B>, delivery: Delivery, cancel: Cancel) {
     let call = &delivery.call;
     info!(call_id = %call.id, deliveries = delivery.deliveries, "call started");
     let broker_down = std::sync::atomic::AtomicBool::new(false);
+    let compile_busy = std::sync::atomic::AtomicBool::new(false);
     // A panic while loading or running (a host bug, or an operator setting
     // that overflows) ends the call with a clear failure instead of leaving
     // it `running` with its slot taken.
@@ -501,6 +504,10 @@ async fn execute<B: Broker>(x: Exec<B>, delivery: Delivery, cancel: Cancel) {
             panic!("injected panic for task {}", call.task);
         }
         let limits = x.sandbox.limits().restrict(&call.limits);
+        if x.sandbox.compile_backlog_full(&call.module) {
+            compile_busy.store(true, Ordering::Relaxed);
+            return RunOutcome::failed(TaskError::new(ErrorKind::Trap, "compile backlog full"));
+        }
         let module = x
             .sandbox
             .load(call.module, || async {
@@ -550,13 +557,24 @@ async fn execute<B: Broker>(x: Exec<B>, delivery: Delivery, cancel: Cancel) {
             ))
         }
     };
-    if broker_down.load(Ordering::Relaxed) || outcome.host_busy {
+    let compile_busy = compile_busy.load(Ordering::Relaxed);
+    if broker_down.load(Ordering::Relaxed) || outcome.host_busy || compile_busy {
         // Not the call's fault: hand it back for another delivery. A busy
         // host waits a moment first, so the call does not bounce straight
         // back to it.
         if outcome.host_busy {
             warn!("every instance slot is in use; handing the call back");
             tokio::time::sleep(Backoff::new().next()).await;
+        } else if compile_busy {
+            debug!(module = %call.module, "compile backlog full; handing the call back");
+            stats.compile_busy.fetch_add(1, Ordering::Relaxed);
+            drop(slot);
+            tokio::time::sleep(Backoff::new().next()).await;
+            let _ = broker.release(&delivery).await.map_err(
+                |e| warn!(cause = %e, "cannot release call; it will be reclaimed after the lease"),
+            );
+            stats.released.fetch_add(1, Ordering::Relaxed);
+            return;
         } else {
             warn!("cannot fetch the module from the broker; releasing the call");
         }

@@ -282,8 +282,8 @@ async fn bulk_loops_obey_fuel_and_the_clock() {
 }
 
 /// A guest looping on a host call that does real work (16 MiB of random
-/// bytes) uses little fuel per round: the clock stops it (an epoch check at
-/// its loop header), not the budget.
+/// bytes, charged as fuel) without a fuel limit: the clock stops it (an
+/// epoch check at its loop header, a deadline on the call).
 #[tokio::test]
 async fn timeout_stops_loops_of_costly_host_calls() {
     let m = wat(r#"(module
@@ -300,7 +300,7 @@ async fn timeout_stops_loops_of_costly_host_calls() {
     };
     let o = run(&m, "random_forever", t).await;
     assert_timed_out(&o, t.timeout);
-    assert!(o.fuel_used < 1_000_000, "{}", o.fuel_used);
+    assert!(o.fuel_used >= 16 << 20, "{}", o.fuel_used);
 }
 
 /// A guest looping on costly host calls uses little fuel, but it still
@@ -1127,4 +1127,58 @@ async fn the_disk_cache_keeps_under_its_byte_cap() {
             .to_string_lossy()
             .contains(&ModuleHash::of(&wat(OTHER)).to_hex())
     );
+}
+
+const RANDOM: &str = r#"(module
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasq" "output" (func $output (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 65000) "0")
+  (func (export "task.fill")
+    (if (call $random (i32.const 0) (i32.const 16)) (then unreachable))
+    ;; 128 random bits are not all zero.
+    (if (i64.eqz (i64.or (i64.load (i32.const 0)) (i64.load (i32.const 8)))) (then unreachable))
+    (call $output (i32.const 65000) (i32.const 1)))
+  (func (export "task.outside")
+    ;; Past the end of memory, and 4 GiB: `fault` (21), nothing allocated.
+    (if (i32.ne (call $random (i32.const 65530) (i32.const 16)) (i32.const 21)) (then unreachable))
+    (if (i32.ne (call $random (i32.const 0) (i32.const -1)) (i32.const 21)) (then unreachable))
+    (call $output (i32.const 65000) (i32.const 1)))
+  (func (export "task.much")
+    (drop (call $random (i32.const 0) (i32.const 60000)))
+    (call $output (i32.const 65000) (i32.const 1))))"#;
+
+#[tokio::test]
+async fn random_get_is_bounded_and_costs_fuel() {
+    let m = wat(RANDOM);
+    assert_eq!(
+        run(&m, "fill", limits()).await.result.unwrap(),
+        serde_json::json!(0)
+    );
+    assert_eq!(
+        run(&m, "outside", limits()).await.result.unwrap(),
+        serde_json::json!(0)
+    );
+    // 60,000 bytes cost 60,000 fuel: obeyed with room, violated without.
+    let o = run(
+        &m,
+        "much",
+        Limits {
+            fuel: 200_000,
+            ..limits()
+        },
+    )
+    .await;
+    assert_ok(&o);
+    assert!(o.fuel_used > 60_000, "{}", o.fuel_used);
+    let o = run(
+        &m,
+        "much",
+        Limits {
+            fuel: 50_000,
+            ..limits()
+        },
+    )
+    .await;
+    assert_kind(&o, ErrorKind::FuelExhausted);
 }

@@ -16,15 +16,17 @@
 --       5 max promotions, 6 consumer gc idle ms (0 = skip the gc),
 --       7 key prefix, 8 token prefix (a delivery's token is it, ':' and the
 --       entry id), 9 delivery limit, 10 queue, 11 state ttl ms,
---       12 marker ttl ms, 13 wake ttl ms,
---       14.. module hex of each of KEYS[7..]
+--       12 marker ttl ms, 13 wake ttl ms, 14 most bytes of a call entry,
+--       15.. module hex of each of KEYS[7..]
 -- Returns {ms until claiming may find something without a new entry
 --          arriving: a delayed call due or a rate bucket refilled (-1: none),
 --          {{entry id, {field, value, ...}, deliveries, outcome}, ...},
 --          1 if a blocking read of new entries may hand them out now, else 0
 --          (paused, or the queue's bucket is empty)}
 -- where outcome is what `start_call` returned, 'held' if its start is left
--- to the host's admission, or '' if not started.
+-- to the host's admission, or '' if not started. A `call` over ARGV[14]
+-- bytes is not sent: the entry comes back unstarted with the call's first
+-- 256 bytes and an `oversized` field holding its size, for the host to bury.
 local stream, delayed = KEYS[1], KEYS[2]
 local consumer, want, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
@@ -75,7 +77,7 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
 
   local modules, limited = {}, false
   for i = 7, #KEYS do
-    modules[ARGV[i + 7]] = KEYS[i]
+    modules[ARGV[i + 8]] = KEYS[i]
     limited = true
   end
   hold = avail == math.huge and not limited
@@ -108,11 +110,13 @@ end
 -- complete.lua), or alone if the call runs longer, which saves writing its
 -- state twice. A call revoked or finished already is started here (which
 -- skips it), so it never runs.
-local prefix, max_deliveries = ARGV[7], tonumber(ARGV[9])
+local prefix, max_deliveries, max_entry = ARGV[7], tonumber(ARGV[9]), tonumber(ARGV[14])
 for _, o in ipairs(out) do
   local outcome = ''
-  if o[3] <= max_deliveries then
-    local call = field_of(o[2], 'call')
+  local call = field_of(o[2], 'call')
+  if type(call) == 'string' and #call > max_entry then
+    o[2] = {'call', string.sub(call, 1, 256), 'oversized', tostring(#call)}
+  elseif o[3] <= max_deliveries then
     -- Held, a call needs only its id here (the host reads the rest, and
     -- buries a call it cannot read).
     local fresh = hold and o[3] == 1 and type(call) == 'string'

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use wasq_broker::{BrokerConfig, DEFAULT_MAX_DELIVERIES, Limits, is_valid_queue_name};
 use wasq_host::{
-    Compilation, HostLabels, HostMetrics, Sandbox, SandboxConfig, Worker, WorkerConfig,
+    Compilation, Compiler, HostLabels, HostMetrics, Sandbox, SandboxConfig, Worker, WorkerConfig,
 };
 
 use super::{HttpArgs, RedisArgs, UsageError, parse_secs};
@@ -120,6 +120,11 @@ pub struct HostRunCommand {
         env = "WASQ_COMPILE"
     )]
     compile: Compilation,
+    /// Modules compiled at once (each in a child process killed at its
+    /// deadline); calls of further new modules wait, and past a short
+    /// backlog go back to their queue for a while
+    #[arg(long, value_name = "N", default_value_t = wasq_host::DEFAULT_MAX_COMPILES, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..), usize::from))]
+    compile_jobs: usize,
     /// Host lease (seconds): calls of a host silent this long are reclaimed
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
     lease: Duration,
@@ -176,6 +181,10 @@ impl HostRunCommand {
             cache_dir: self.cache_dir.clone(),
             cache_key: self.cache_key.clone(),
             compilation: self.compile,
+            compiler: Compiler::current_exe().context("cannot find the wasq executable")?,
+            max_compiles: self.compile_jobs,
+            // Calls waiting for modules to load hold at most half the slots.
+            compile_queue: (concurrency / 2).saturating_sub(self.compile_jobs),
             ..SandboxConfig::default()
         })?;
         let mut config = WorkerConfig::new(self.queues.clone(), concurrency, self.lease);

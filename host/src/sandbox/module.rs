@@ -14,6 +14,7 @@ use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
 use wasmtime::{ExternType, InstancePre, Module};
 use wasq_broker::{ErrorKind, ModuleHash, TaskError, is_valid_task_name};
 
+use super::compiler::{self, CompileError};
 use super::{CallState, Compilation, Sandbox, SandboxConfig};
 
 /// The `wasq` imports of ABI v1 (plus the `bad_input` extension).
@@ -74,6 +75,16 @@ impl LoadedModule {
     /// `pre.module().engine()`).
     pub(crate) fn pre(&self) -> &InstancePre<CallState> {
         self.optimized.get().unwrap_or(&self.first.1)
+    }
+
+    /// Bytes it holds in memory: its compiled code (both tiers once
+    /// optimised) and its wasm size, which bounds its memory image.
+    pub fn footprint(&self) -> u64 {
+        let code = |pre: &InstancePre<CallState>| {
+            let range = pre.module().image_range();
+            (range.end as usize).saturating_sub(range.start as usize) as u64
+        };
+        self.size + code(&self.first.1) + self.optimized.get().map_or(0, code)
     }
 }
 
@@ -146,6 +157,7 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
     let mut imports = Vec::new();
     let mut has_memory = false;
     let mut code_bytes: u64 = 0;
+    let mut data_bytes: u64 = 0;
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| invalid(format!("malformed module: {e}")))?;
         match payload {
@@ -189,6 +201,32 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                     }
                 }
             }
+            Payload::TypeSection(reader) if reader.count() > config.max_types => {
+                return Err(invalid(format!(
+                    "module declares {} types, over the limit of {}",
+                    reader.count(),
+                    config.max_types
+                )));
+            }
+            Payload::GlobalSection(reader) if reader.count() > config.max_globals => {
+                return Err(invalid(format!(
+                    "module declares {} globals, over the limit of {}",
+                    reader.count(),
+                    config.max_globals
+                )));
+            }
+            Payload::DataSection(reader) => {
+                for data in reader {
+                    let data = data.map_err(|e| invalid(format!("malformed data section: {e}")))?;
+                    data_bytes += data.data.len() as u64;
+                    if data_bytes > config.max_data_bytes {
+                        return Err(invalid(format!(
+                            "data segments exceed {} bytes in all",
+                            config.max_data_bytes
+                        )));
+                    }
+                }
+            }
             Payload::FunctionSection(reader) if reader.count() > config.max_functions => {
                 return Err(invalid(format!(
                     "module defines {} functions, over the limit of {}",
@@ -210,6 +248,21 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                         "function bodies exceed {} bytes in all",
                         config.max_code_bytes
                     )));
+                }
+                let mut locals: u64 = 0;
+                let reader = body
+                    .get_locals_reader()
+                    .map_err(|e| invalid(format!("malformed function body: {e}")))?;
+                for group in reader {
+                    let (count, _) =
+                        group.map_err(|e| invalid(format!("malformed function locals: {e}")))?;
+                    locals += u64::from(count);
+                    if locals > u64::from(config.max_locals) {
+                        return Err(invalid(format!(
+                            "a function declares more than {} locals, the limit",
+                            config.max_locals
+                        )));
+                    }
                 }
             }
             Payload::ExportSection(reader) => {
@@ -253,9 +306,9 @@ pub(crate) fn load(
     sandbox: &Sandbox,
     hash: ModuleHash,
     bytes: &[u8],
-) -> Result<LoadedModule, TaskError> {
+) -> Result<LoadedModule, CompileError> {
     let config = sandbox.config();
-    let scan = scan(bytes, config)?;
+    let scan = scan(bytes, config).map_err(CompileError::Module)?;
     let (engine, linker) = sandbox.optimizing();
     let mut module = None;
     match sandbox.disk().map(|d| d.get(&hash, engine_id(engine))) {
@@ -286,12 +339,24 @@ pub(crate) fn load(
     let (tier, module, linker) = match (module, sandbox.quick()) {
         (Some(m), _) => m,
         (None, Some((engine, linker))) if config.compilation != Compilation::Optimized => {
-            let m = Module::from_binary(engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+            let m = compiler::compile(
+                &config.compiler,
+                engine,
+                Tier::Quick,
+                bytes,
+                &sandbox.budget(),
+            )?;
             sandbox.count(|s| s.compiled += 1);
             (Tier::Quick, m, linker)
         }
         (None, _) => {
-            let m = Module::from_binary(engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+            let m = compiler::compile(
+                &config.compiler,
+                engine,
+                Tier::Optimized,
+                bytes,
+                &sandbox.budget(),
+            )?;
             sandbox.count(|s| s.compiled += 1);
             store(sandbox, &hash, &m);
             (Tier::Optimized, m, linker)
@@ -310,7 +375,7 @@ pub(crate) fn load(
                 }
             }
             _ => {
-                return Err(invalid(format!(
+                return Err(CompileError::module(format!(
                     "export `{}` must be a function of type [] -> []",
                     export.name()
                 )));
@@ -319,7 +384,7 @@ pub(crate) fn load(
     }
     let pre = linker
         .instantiate_pre(&module)
-        .map_err(|e| invalid(format!("{e:#}")))?;
+        .map_err(|e| CompileError::module(format!("{e:#}")))?;
     Ok(LoadedModule {
         hash,
         size: bytes.len() as u64,
@@ -336,8 +401,17 @@ pub(crate) fn load(
 pub(crate) fn optimize(sandbox: &Sandbox, job: &Optimize) {
     let (engine, linker) = sandbox.optimizing();
     let hash = job.module.hash;
-    let compiled = Module::from_binary(engine, &job.bytes).and_then(|m| {
-        let pre = linker.instantiate_pre(&m)?;
+    let compiled = compiler::compile(
+        &sandbox.config().compiler,
+        engine,
+        Tier::Optimized,
+        &job.bytes,
+        &sandbox.budget(),
+    )
+    .and_then(|m| {
+        let pre = linker
+            .instantiate_pre(&m)
+            .map_err(|e| CompileError::module(format!("{e:#}")))?;
         Ok((m, pre))
     });
     match compiled {
@@ -348,8 +422,11 @@ pub(crate) fn optimize(sandbox: &Sandbox, job: &Optimize) {
                 tracing::debug!(module = %hash, "optimised code swapped in");
             }
         }
-        Err(e) => {
-            tracing::warn!(module = %hash, cause = %format!("{e:#}"), "cannot optimise module; it keeps running quick code")
+        Err(CompileError::Module(e)) => {
+            tracing::warn!(module = %hash, cause = %e.message, "cannot optimise module; it keeps running quick code")
+        }
+        Err(CompileError::Host(reason)) => {
+            tracing::warn!(module = %hash, %reason, "cannot optimise module; it keeps running quick code")
         }
     }
 }

@@ -8,6 +8,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasq_broker::{ErrorKind, Limits, LogLine, TaskError};
 
+use super::module::WASI_MODULE;
 use super::stdio::BoundedPipe;
 use super::{Cancel, LoadedModule, Sandbox, SandboxError};
 
@@ -159,6 +160,46 @@ impl RunOutcome {
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut CallState| &mut s.wasi)?;
+    // WASI's own `random_get` allocates a buffer of the asked length (up to
+    // 4 GiB) before it checks the pointer; this one checks first, charges a
+    // unit of fuel per byte, and fills the guest's memory in place a chunk at
+    // a time, yielding between chunks so a guest asking for megabytes in a
+    // loop never holds its runtime's thread for long.
+    linker.allow_shadowing(true);
+    linker.func_wrap_async(
+        WASI_MODULE,
+        "random_get",
+        |mut caller: Caller<'_, CallState>, (ptr, len): (i32, i32)| {
+            Box::new(async move {
+                /// WASI's `errno::fault`: the buffer is not in memory.
+                const FAULT: i32 = 21;
+                const CHUNK: usize = 1 << 20;
+                let memory = memory(&mut caller)?;
+                let (start, len) = (ptr as u32 as usize, len as u32 as usize);
+                let Some(end) = start
+                    .checked_add(len)
+                    .filter(|end| *end <= memory.data_size(&caller))
+                else {
+                    return Ok(FAULT);
+                };
+                charge(&mut caller, len)?;
+                let mut at = start;
+                while at < end {
+                    let next = end.min(at + CHUNK);
+                    rand::RngCore::fill_bytes(
+                        &mut rand::rng(),
+                        &mut memory.data_mut(&mut caller)[at..next],
+                    );
+                    at = next;
+                    if at < end {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Ok(0)
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
     linker.func_wrap(
         "wasq",
         "input_len",

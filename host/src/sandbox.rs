@@ -70,8 +70,8 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 512;
 pub const DEFAULT_MEMORY_CACHE_BYTES: u64 = 1 << 30;
 /// Default number of modules compiling at once.
 pub const DEFAULT_MAX_COMPILES: usize = 2;
-/// Default number of calls that may wait for one of those slots; past it a
-/// host hands calls of modules not loaded back instead of holding a call slot.
+/// Default number of modules that may wait for one of those slots; past it a
+/// host hands calls of further new modules back instead of holding a slot.
 pub const DEFAULT_COMPILE_QUEUE: usize = 8;
 /// Quick-compiled modules waiting for the background optimiser at most;
 /// past it a module keeps its quick code (counted as `optimize_dropped`).
@@ -241,7 +241,7 @@ pub struct SandboxConfig {
     pub compile_memory: u64,
     /// Modules compiling at once.
     pub max_compiles: usize,
-    /// Calls that may wait for a compile slot beside those compiling (see
+    /// Modules that may wait for a compile slot beside those compiling (see
     /// [`Sandbox::compile_backlog_full`]).
     pub compile_queue: usize,
     /// Slots of the pooling allocator: calls running at once.
@@ -530,20 +530,17 @@ impl Sandbox {
         cache.slots.get(hash).is_some_and(|s| s.initialized())
     }
 
-    /// Whether a call of `hash` would join too many calls already waiting
-    /// for modules to load: `hash` is not loaded, and
-    /// [`SandboxConfig::max_compiles`] + [`SandboxConfig::compile_queue`]
-    /// calls wait for compiles (running or queued). A worker then hands the
-    /// call back rather than hold a call slot for it, so a flood of new
-    /// modules (or of calls of one costly module) cannot take the slots of
-    /// other calls.
+    /// Whether a call of `hash` would start one module load too many: `hash`
+    /// is neither loaded nor loading, and [`SandboxConfig::max_compiles`] +
+    /// [`SandboxConfig::compile_queue`] modules are loading already. A worker
+    /// then hands the call back rather than hold a call slot for it, so a
+    /// flood of new modules queues in Redis, not in the host's slots. (Calls
+    /// of a module already loading wait for it: they add no compile.)
     pub fn compile_backlog_full(&self, hash: &ModuleHash) -> bool {
-        let loaded = {
-            let cache = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
-            cache.slots.get(hash).is_some_and(|s| s.initialized())
-        };
         let limit = self.inner.config.max_compiles.max(1) + self.inner.config.compile_queue;
-        !loaded && self.inner.loading.load(Ordering::SeqCst) >= limit
+        let cache = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+        !cache.slots.contains_key(hash)
+            && cache.slots.values().filter(|s| !s.initialized()).count() >= limit
     }
 
     /// Compiles waiting for a compile slot now.

@@ -468,6 +468,24 @@ async fn execute<B: Broker>(x: Exec<B>, delivery: Delivery, cancel: Cancel) {
     };
     let broker = &x.broker;
     let stats = &x.stats;
+    // A new module while enough are loading: back to the queue, where the
+    // call waits without a slot (or goes to a host with room), instead of
+    // waiting here for its compile.
+    if x.sandbox.compile_backlog_full(&delivery.call.module) {
+        debug!(module = %delivery.call.module, "compile backlog full; handing the call back");
+        stats.compile_busy.fetch_add(1, Ordering::Relaxed);
+        drop(slot);
+        tokio::time::sleep(Backoff::new().next()).await;
+        match broker.release(&delivery).await {
+            Ok(_) => {
+                stats.released.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                warn!(cause = %e, "cannot release call; it will be reclaimed after the lease")
+            }
+        }
+        return;
+    }
     // Claims start what they hand out; only a delivery the claim could not
     // start costs a `start` round trip.
     let mut backoff = Backoff::new();
@@ -494,7 +512,6 @@ async fn execute<B: Broker>(x: Exec<B>, delivery: Delivery, cancel: Cancel) {
     let call = &delivery.call;
     info!(call_id = %call.id, deliveries = delivery.deliveries, "call started");
     let broker_down = std::sync::atomic::AtomicBool::new(false);
-    let compile_busy = std::sync::atomic::AtomicBool::new(false);
     // A panic while loading or running (a host bug, or an operator setting
     // that overflows) ends the call with a clear failure instead of leaving
     // it `running` with its slot taken.
@@ -504,10 +521,6 @@ async fn execute<B: Broker>(x: Exec<B>, delivery: Delivery, cancel: Cancel) {
             panic!("injected panic for task {}", call.task);
         }
         let limits = x.sandbox.limits().restrict(&call.limits);
-        if x.sandbox.compile_backlog_full(&call.module) {
-            compile_busy.store(true, Ordering::Relaxed);
-            return RunOutcome::failed(TaskError::new(ErrorKind::Trap, "compile backlog full"));
-        }
         let module = x
             .sandbox
             .load(call.module, || async {
@@ -557,24 +570,13 @@ async fn execute<B: Broker>(x: Exec<B>, delivery: Delivery, cancel: Cancel) {
             ))
         }
     };
-    let compile_busy = compile_busy.load(Ordering::Relaxed);
-    if broker_down.load(Ordering::Relaxed) || outcome.host_busy || compile_busy {
+    if broker_down.load(Ordering::Relaxed) || outcome.host_busy {
         // Not the call's fault: hand it back for another delivery. A busy
         // host waits a moment first, so the call does not bounce straight
         // back to it.
         if outcome.host_busy {
             warn!("every instance slot is in use; handing the call back");
             tokio::time::sleep(Backoff::new().next()).await;
-        } else if compile_busy {
-            debug!(module = %call.module, "compile backlog full; handing the call back");
-            stats.compile_busy.fetch_add(1, Ordering::Relaxed);
-            drop(slot);
-            tokio::time::sleep(Backoff::new().next()).await;
-            let _ = broker.release(&delivery).await.map_err(
-                |e| warn!(cause = %e, "cannot release call; it will be reclaimed after the lease"),
-            );
-            stats.released.fetch_add(1, Ordering::Relaxed);
-            return;
         } else {
             warn!("cannot fetch the module from the broker; releasing the call");
         }

@@ -183,7 +183,7 @@ impl HostRunCommand {
             compilation: self.compile,
             compiler: Compiler::current_exe().context("cannot find the wasq executable")?,
             max_compiles: self.compile_jobs,
-            // Calls waiting for modules to load hold at most half the slots.
+            // New modules loading at once: at most half the slots' worth.
             compile_queue: (concurrency / 2).saturating_sub(self.compile_jobs),
             ..SandboxConfig::default()
         })?;

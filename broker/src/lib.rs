@@ -15,11 +15,14 @@
 //!   demo, embedding and tests.
 //! - `client`: [`Client`] (async) and [`BlockingClient`] (a call reads like a
 //!   function call), [`ModuleRef`], [`CallError`].
+//! - `direct`: [`DirectClient`], calls straight to a `wasq serve` host over
+//!   HTTP, no broker.
 //! - `testing` (feature `test-util`): [`testing::RedisServer`], a throwaway
 //!   `redis-server` per test.
 
 mod broker;
 mod client;
+mod direct;
 mod error;
 mod local;
 mod ops;
@@ -36,6 +39,7 @@ pub use broker::{
 #[doc(hidden)]
 pub use client::{__doc_adder_host, __doc_adder_host_thread};
 pub use client::{BlockingClient, CallBuilder, CallError, Client, ModuleRef, encode_args};
+pub use direct::{DirectClient, MAX_ANSWER};
 pub use error::{Error, Result};
 pub use local::LocalBroker;
 pub use ops::{
@@ -43,7 +47,7 @@ pub use ops::{
     ParseRateError, QueueStats, Rate, RateScope, STATS_WINDOW_MS, is_valid_entry_id,
 };
 pub use redis::RedisBroker;
-pub use tls::{MAX_TLS_FILE, RedisTls};
+pub use tls::{MAX_TLS_FILE, RedisTls, install_crypto_provider};
 pub use types::{
     Call, CallLimits, DEFAULT_BACKOFF, DEFAULT_FUEL, DEFAULT_MAX_ARGS, DEFAULT_MAX_BACKOFF,
     DEFAULT_MAX_LOGS, DEFAULT_MAX_MODULE, DEFAULT_MAX_OUTPUT, DEFAULT_MAX_STDIO, DEFAULT_MEMORY,

@@ -99,7 +99,7 @@ fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
 /// Installs rustls's crypto provider (ring) for the process, once: the
 /// redis crate's TLS needs one, and without it a `rediss://` connection
 /// panics. A provider installed before (by an embedder) is kept.
-pub(crate) fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -12,6 +12,7 @@ mod inspect;
 mod module;
 mod queue;
 mod result;
+mod serve;
 mod stats;
 mod submit;
 
@@ -77,6 +78,10 @@ enum Command {
     Dead(dead::DeadCommand),
     /// Serve a live web dashboard of the cluster (hosts, queues, calls, throughput).
     Dashboard(dashboard::DashboardCommand),
+    /// Answer calls over HTTP, no broker needed (direct calls).
+    Serve(serve::ServeCommand),
+    /// Call a task on a `wasq serve` host and print the result.
+    Call(serve::CallCommand),
 }
 
 impl Cli {
@@ -84,6 +89,8 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Exec(c) => c.run().await,
+            Command::Serve(c) => c.run().await,
+            Command::Call(c) => c.run().await,
             Command::Inspect(c) => c.run().await,
             Command::Host(c) => c.run().await,
             Command::Submit(c) => c.run().await,

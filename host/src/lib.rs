@@ -18,6 +18,8 @@
 //!   against DNS rebinding, and an optional token ([`HttpGuard`]).
 //! - `dashboard`: the web dashboard of `wasq dashboard` and its JSON API
 //!   ([`Dashboard`]); its page, script and styles are embedded from `dashboard/`.
+//! - `serve`: calls straight to a host over HTTP, no broker (`wasq serve`,
+//!   [`DirectServer`]).
 //! - `bench`: the benchmarks behind `wasq bench` and `make bench` (public as a
 //!   module: its many report types stay out of the crate root).
 
@@ -28,6 +30,7 @@ mod dashboard;
 mod http;
 mod metrics;
 mod sandbox;
+mod serve;
 mod worker;
 
 pub use dashboard::{
@@ -44,6 +47,9 @@ pub use sandbox::{
     DEFAULT_MEMORY_CACHE_BYTES, DEFAULT_POOL_SIZE, DEFAULT_TICK, LoadedModule, ModuleReport,
     OPTIMIZE_QUEUE, RunOutcome, Sandbox, SandboxConfig, SandboxError, SetupError, Tier, WASM_STACK,
     child_main, default_host_name, inspect,
+};
+pub use serve::{
+    DEFAULT_LISTEN, DEFAULT_STORE_BYTES, DirectConfig, DirectServer, serve, server_tls,
 };
 pub use worker::{
     DEFAULT_CLAIM_BLOCK, DEFAULT_GRACE, DEFAULT_REVOKE_CHECK, Worker, WorkerConfig, WorkerStats,

@@ -69,7 +69,13 @@ pub struct HostLimitsArgs {
 }
 
 impl HostLimitsArgs {
-    fn limits(&self) -> Limits {
+    /// The largest module accepted.
+    pub(crate) fn max_module(&self) -> u64 {
+        self.max_module
+    }
+
+    /// As the sandbox's maximum limits.
+    pub(crate) fn limits(&self) -> Limits {
         Limits {
             fuel: self.fuel,
             memory: self.memory,
@@ -149,6 +155,12 @@ pub struct HostRunCommand {
     metrics: Option<SocketAddr>,
     #[command(flatten)]
     http: HttpArgs,
+    /// Also answer calls over HTTP here, as `wasq serve` does (with the
+    /// --token, --allow-host of the other endpoints)
+    #[arg(long, value_name = "ADDR", env = "WASQ_LISTEN")]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    listen_args: super::serve::ListenArgs,
 }
 
 impl HostRunCommand {
@@ -172,12 +184,16 @@ impl HostRunCommand {
         };
         let broker = Arc::new(self.redis.connect(broker_config).await?);
         let concurrency = self.concurrency.max(1);
+        // Direct calls get slots of their own beside the queue's.
+        let slots = if self.listen.is_some() {
+            concurrency.saturating_mul(2)
+        } else {
+            concurrency
+        };
         let sandbox = Sandbox::new(SandboxConfig {
             limits: self.limits.limits(),
             max_module: self.limits.max_module,
-            pool_size: u32::try_from(concurrency)
-                .unwrap_or(u32::MAX)
-                .saturating_add(4),
+            pool_size: u32::try_from(slots).unwrap_or(u32::MAX).saturating_add(4),
             cache_dir: self.cache_dir.clone(),
             cache_key: self.cache_key.clone(),
             compilation: self.compile,
@@ -190,6 +206,11 @@ impl HostRunCommand {
         let mut config = WorkerConfig::new(self.queues.clone(), concurrency, self.lease);
         config.grace = self.grace;
         let metrics_sandbox = sandbox.clone();
+        if let Some(addr) = self.listen {
+            let server =
+                super::serve::direct_server(sandbox.clone(), Some(broker.clone()), concurrency);
+            self.listen_args.start(addr, &self.http, &server).await?;
+        }
         let worker = Worker::new(broker, sandbox, config);
         if let Some(addr) = self.health {
             let stats = worker.stats();

@@ -16,15 +16,32 @@ use common::{Proc, describe, free_port, http_send, run, task_module, wasq};
 use serde_json::{Value, json};
 use wasq_broker::{CallLimits, DirectClient, ModuleHash};
 
-/// A `wasq serve` on a free port with `extra` flags; waits until it answers.
+/// A `wasq serve` on a port the system picks, with `extra` flags; answers
+/// the address it logged once it listens.
 fn serve(dir: &Path, name: &str, extra: &[&str]) -> (Proc, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut cmd = wasq();
-    cmd.args(["serve", "--listen", &addr.to_string()])
-        .args(extra);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
     let proc = Proc::spawn(cmd, name, dir.join(format!("{name}.log")));
-    wait_listening(addr);
+    let addr = logged_address(&proc);
     (proc, addr)
+}
+
+/// The address in a host's "answering calls at SCHEME://ADDR/..." line.
+fn logged_address(proc: &Proc) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = proc.log();
+        if let Some(rest) = log.split("answering calls at ").nth(1) {
+            let addr = rest.split("://").nth(1).unwrap().split('/').next().unwrap();
+            return addr.parse().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never listened:\n{log}",
+            proc.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn wait_listening(addr: SocketAddr) {
@@ -339,10 +356,8 @@ async fn names_from_the_module_store_and_host_run_listen() {
     assert_eq!((status, kind(&env)), (404, "module_not_found"));
 
     // `host run --listen`: one process takes queued calls and direct ones.
-    let port = free_port();
-    c.host(&["--listen", &format!("127.0.0.1:{port}")]);
-    let direct: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(direct);
+    let i = c.host(&["--listen", "127.0.0.1:0"]);
+    let direct = logged_address(&c.hosts[i]);
     let client = DirectClient::new(&format!("http://{direct}"), None).unwrap();
     let sum: i64 = client.call("examples@1.0", "add", (20, 22)).await.unwrap();
     assert_eq!(sum, 42);
@@ -355,4 +370,50 @@ async fn names_from_the_module_store_and_host_run_listen() {
     let bytes = std::fs::read(task_module("hostile")).unwrap();
     let argv: Vec<String> = client.call(bytes, "args", ()).await.unwrap();
     assert_eq!(argv, ["args"]);
+}
+
+#[test]
+fn https_with_a_ca_of_the_deployments_own() {
+    let dir = tempfile::tempdir().unwrap();
+    common::make_ca(dir.path(), "direct");
+    common::make_cert(dir.path(), "direct", "server");
+    let (cert, key, ca) = (
+        dir.path().join("server.pem"),
+        dir.path().join("server.key"),
+        dir.path().join("direct-ca.pem"),
+    );
+    let (_server, addr) = serve(
+        dir.path(),
+        "https",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--token",
+            "t0k",
+        ],
+    );
+    let url = format!("https://{addr}");
+    let call = |extra: &[&str]| {
+        run(wasq()
+            .args(["call", &url])
+            .arg(task_module("examples"))
+            .args(["add", "[20, 22]", "--token", "t0k"])
+            .args(extra))
+    };
+    let out = call(&["--ca", ca.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    // Without the CA the server's certificate is not trusted: no call.
+    let out = call(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certificate"),
+        "{}",
+        describe(&out)
+    );
+    // Plain HTTP to the TLS port gets nothing usable.
+    let out = run(wasq().args(["call", &format!("http://{addr}"), "sha256:00", "add"]));
+    assert_ne!(out.status.code(), Some(0));
 }

@@ -4,15 +4,20 @@
 //! A [`DirectClient`] keeps its connections alive and opens more as calls
 //! overlap (as many as calls in flight), so many concurrent calls spread
 //! over several connections and each call costs one request on an open one.
+//! `https://` URLs trust the public CAs, or the CA given with
+//! [`DirectClient::with_ca`].
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::http::{Method, Request, StatusCode, Uri, header};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -29,43 +34,80 @@ pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
 pub struct DirectClient {
     base: String,
     token: Option<String>,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl DirectClient {
-    /// A client of the server at `url` (`http://HOST:PORT`), sending
-    /// `token` as `Authorization: Bearer` when given.
+    /// A client of the server at `url` (`http://HOST:PORT` or
+    /// `https://HOST:PORT`, public CAs), sending `token` as
+    /// `Authorization: Bearer` when given.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a URL that is not `http://HOST[:PORT]`.
+    /// [`Error::InvalidArgument`] for a URL that is not `http(s)://HOST[:PORT]`.
     pub fn new(url: &str, token: Option<String>) -> Result<Self> {
+        Self::with_ca(url, token, None)
+    }
+
+    /// As [`DirectClient::new`], trusting for `https://` the CA in the PEM
+    /// file `ca` instead of the public ones.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad URL or a CA file that cannot be
+    /// read (or is over [`MAX_TLS_FILE`](crate::MAX_TLS_FILE)) or holds no
+    /// certificate.
+    pub fn with_ca(url: &str, token: Option<String>, ca: Option<&Path>) -> Result<Self> {
         let uri: Uri = url
             .parse()
             .map_err(|e| Error::InvalidArgument(format!("invalid URL {url:?}: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(Error::InvalidArgument(
-                    "https:// is not supported by this client yet; put a TLS proxy in front or use http:// on a trusted network".into(),
-                ));
-            }
+        let scheme = match uri.scheme_str() {
+            Some(s @ ("http" | "https")) => s,
             _ => {
                 return Err(Error::InvalidArgument(format!(
-                    "invalid URL {url:?}: use http://HOST:PORT"
+                    "invalid URL {url:?}: use http://HOST:PORT or https://HOST:PORT"
                 )));
             }
-        }
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| Error::InvalidArgument(format!("invalid URL {url:?}: no host")))?;
+        crate::install_crypto_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            Some(path) => {
+                let pem = crate::tls::read_pem(path, "CA certificate")?;
+                for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert
+                        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+                }
+                if roots.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} holds no PEM certificate",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let http = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Ok(Self {
-            base: format!("http://{authority}"),
+            base: format!("{scheme}://{authority}"),
             token: token.filter(|t| !t.is_empty()),
             http,
         })
@@ -91,7 +133,7 @@ impl DirectClient {
             .http
             .request(request)
             .await
-            .map_err(|e| Error::Unavailable(format!("{}: {e}", self.base)))?;
+            .map_err(|e| Error::Unavailable(format!("{}: {}", self.base, chain(&e))))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
@@ -243,6 +285,21 @@ impl DirectClient {
     }
 }
 
+/// An error with its causes, `a: b: c` (hyper's own Display hides them).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// `s` for a path segment: names, hashes and task names need no escaping
 /// but `:`, which is allowed in a segment; anything else is percent-encoded.
 fn path_segment(s: &str) -> String {
@@ -275,9 +332,6 @@ mod tests {
             DirectClient::new("ftp://x", None),
             Err(Error::InvalidArgument(_))
         ));
-        assert!(matches!(
-            DirectClient::new("https://x", None),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(DirectClient::new("https://x:7070", None).is_ok());
     }
 }

@@ -75,7 +75,7 @@ impl RedisTls {
     }
 }
 
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
     let unreadable = |e: std::io::Error| {
         Error::InvalidArgument(format!("cannot read the {what} {}: {e}", path.display()))
     };

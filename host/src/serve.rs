@@ -472,6 +472,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
+    let local = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %local, "answering calls at {scheme}://{local}/v1/call/MODULE/TASK");
     let Some(tls) = tls else {
         let listener = listener.tap_io(|s| {
             let _ = s.set_nodelay(true);

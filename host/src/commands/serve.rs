@@ -54,8 +54,6 @@ impl ListenArgs {
             .await
             .with_context(|| format!("cannot listen for calls on {addr}"))?;
         let local = listener.local_addr()?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        tracing::info!(address = %local, "answering calls at {scheme}://{local}/v1/call/MODULE/TASK");
         let router = server.router(http.guard(local));
         Ok(tokio::spawn(async move {
             if let Err(e) = wasq_host::serve(listener, router, tls, shutdown_signal()).await {
@@ -178,7 +176,7 @@ Examples:
   wasq call http://127.0.0.1:7070 target/tasks/examples.wasm add '[4, 5]'
   wasq call http://host:7070 examples@1.0 fib '[30]' --token \"$TOKEN\" --json")]
 pub struct CallCommand {
-    /// The server, http://HOST:PORT
+    /// The server, http://HOST:PORT or https://HOST:PORT
     url: String,
     /// The module: a file path, sha256:HEX, or a name
     module: String,
@@ -192,6 +190,10 @@ pub struct CallCommand {
     /// Bearer token of the server
     #[arg(long, value_name = "TOKEN", env = "WASQ_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM file of the CA that signed an https:// server's certificate
+    /// (default: the public CAs)
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Print exactly one JSON envelope on stdout
     #[arg(long)]
     json: bool,
@@ -205,7 +207,7 @@ impl CallCommand {
         if !args.is_array() {
             return Err(UsageError("ARGS must be a JSON array, e.g. '[4, 5]'".into()).into());
         }
-        let client = DirectClient::new(&self.url, self.token.clone())
+        let client = DirectClient::with_ca(&self.url, self.token.clone(), self.ca.as_deref())
             .map_err(|e| UsageError(e.to_string()))?;
         let path = Path::new(&self.module);
         let (module, bytes) = if path.is_file() {

@@ -11,6 +11,7 @@
 //!   real `wasq host run` process for memory.
 //! - `sandbox_cost`: the sandbox alone: compile and disk-cache load times,
 //!   warm instantiate + call, CPU-bound tasks against native code.
+//! - `direct`: calls straight to a real `wasq serve` over HTTP, no broker.
 //! - `plain`: plain wasmtime engines with less instrumentation (no fuel, no
 //!   epochs), to price fuel metering.
 //! - `native`, `soft_sha256`: the CPU-bound example tasks compiled natively.
@@ -18,6 +19,7 @@
 //!   summary table.
 
 mod cluster;
+mod direct;
 mod native;
 mod plain;
 mod report;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 use wasq_broker::{Broker, EventLevel};
 
 pub use cluster::{HostSetup, Hosts, RedisProbe, Target as RedisTarget};
+pub use direct::Direct;
 pub use native::{fib as native_fib, sha256_soft, sha256_task as native_sha256_task};
 pub use plain::{Instrumentation, PlainEngine};
 pub use report::{
@@ -58,12 +61,15 @@ pub enum Phase {
     Scaling,
     /// RSS of a `wasq host run` process, idle and loaded.
     Memory,
+    /// Calls straight to a `wasq serve` process over HTTP, no broker.
+    Direct,
 }
 
 impl Phase {
     /// Every phase, in the order they run.
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Sandbox,
+        Phase::Direct,
         Phase::Cold,
         Phase::Throughput,
         Phase::Latency,
@@ -80,6 +86,7 @@ impl Phase {
             Phase::Sandbox => "sandbox",
             Phase::Scaling => "scaling",
             Phase::Memory => "memory",
+            Phase::Direct => "direct",
         }
     }
 }
@@ -136,8 +143,11 @@ pub struct BenchConfig {
     pub memory_concurrency: usize,
     /// Seconds each call of the memory phase sleeps.
     pub memory_sleep_s: f64,
-    /// The `wasq` binary, for the memory phase's host process.
+    /// The `wasq` binary, for the memory phase's host process and the
+    /// direct phase's server.
     pub wasq: PathBuf,
+    /// Keep-alive connections of the direct phase's throughput pass.
+    pub direct_connections: usize,
     /// Reports each finished phase (progress on a terminal).
     pub progress: fn(&str),
 }
@@ -185,6 +195,29 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
                 .join(", ")
         ));
         report.sandbox = Some(s);
+    }
+    if config.runs(Phase::Direct) {
+        let d = direct::direct(
+            &config.wasq,
+            &config.examples,
+            config.latency_calls,
+            config.calls,
+            config.direct_connections,
+        )
+        .await?;
+        progress(&format!(
+            "direct (HTTP, no broker): p50 {:.3} ms, p99 {:.3} ms; {:.0} calls/s over {} connections; server CPU {:.1} µs/call, client {:.1} µs/call",
+            d.latency.p50_ms,
+            d.latency.p99_ms,
+            d.throughput_per_s,
+            d.connections,
+            d.server_cpu_us_per_call.unwrap_or(f64::NAN),
+            d.client_cpu_us_per_call.unwrap_or(f64::NAN),
+        ));
+        report.direct_p50_ms = Some(d.latency.p50_ms);
+        report.direct_p99_ms = Some(d.latency.p99_ms);
+        report.direct_throughput_per_s = Some(d.throughput_per_s);
+        report.direct = Some(d);
     }
     let needs_redis = [
         Phase::Cold,

@@ -47,6 +47,18 @@ pub struct BenchReport {
     /// reports from before session 7.
     #[serde(default)]
     pub latency_floor: Option<LatencyStats>,
+    /// Median round trip of a direct call (HTTP to `wasq serve`), ms.
+    #[serde(default)]
+    pub direct_p50_ms: Option<f64>,
+    /// 99th percentile round trip of a direct call, ms.
+    #[serde(default)]
+    pub direct_p99_ms: Option<f64>,
+    /// Direct calls per second over several keep-alive connections.
+    #[serde(default)]
+    pub direct_throughput_per_s: Option<f64>,
+    /// The direct phase in full.
+    #[serde(default)]
+    pub direct: Option<super::Direct>,
 }
 
 /// The throughput and latency phases with call events off.

@@ -177,6 +177,7 @@ impl BenchCommand {
             memory_concurrency: self.memory_calls.max(1),
             memory_sleep_s: self.memory_sleep.max(0.0),
             wasq: std::env::current_exe()?,
+            direct_connections: 8,
             progress: if self.progress || !self.json || std::io::stderr().is_terminal() {
                 progress_terminal
             } else {
@@ -197,7 +198,10 @@ impl BenchCommand {
             );
         }
         let result = bench::run(&config).await;
-        let needs_redis = self.phases.iter().any(|p| *p != Phase::Sandbox);
+        let needs_redis = self
+            .phases
+            .iter()
+            .any(|p| !matches!(p, Phase::Sandbox | Phase::Direct));
         if needs_redis && !self.keep_keys {
             match bench::cleanup(&target).await {
                 Ok(n) => {

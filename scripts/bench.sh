@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: wasq's benchmarks and the Celery baseline against the same
-# throwaway redis-server, repeated, then the table of medians and ratios
-# against the targets of the performance issue.
+# throwaway redis-server, and the RPyC/Pyro5 baseline of direct calls
+# (bench/rpc/bench.py), repeated, then the tables of medians and ratios
+# against the targets.
 #
 #   scripts/bench.sh                 # RUNS=3 repetitions, full sizes
 #   RUNS=5 scripts/bench.sh
@@ -28,8 +29,10 @@ CELERY_N="${CELERY_N:-5000}"
 CELERY_LAT_N="${CELERY_LAT_N:-500}"
 CELERY_CONFIGS="${CELERY_CONFIGS:-solo:1:4 prefork:2:4}"
 WASQ_BENCH_ARGS="${WASQ_BENCH_ARGS:-}"
+RPC_ARGS=""
 if [ -n "${QUICK:-}" ]; then
     RUNS=1 CALLS=2000 CELERY_N=500 CELERY_LAT_N=100 CELERY_CONFIGS="solo:1:4"
+    RPC_ARGS="--calls 2000 --latency-n 200"
     WASQ_BENCH_ARGS="--latency-calls 200 --cold-reps 2 --warm-calls 5000 --fib 27 --sha256-bytes 262144 --cpu-reps 3 --scaling-calls 2000 --memory-calls 200 $WASQ_BENCH_ARGS"
 fi
 OUT="${OUT:-$repo/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -50,10 +53,10 @@ wasq="${CARGO_TARGET_DIR:-$repo/target}/release/wasq"
 echo "--- celery"
 venv="$repo/target/bench/celery-venv"
 PY=""
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import celery, redis" 2>/dev/null; then
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import celery, redis, rpyc, Pyro5" 2>/dev/null; then
     PY="$venv/bin/python"
 elif python3 -m venv "$venv" >/dev/null 2>&1 \
-    && "$venv/bin/pip" install -q "celery[redis]==5.7.0" >"$OUT/pip.log" 2>&1; then
+    && "$venv/bin/pip" install -q "celery[redis]==5.7.0" "rpyc==6.0.2" "Pyro5==5.17" >"$OUT/pip.log" 2>&1; then
     PY="$venv/bin/python"
 else
     echo "WARNING: cannot install Celery (see $OUT/pip.log): reporting wasq's numbers without the baseline" >&2
@@ -120,6 +123,8 @@ for run in $(seq 1 "$RUNS"); do
                 --out "$OUT/celery-$label-$run.json" \
                 || echo "celery $label failed in run $run (see $OUT/celery/logs)" >&2
         done
+        timeout 300 "$PY" bench/rpc/bench.py --out-dir "$OUT" --run "$run" $RPC_ARGS \
+            || echo "the RPyC/Pyro5 baseline failed in run $run" >&2
     fi
 done
 

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use wasq_broker::{Broker, EventLevel};
 
 pub use cluster::{HostSetup, Hosts, RedisProbe, Target as RedisTarget};
-pub use direct::Direct;
+pub use direct::{Direct, RpcBaseline, direct_table};
 pub use native::{fib as native_fib, sha256_soft, sha256_task as native_sha256_task};
 pub use plain::{Instrumentation, PlainEngine};
 pub use report::{

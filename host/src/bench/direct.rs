@@ -131,3 +131,110 @@ pub async fn direct(
         client_cpu_us_per_call: per_call(client_cpu, process_cpu()),
     })
 }
+
+/// RPyC's and Pyro5's figures from `bench/rpc/bench.py` (`rpc-*.json`), the
+/// median over runs per framework.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RpcBaseline {
+    /// (framework, p50 ms, p99 ms, calls/s), in file order of frameworks.
+    pub frameworks: Vec<(String, f64, f64, f64)>,
+}
+
+impl RpcBaseline {
+    /// Reads every `rpc-*.json` in `dir`.
+    ///
+    /// # Errors
+    /// On unreadable or malformed files.
+    pub fn read(dir: &Path) -> anyhow::Result<Self> {
+        let mut per: std::collections::BTreeMap<String, [Vec<f64>; 3]> = Default::default();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !(name.starts_with("rpc-") && name.ends_with(".json")) {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+            let label = v["label"].as_str().unwrap_or("rpc").to_string();
+            let e = per.entry(label).or_default();
+            for (i, key) in ["p50_ms", "p99_ms", "throughput_per_s"].iter().enumerate() {
+                if let Some(x) = v[key].as_f64() {
+                    e[i].push(x);
+                }
+            }
+        }
+        let frameworks = per
+            .into_iter()
+            .filter_map(|(label, [p50, p99, tput])| {
+                Some((
+                    label,
+                    super::median(&p50)?,
+                    super::median(&p99)?,
+                    super::median(&tput)?,
+                ))
+            })
+            .collect();
+        Ok(Self { frameworks })
+    }
+}
+
+/// The direct-call table of `--summarize`: wasq's direct phase (medians over
+/// runs) against RPyC and Pyro5 measured in the same runs, with the goals
+/// of the direct-call issue (p50 at most half of each, throughput at least
+/// 5× RPyC's, server CPU under 20 µs per call).
+pub fn direct_table(runs: &[super::BenchReport], rpc: &RpcBaseline) -> String {
+    use std::fmt::Write;
+    let pick = |f: &dyn Fn(&Direct) -> Option<f64>| {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.direct.as_ref())
+            .filter_map(f)
+            .collect();
+        super::median(&v)
+    };
+    let (p50, p99, tput, cpu) = (
+        pick(&|d| Some(d.latency.p50_ms)),
+        pick(&|d| Some(d.latency.p99_ms)),
+        pick(&|d| Some(d.throughput_per_s)),
+        pick(&|d| d.server_cpu_us_per_call),
+    );
+    let mut s = String::new();
+    let Some(p50) = p50 else {
+        return s;
+    };
+    let _ = writeln!(
+        s,
+        "\nDirect calls (wasq serve over HTTP) against RPyC and Pyro5, same runs:\n"
+    );
+    let _ = writeln!(
+        s,
+        "| framework | p50 | p99 | calls/s | wasq p50 ratio | wasq calls/s ratio |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| wasq direct | {p50:.3} ms | {:.3} ms | {:.0} | – | – |",
+        p99.unwrap_or(f64::NAN),
+        tput.unwrap_or(f64::NAN)
+    );
+    for (label, rp50, rp99, rtput) in &rpc.frameworks {
+        let _ = writeln!(
+            s,
+            "| {label} | {rp50:.3} ms | {rp99:.3} ms | {rtput:.0} | {:.2}× of it (goal ≤ 0.5×) | {:.2}× (goal ≥ 5× RPyC's) |",
+            p50 / rp50,
+            tput.unwrap_or(f64::NAN) / rtput
+        );
+    }
+    if rpc.frameworks.is_empty() {
+        let _ = writeln!(
+            s,
+            "| RPyC, Pyro5 | not measured (`make bench` installs them) | | | | |"
+        );
+    }
+    if let Some(cpu) = cpu {
+        let _ = writeln!(
+            s,
+            "\nServer CPU per direct call (HTTP, instantiate, call): {cpu:.1} µs (goal < 20 µs)"
+        );
+    }
+    s
+}

@@ -130,6 +130,10 @@ impl BenchCommand {
             let baseline = bench::Baseline::read(dir)?;
             let targets = bench::targets(&runs, &baseline);
             print!("{}", bench::table(&targets, runs.len(), &baseline));
+            print!(
+                "{}",
+                bench::direct_table(&runs, &bench::RpcBaseline::read(dir)?)
+            );
             return Ok(ExitCode::SUCCESS);
         }
         let read = |path: &PathBuf| {

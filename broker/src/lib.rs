@@ -13,6 +13,7 @@
 //!   connection.
 //! - `local`: [`LocalBroker`], the same semantics in process memory, for the
 //!   demo, embedding and tests.
+//! - `validate`: the checks both brokers run on what they are given.
 //! - `client`: [`Client`] (async) and [`BlockingClient`] (a call reads like a
 //!   function call), [`ModuleRef`], [`CallError`].
 //! - `testing` (feature `test-util`): [`testing::RedisServer`], a throwaway
@@ -28,6 +29,7 @@ mod redis;
 pub mod testing;
 mod tls;
 mod types;
+mod validate;
 
 pub use broker::{
     Broker, BrokerConfig, DEFAULT_DEAD_LETTER_CAP, DEFAULT_LEASE, DEFAULT_MAX_DELIVERIES,

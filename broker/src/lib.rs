@@ -8,7 +8,8 @@
 //! - `ops`: what operators see and control: [`Event`], [`QueueStats`],
 //!   [`Rate`] limits and their [`RateScope`].
 //! - `redis`: [`RedisBroker`], the production broker (its docs have the key
-//!   layout), with its Lua scripts in `redis/*.lua`.
+//!   layout and list its files, one per concept), with its Lua scripts in
+//!   `redis/*.lua`.
 //! - `tls`: [`RedisTls`], the CA and client certificate of a `rediss://`
 //!   connection.
 //! - `local`: [`LocalBroker`], the same semantics in process memory, for the

@@ -16,9 +16,10 @@ use tracing::{debug, warn};
 use crate::broker::{Delivery, StartOutcome, new_token};
 use crate::error::{Error, Result};
 use crate::ops::RateScope;
-use crate::types::{Call, ModuleHash};
+use crate::types::{Call, Envelope, ModuleHash};
 
 use super::RedisBroker;
+use super::claim::{Claimed, EntryContext};
 use super::entry::{parse_entry, start_outcome};
 use super::keys::WAKE_TTL;
 use super::lock;
@@ -45,7 +46,7 @@ pub(super) struct Limited {
 
 /// One entry of a held-back admission.
 #[derive(Clone)]
-pub(super) struct HeldEntry {
+struct HeldEntry {
     entry_id: String,
     call_id: String,
     task: String,
@@ -64,7 +65,7 @@ pub(super) struct HeldEntry {
 pub(super) struct Admission {
     keys: Vec<String>,
     head: Vec<String>,
-    pub(super) entries: Vec<HeldEntry>,
+    entries: Vec<HeldEntry>,
 }
 
 impl Admission {
@@ -97,9 +98,7 @@ impl Admission {
 
 /// A held-back admission, shared by the tokens of its entries; locked while
 /// a round trip about its entries is in flight, so nothing overtakes it.
-pub(super) struct Deferred {
-    pub(super) admission: tokio::sync::Mutex<Option<Admission>>,
-}
+type Deferred = tokio::sync::Mutex<Option<Admission>>;
 
 /// Held-back admissions by delivery token.
 pub(super) type DeferredMap = Arc<Mutex<HashMap<String, Arc<Deferred>>>>;
@@ -140,7 +139,6 @@ impl RedisBroker {
     /// Runs the admission checks (pause, rate limits) over entries a
     /// blocking read handed out and starts those admitted, in one script;
     /// turns those admitted into deliveries.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn admit(
         &self,
         host_id: &str,
@@ -196,20 +194,21 @@ impl RedisBroker {
             && modules.is_empty()
             && !lock(&self.limits).queues.contains(queue)
             && parsed.iter().all(|c| c.is_ok());
+        let ctx = EntryContext {
+            queue,
+            token_prefix: &token_prefix,
+        };
         if defer {
             let first = out.len();
-            for ((id, fields), call) in entries.into_iter().zip(parsed) {
-                self.accept_entry(
-                    queue,
-                    id,
-                    &fields,
-                    call,
-                    1,
-                    Some(StartOutcome::Run),
-                    &token_prefix,
-                    out,
-                )
-                .await?;
+            for ((entry_id, fields), parsed) in entries.into_iter().zip(parsed) {
+                let entry = Claimed {
+                    entry_id,
+                    fields,
+                    parsed,
+                    deliveries: 1,
+                    started: Some(StartOutcome::Run),
+                };
+                self.accept_entry(&ctx, entry, out).await?;
             }
             self.hold(host_id, queue, &token_prefix, out[first..].iter());
             return Ok(());
@@ -218,13 +217,19 @@ impl RedisBroker {
         let outcomes = as_array(&reply)
             .filter(|o| o.len() == entries.len())
             .ok_or_else(|| Error::Malformed("unexpected reply of the admit script".into()))?;
-        for (((id, fields), call), outcome) in entries.into_iter().zip(parsed).zip(outcomes) {
+        for (((entry_id, fields), parsed), outcome) in entries.into_iter().zip(parsed).zip(outcomes)
+        {
             if as_bytes(outcome) == Some(b"no") {
                 continue;
             }
-            let started = start_outcome(Some(outcome));
-            self.accept_entry(queue, id, &fields, call, 1, started, &token_prefix, out)
-                .await?;
+            let entry = Claimed {
+                entry_id,
+                fields,
+                parsed,
+                deliveries: 1,
+                started: start_outcome(Some(outcome)),
+            };
+            self.accept_entry(&ctx, entry, out).await?;
         }
         Ok(())
     }
@@ -267,9 +272,7 @@ impl RedisBroker {
     /// its deliveries goes out, or the admission delay passes.
     fn defer_admission(&self, admission: Admission) {
         let tokens = admission.tokens();
-        let deferred = Arc::new(Deferred {
-            admission: tokio::sync::Mutex::new(Some(admission)),
-        });
+        let deferred = Arc::new(Deferred::new(Some(admission)));
         {
             let mut map = lock(&self.deferred);
             for t in tokens {
@@ -300,26 +303,94 @@ impl RedisBroker {
     }
 
     /// Sends the deferred admission of `token`'s delivery, if any is still
-    /// pending, before something else is done about it.
-    pub(super) async fn settle(&self, token: &str) -> Result<()> {
+    /// pending, before something else is done about it. Returns `false` if
+    /// that admission did not start its call (paused, revoked, over a
+    /// limit, reclaimed): its result must not be published.
+    pub(super) async fn settle(&self, token: &str) -> Result<bool> {
         let deferred = lock(&self.deferred).get(token).cloned();
-        if let Some(d) = deferred {
-            send_deferred(&self.conn, &self.url, &self.deferred, &d).await?;
+        match deferred {
+            Some(d) => {
+                let refused = send_deferred(&self.conn, &self.url, &self.deferred, &d).await?;
+                Ok(!refused.contains(token))
+            }
+            None => Ok(true),
         }
-        Ok(())
+    }
+
+    /// Locks the held-back admissions of the deliveries in `done`, whose
+    /// results are about to be published: their results' scripts admit
+    /// them (the admissions stay locked meanwhile, so nothing else sends
+    /// them, and a failed round trip leaves them as they were).
+    pub(super) async fn carry_admissions(&self, done: &[(Delivery, Envelope)]) -> Carried {
+        let mut deferred: Vec<Arc<Deferred>> = {
+            let map = lock(&self.deferred);
+            done.iter()
+                .filter_map(|(d, _)| map.get(&d.token).cloned())
+                .collect()
+        };
+        deferred.sort_by_key(Arc::as_ptr);
+        deferred.dedup_by_key(|d| Arc::as_ptr(d));
+        let mut slots = Vec::with_capacity(deferred.len());
+        for d in deferred {
+            slots.push(d.lock_owned().await);
+        }
+        let done_tokens: HashSet<&str> = done.iter().map(|(d, _)| d.token.as_str()).collect();
+        let held: HashSet<String> = slots
+            .iter()
+            .filter_map(|slot| slot.as_ref())
+            .flat_map(|a| &a.entries)
+            .filter(|e| done_tokens.contains(e.token.as_str()))
+            .map(|e| e.token.clone())
+            .collect();
+        Carried { slots, held }
+    }
+}
+
+/// The held-back admissions of deliveries whose results are being
+/// published, locked until [`Carried::finish`] (see
+/// `RedisBroker::carry_admissions`).
+pub(super) struct Carried {
+    slots: Vec<tokio::sync::OwnedMutexGuard<Option<Admission>>>,
+    /// The tokens of those deliveries whose admission is held back: their
+    /// complete scripts admit them.
+    pub(super) held: HashSet<String>,
+}
+
+impl Carried {
+    /// Ends the round trip: what the scripts admitted (or refused), the
+    /// tokens in `answered`, is no longer held; the admission of the rest
+    /// (left alone, or a script that failed) still goes out, by itself if
+    /// need be. Unlocks the admissions.
+    pub(super) fn finish(mut self, map: &DeferredMap, answered: &HashSet<&str>) {
+        let settled: Vec<String> = self
+            .held
+            .into_iter()
+            .filter(|t| answered.contains(t.as_str()))
+            .collect();
+        let settled_set: HashSet<&str> = settled.iter().map(String::as_str).collect();
+        for slot in &mut self.slots {
+            if let Some(a) = slot.as_mut() {
+                a.entries
+                    .retain(|e| !settled_set.contains(e.token.as_str()));
+                if a.entries.is_empty() {
+                    **slot = None;
+                }
+            }
+        }
+        forget_tokens(map, &settled);
     }
 }
 
 /// Sends what `d` still holds unless it went out already. Returns the
 /// tokens it did not start (paused, revoked, over a limit, reclaimed):
 /// their calls must not be published. Empty if nothing was left to send.
-pub(super) async fn send_deferred(
+async fn send_deferred(
     conn: &ConnectionManager,
     url: &str,
     map: &DeferredMap,
     d: &Deferred,
 ) -> Result<HashSet<String>> {
-    let mut slot = d.admission.lock().await;
+    let mut slot = d.lock().await;
     let Some(admission) = slot.as_ref() else {
         return Ok(HashSet::new());
     };
@@ -339,7 +410,7 @@ pub(super) async fn send_deferred(
 }
 
 /// Marks `tokens` admitted (or refused): they need nothing more.
-pub(super) fn forget_tokens(map: &DeferredMap, tokens: &[String]) {
+fn forget_tokens(map: &DeferredMap, tokens: &[String]) {
     let mut map = lock(map);
     for t in tokens {
         map.remove(t);

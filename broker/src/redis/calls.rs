@@ -22,7 +22,7 @@ const SUBMIT_CHUNK: usize = 256;
 impl RedisBroker {
     /// The submit scripts of `calls` (one per queue and chunk), after checking
     /// every call: nothing is queued if one is invalid. With `waiting`, the
-    /// calls are marked as waited for (see `listen`), so their results come
+    /// calls are marked as waited for (see `listen.lua`), so their results come
     /// with a wake-up.
     pub(super) fn submit_ops(
         &self,

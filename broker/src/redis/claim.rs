@@ -30,7 +30,7 @@ const MAX_PROMOTE: usize = 1000;
 /// Bytes of a garbage entry kept in its dead letter.
 const GARBAGE_KEEP: usize = 4096;
 
-/// A blocking read that drained its queues (see `RedisBroker::claim`).
+/// A blocking read that drained its queues (see `RedisBroker::claim_calls`).
 pub(super) struct Drained {
     host_id: String,
     queues: Vec<String>,
@@ -38,6 +38,54 @@ pub(super) struct Drained {
     blockable: Vec<String>,
     /// When the non-blocking pass is due again.
     until: Instant,
+}
+
+/// What one non-blocking pass of a claim does on each of its queues.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    host_id: &'a str,
+    /// The rate-limited modules (their buckets are the script's keys).
+    modules: &'a [ModuleHash],
+    /// Whether to reclaim the idle entries of dead hosts this time.
+    reclaim: bool,
+    /// Whether to forget idle consumers this time.
+    gc: bool,
+}
+
+/// Where the entries one script handed out come from.
+#[derive(Clone, Copy)]
+pub(super) struct EntryContext<'a> {
+    pub(super) queue: &'a str,
+    /// The script's random token prefix (see [`delivery_token`]).
+    pub(super) token_prefix: &'a str,
+}
+
+/// One entry a claim or admit script handed out.
+pub(super) struct Claimed {
+    pub(super) entry_id: String,
+    pub(super) fields: Vec<(String, Vec<u8>)>,
+    /// Its call, or why it is garbage.
+    pub(super) parsed: std::result::Result<Call, String>,
+    pub(super) deliveries: u32,
+    /// What the script did about starting it.
+    pub(super) started: Option<StartOutcome>,
+}
+
+/// A queue entry to dead-letter (see `RedisBroker::bury`).
+struct Bury<'a> {
+    queue: &'a str,
+    entry_id: &'a str,
+    deliveries: u32,
+    /// Why it is dead-lettered.
+    reason: &'a str,
+    /// The entry's call as found (garbage cut to [`GARBAGE_KEEP`] bytes).
+    raw: &'a str,
+    /// Its call id, empty if it has no usable one.
+    id: &'a str,
+    /// The envelope its call fails with, if it has an id.
+    envelope: Option<&'a Envelope>,
+    /// The call, if it could be read.
+    call: Option<&'a Call>,
 }
 
 impl RedisBroker {
@@ -87,6 +135,12 @@ impl RedisBroker {
             let modules = self.limited_modules().await?;
             let reclaim = Self::take_turn(&self.last_reclaim, self.reclaim_interval());
             let gc = reclaim && Self::take_turn(&self.last_gc, self.consumer_gc_idle() / 10);
+            let plan = Pass {
+                host_id,
+                modules: &modules,
+                reclaim,
+                gc,
+            };
             let mut next_due: Option<Duration> = None;
             let mut blockable = Vec::new();
             for q in &queues {
@@ -94,9 +148,7 @@ impl RedisBroker {
                 if want == 0 {
                     break;
                 }
-                let (due, open) = self
-                    .claim_queue(host_id, q, want, reclaim, gc, &modules, &mut out)
-                    .await?;
+                let (due, open) = self.claim_queue(&plan, q, want, &mut out).await?;
                 next_due = match (next_due, due) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -190,17 +242,19 @@ impl RedisBroker {
     /// Returns the time until it is worth another pass without a new entry
     /// (a delayed call due, a bucket refilled), and whether a blocking read
     /// may hand out its new entries now (not paused, tokens left).
-    #[allow(clippy::too_many_arguments)]
     async fn claim_queue(
         &self,
-        host_id: &str,
+        pass: &Pass<'_>,
         queue: &str,
         want: usize,
-        reclaim: bool,
-        gc: bool,
-        modules: &[ModuleHash],
         out: &mut Vec<Delivery>,
     ) -> Result<(Option<Duration>, bool)> {
+        let Pass {
+            host_id,
+            modules,
+            reclaim,
+            gc,
+        } = *pass;
         let mut op = Op::eval(&SCRIPTS.claim);
         for key in self.limit_keys(queue, modules) {
             op = op.key(key);
@@ -229,6 +283,10 @@ impl RedisBroker {
             op = op.arg(m.to_hex());
         }
         let reply = self.eval(op.build(), "cannot claim calls").await?;
+        let ctx = EntryContext {
+            queue,
+            token_prefix: &token_prefix,
+        };
         let bad = || Error::Malformed("unexpected reply of the claim script".into());
         // Where in `out` the deliveries handed out unstarted ('held') are.
         let mut held_at = Vec::new();
@@ -249,17 +307,14 @@ impl RedisBroker {
             };
             let parsed = parse_entry(&fields, self.max_entry());
             let before = out.len();
-            self.accept_entry(
-                queue,
-                id,
-                &fields,
+            let entry = Claimed {
+                entry_id: id,
+                fields,
                 parsed,
                 deliveries,
                 started,
-                &token_prefix,
-                out,
-            )
-            .await?;
+            };
+            self.accept_entry(&ctx, entry, out).await?;
             if held && out.len() > before {
                 held_at.push(before);
             }
@@ -349,22 +404,25 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// Turns a raw stream entry into a delivery, or buries it. `started` is
-    /// what the claim script did about starting it; `token_prefix` makes its
-    /// token (see [`delivery_token`]).
-    #[allow(clippy::too_many_arguments)]
+    /// Turns an entry a script handed out into a delivery, or buries it.
     pub(super) async fn accept_entry(
         &self,
-        queue: &str,
-        entry_id: String,
-        fields: &[(String, Vec<u8>)],
-        parsed: std::result::Result<Call, String>,
-        deliveries: u32,
-        started: Option<StartOutcome>,
-        token_prefix: &str,
+        ctx: &EntryContext<'_>,
+        entry: Claimed,
         out: &mut Vec<Delivery>,
     ) -> Result<()> {
-        let raw = call_field(fields);
+        let EntryContext {
+            queue,
+            token_prefix,
+        } = *ctx;
+        let Claimed {
+            entry_id,
+            fields,
+            parsed,
+            deliveries,
+            started,
+        } = entry;
+        let raw = call_field(&fields);
         match parsed {
             Err(reason) => {
                 let raw = raw.unwrap_or_default();
@@ -382,16 +440,16 @@ impl RedisBroker {
                 });
                 let mut kept = String::from_utf8_lossy(raw).into_owned();
                 truncate_utf8(&mut kept, GARBAGE_KEEP);
-                self.bury(
+                self.bury(Bury {
                     queue,
-                    &entry_id,
+                    entry_id: &entry_id,
                     deliveries,
-                    &reason,
-                    &kept,
-                    id.as_deref().unwrap_or(""),
-                    envelope.as_ref(),
-                    None,
-                )
+                    reason: &reason,
+                    raw: &kept,
+                    id: id.as_deref().unwrap_or(""),
+                    envelope: envelope.as_ref(),
+                    call: None,
+                })
                 .await
             }
             Ok(call) if deliveries > self.config.max_deliveries => {
@@ -404,16 +462,16 @@ impl RedisBroker {
                     Envelope::failed(call.id.clone(), TaskError::new(ErrorKind::Lost, &reason));
                 envelope.attempt = call.attempt;
                 let raw = String::from_utf8_lossy(raw.unwrap_or_default()).into_owned();
-                self.bury(
+                self.bury(Bury {
                     queue,
-                    &entry_id,
+                    entry_id: &entry_id,
                     deliveries,
-                    &reason,
-                    &raw,
-                    &call.id,
-                    Some(&envelope),
-                    Some(&call),
-                )
+                    reason: &reason,
+                    raw: &raw,
+                    id: &call.id,
+                    envelope: Some(&envelope),
+                    call: Some(&call),
+                })
                 .await
             }
             Ok(call) => {
@@ -430,18 +488,19 @@ impl RedisBroker {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn bury(
-        &self,
-        queue: &str,
-        entry_id: &str,
-        deliveries: u32,
-        reason: &str,
-        raw: &str,
-        id: &str,
-        envelope: Option<&Envelope>,
-        call: Option<&Call>,
-    ) -> Result<()> {
+    /// Dead-letters a queue entry and publishes the envelope its call
+    /// fails with, if it has one (`bury.lua`).
+    async fn bury(&self, bury: Bury<'_>) -> Result<()> {
+        let Bury {
+            queue,
+            entry_id,
+            deliveries,
+            reason,
+            raw,
+            id,
+            envelope,
+            call,
+        } = bury;
         let kind = envelope
             .and_then(|e| e.error.as_ref())
             .map_or("", |e| e.kind.as_str());

@@ -3,7 +3,6 @@
 //! script that checks the delivery still holds its entry and token.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -15,10 +14,8 @@ use crate::types::Envelope;
 use crate::validate::check_final;
 
 use super::RedisBroker;
-use super::admission::{Deferred, forget_tokens, send_deferred};
 use super::entry::entry_number;
 use super::keys::WAKE_TTL;
-use super::lock;
 use super::reply::{as_array, as_int, as_string};
 use super::scripts::{Op, SCRIPTS};
 
@@ -90,32 +87,12 @@ impl RedisBroker {
             .values()
             .flat_map(|indices| indices.chunks(COMPLETE_CHUNK))
             .collect();
-        // Held-back admissions of these deliveries: their results' scripts
-        // admit them (the admissions stay locked meanwhile, so nothing else
-        // sends them, and a failed round trip leaves them as they were).
-        let mut deferred: Vec<Arc<Deferred>> = {
-            let map = lock(&self.deferred);
-            done.iter()
-                .filter_map(|(d, _)| map.get(&d.token).cloned())
-                .collect()
-        };
-        deferred.sort_by_key(Arc::as_ptr);
-        deferred.dedup_by_key(|d| Arc::as_ptr(d));
-        let mut slots = Vec::with_capacity(deferred.len());
-        for d in &deferred {
-            slots.push(d.admission.lock().await);
-        }
-        let done_tokens: HashSet<&str> = done.iter().map(|(d, _)| d.token.as_str()).collect();
-        let held: HashSet<String> = slots
-            .iter()
-            .filter_map(|slot| slot.as_ref())
-            .flat_map(|a| &a.entries)
-            .filter(|e| done_tokens.contains(e.token.as_str()))
-            .map(|e| e.token.clone())
-            .collect();
+        // Held-back admissions of these deliveries go with their results.
+        let carried = self.carry_admissions(done).await;
+        let held = &carried.held;
         let ops = chunks
             .iter()
-            .map(|chunk| self.complete_op(done, &jsons, chunk, &held))
+            .map(|chunk| self.complete_op(done, &jsons, chunk, held))
             .collect();
         let replies = self.pipeline(ops, "cannot publish results").await?;
         let mut out = vec![false; done.len()];
@@ -148,7 +125,7 @@ impl RedisBroker {
         if !alone.is_empty() {
             let ops = alone
                 .iter()
-                .map(|&i| self.complete_op(done, &jsons, &[i], &held))
+                .map(|&i| self.complete_op(done, &jsons, &[i], held))
                 .collect();
             let replies = self.pipeline(ops, "cannot publish results").await?;
             for (&i, r) in alone.iter().zip(replies) {
@@ -162,37 +139,13 @@ impl RedisBroker {
                 }
             }
         }
-        // What the scripts admitted (or refused) is no longer held; the
-        // admission of the rest (left alone, or a script that failed) still
-        // goes out, by itself if need be.
-        let settled: Vec<String> = held
-            .into_iter()
-            .filter(|t| answered.contains(t.as_str()))
-            .collect();
-        let settled_set: HashSet<&str> = settled.iter().map(String::as_str).collect();
-        for slot in &mut slots {
-            if let Some(a) = slot.as_mut() {
-                a.entries
-                    .retain(|e| !settled_set.contains(e.token.as_str()));
-                if a.entries.is_empty() {
-                    **slot = None;
-                }
-            }
-        }
-        forget_tokens(&self.deferred, &settled);
-        drop(slots);
+        carried.finish(&self.deferred, &answered);
         // A queue paused or rate-limited since these calls were read: their
         // admission goes first, on its own (it puts them back in line or in
         // the delayed set, refusing them), then the results of those it
         // started after all.
         for i in apart {
-            let token = &done[i].0.token;
-            let d = lock(&self.deferred).get(token).cloned();
-            let refused = match d {
-                Some(d) => send_deferred(&self.conn, &self.url, &self.deferred, &d).await?,
-                None => HashSet::new(),
-            };
-            if refused.contains(token) {
+            if !self.settle(&done[i].0.token).await? {
                 continue;
             }
             let op = self.complete_op(done, &jsons, &[i], &HashSet::new());

@@ -52,7 +52,7 @@ struct HeldEntry {
     task: String,
     attempt: u32,
     submitted_ms: u64,
-    pub(super) token: String,
+    token: String,
 }
 
 /// The admission of entries a blocking read handed out, not sent yet (see

@@ -1,5 +1,6 @@
-//! The key names of a deployment and how long keys live. Every key is
-//! built here; `docs/redis.md` lists them and what each holds.
+//! The key names of a deployment and how long keys live. Rust names its
+//! keys here (the scripts name a call's keys from the prefix they are
+//! given); `docs/redis.md` lists them and what each holds.
 
 use std::time::Duration;
 

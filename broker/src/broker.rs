@@ -59,6 +59,11 @@ pub struct Delivery {
     pub started: Option<StartOutcome>,
 }
 
+/// A fresh fencing token (see [`Delivery::token`]): 128 random bits.
+pub(crate) fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// What [`Broker::start`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartOutcome {

@@ -8,11 +8,13 @@
 //! - `ops`: what operators see and control: [`Event`], [`QueueStats`],
 //!   [`Rate`] limits and their [`RateScope`].
 //! - `redis`: [`RedisBroker`], the production broker (its docs have the key
-//!   layout), with its Lua scripts in `redis/*.lua`.
+//!   layout and list its files, one per concept), with its Lua scripts in
+//!   `redis/*.lua`.
 //! - `tls`: [`RedisTls`], the CA and client certificate of a `rediss://`
 //!   connection.
 //! - `local`: [`LocalBroker`], the same semantics in process memory, for the
 //!   demo, embedding and tests.
+//! - `validate`: the checks both brokers run on what they are given.
 //! - `client`: [`Client`] (async) and [`BlockingClient`] (a call reads like a
 //!   function call), [`ModuleRef`], [`CallError`].
 //! - `direct`: [`DirectClient`], calls straight to a `wasq serve` host over
@@ -31,6 +33,7 @@ mod redis;
 pub mod testing;
 mod tls;
 mod types;
+mod validate;
 
 pub use broker::{
     Broker, BrokerConfig, DEFAULT_DEAD_LETTER_CAP, DEFAULT_LEASE, DEFAULT_MAX_DELIVERIES,

@@ -25,18 +25,19 @@ use tokio::time::Instant;
 
 use crate::broker::{
     Broker, BrokerConfig, DeadLetter, Delivery, HostInfo, HostStats, ModuleInfo, StartOutcome,
+    new_token,
 };
 use crate::error::{Error, Result};
 use crate::ops::{
     EVENTS_CAP, Event, EventLevel, LATENCY_SAMPLES, MAX_EVENTS_PER_READ, QueueStats, Rate,
     RateScope, STATS_WINDOW_MS, parse_entry_id, percentile,
 };
-use crate::redis::{
-    check_call, check_entry_id, check_final, check_module_ref, check_rate, fresh_call, new_token,
-};
 use crate::types::{
     Call, Envelope, ErrorKind, ModuleHash, State, TaskError, is_valid_module_name,
     is_valid_queue_name, now_ms,
+};
+use crate::validate::{
+    check_call, check_entry_id, check_final, check_module_ref, check_rate, fresh_call,
 };
 
 /// How often expired results and states are swept out.

@@ -760,7 +760,7 @@ impl RedisBroker {
         if self.config.result_ttl.is_zero() {
             0
         } else {
-            (self.config.result_ttl + extra).as_millis() as u64
+            millis_capped(self.config.result_ttl.saturating_add(extra))
         }
     }
 
@@ -1343,7 +1343,7 @@ impl RedisBroker {
         for (i, call) in calls.iter().enumerate() {
             by_queue.entry(call.queue.as_str()).or_default().push(i);
         }
-        let countdown_ms: i64 = countdown.map_or(-1, |d| d.as_millis() as i64);
+        let countdown_ms: i64 = countdown.map_or(-1, |d| millis_capped(d) as i64);
         let state_ttl = self.state_ttl_ms(countdown.unwrap_or_default());
         let mut ops = Vec::new();
         for (queue, indices) in &by_queue {
@@ -3044,6 +3044,14 @@ async fn broker_preflight(conn: &ConnectionManager, shown: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Milliseconds of `d`, at most a hundred years': a caller's countdown (say
+/// `Duration::MAX`) neither panics nor wraps around into a negative number,
+/// and `now + ms` stays a valid score and expiry in Redis.
+fn millis_capped(d: Duration) -> u64 {
+    const FAR_MS: u128 = 100 * 365 * 24 * 3600 * 1000;
+    d.as_millis().min(FAR_MS) as u64
 }
 
 /// Checks a call before it is queued.

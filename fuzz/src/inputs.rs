@@ -139,6 +139,12 @@ pub fn smith_module(rng: &mut StdRng, imports: Imports) -> Option<(Vec<u8>, Shap
             rng.random_range(0..200)
         },
         max_memories: 1,
+        // Mostly memories that fit the 4 MiB limit of the fuzz sandboxes.
+        max_memory32_bytes: match rng.random_range(0..10) {
+            0..=5 => 1 << 20,
+            6..=8 => 8 << 20,
+            _ => 1 << 32,
+        },
         max_data_segments: rng.random_range(0..8),
         max_element_segments: rng.random_range(0..8),
         max_types: rng.random_range(1..40),
@@ -173,6 +179,13 @@ pub fn smith_module(rng: &mut StdRng, imports: Imports) -> Option<(Vec<u8>, Shap
         config.custom_page_sizes_enabled = false;
         config.wide_arithmetic_enabled = false;
         config.custom_descriptors_enabled = false;
+        // wasm-smith's typed function references (`(ref func)`) need GC
+        // types in wasmtime, which this build leaves out: most modules with
+        // reference types are refused, so only some have them.
+        config.reference_types_enabled = rng.random_bool(0.25);
+        // The exported memory is added to those wasm-smith makes up: with
+        // none made up, it is the only one.
+        config.max_memories = 0;
     } else {
         config.gc_enabled = rng.random_bool(0.5);
         config.exceptions_enabled = rng.random_bool(0.5);
@@ -443,7 +456,10 @@ pub fn nested(rng: &mut StdRng, depth: usize) -> String {
 /// A random array as call args: usually well-formed, sometimes deep.
 pub fn args(rng: &mut StdRng) -> String {
     match rng.random_range(0..10) {
-        0 => format!("[{}]", nested(rng, rng.random_range(0..140))),
+        0 => {
+            let depth = rng.random_range(0..140);
+            format!("[{}]", nested(rng, depth))
+        }
         1 => "[]".to_string(),
         _ => {
             let n = rng.random_range(0..4);

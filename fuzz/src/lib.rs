@@ -14,9 +14,9 @@
 //! and reported as a finding, with the seed that reproduces it
 //! (`wasq-fuzz --target T --replay SEED`).
 //!
-//! [`Sandbox`]: wasq_host::sandbox::Sandbox
-//! [`Sandbox::load_bytes`]: wasq_host::sandbox::Sandbox::load_bytes
-//! [`inspect`]: wasq_host::sandbox::inspect
+//! [`Sandbox`]: wasq_host::Sandbox
+//! [`Sandbox::load_bytes`]: wasq_host::Sandbox::load_bytes
+//! [`inspect`]: wasq_host::inspect
 
 pub mod inputs;
 mod targets;
@@ -105,7 +105,7 @@ impl Default for Options {
             targets: Target::ALL.to_vec(),
             seconds: 300.0,
             cases: None,
-            seed: 0x5eed_0f_0a5b,
+            seed: 0x5eed_f0a5,
             verbose: false,
         }
     }
@@ -216,7 +216,11 @@ impl Report {
             "\n{} cases, {} findings: {}",
             self.cases(),
             self.targets.iter().map(|t| t.findings).sum::<u64>(),
-            if self.clean() { "clean" } else { "FOUND PROBLEMS" }
+            if self.clean() {
+                "clean"
+            } else {
+                "FOUND PROBLEMS"
+            }
         );
         s
     }
@@ -332,7 +336,14 @@ pub fn run(options: &Options) -> Result<Report, String> {
         let started = Instant::now();
         while options.cases.is_none_or(|n| t.cases < n) && started.elapsed() < budget {
             let seed = case_seed(options.seed, target, t.cases);
-            run_one(&ctx, target, seed, &mut t, &mut report.findings, options.verbose);
+            run_one(
+                &ctx,
+                target,
+                seed,
+                &mut t,
+                &mut report.findings,
+                options.verbose,
+            );
             t.cases += 1;
         }
         t.elapsed = started.elapsed();
@@ -394,7 +405,10 @@ fn run_one(
     };
     let panics = panics_since(before);
     for (label, example) in log.notes.drain(..) {
-        let entry = t.notes.entry(label).or_insert((0, example));
+        let entry = t
+            .notes
+            .entry(label)
+            .or_insert_with(|| (0, format!("(--replay {seed}) {example}")));
         entry.0 += 1;
     }
     for label in &log.outcomes {

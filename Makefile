@@ -1,5 +1,5 @@
 # wasq: the two commands a newcomer needs are `make demo` and `make test`.
-.PHONY: all build tasks demo test test-unit lint fmt bench clean
+.PHONY: all build tasks demo test test-unit lint fmt bench fuzz clean
 
 CARGO ?= cargo
 WASQ  := $(CARGO) run -q -p wasq-host --bin wasq --
@@ -35,6 +35,14 @@ fmt:
 # Throughput, latency and cold start against a throwaway redis-server.
 bench: tasks
 	./scripts/bench.sh
+
+# Fuzzing on stable Rust, not part of `make test`: wasm-smith modules through
+# the sandbox, arbitrary bytes through module validation, args and envelope
+# decoding, for FUZZ_SECONDS in all (split across the targets). Fails on any
+# panic or misclassified outcome. Debug build on purpose: overflow checks on.
+FUZZ_SECONDS ?= 300
+fuzz:
+	$(CARGO) run -q -p wasq-fuzz -- --seconds $(FUZZ_SECONDS)
 
 clean:
 	$(CARGO) clean

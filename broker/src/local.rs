@@ -260,6 +260,14 @@ fn prune_window(q: &mut Queue, now: Instant) {
     }
 }
 
+/// `now + d`, or a time so far ahead that it never comes when the sum
+/// would overflow the clock: a caller's countdown or timeout (say
+/// `Duration::MAX`) must not panic the broker.
+fn later(now: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(d.min(FAR)).unwrap_or(now)
+}
+
 impl LocalBroker {
     /// An empty broker.
     pub fn new(config: BrokerConfig) -> Self {
@@ -416,7 +424,8 @@ impl LocalBroker {
     }
 
     fn ttl_from(&self, now: Instant, extra: Duration) -> Option<Instant> {
-        (!self.config.result_ttl.is_zero()).then(|| now + self.config.result_ttl + extra)
+        (!self.config.result_ttl.is_zero())
+            .then(|| later(now, self.config.result_ttl.saturating_add(extra)))
     }
 
     /// Stores a final envelope unless one exists; wakes waiters.
@@ -811,7 +820,7 @@ impl Broker for LocalBroker {
             let q = inner.queues.entry(call.queue.clone()).or_default();
             match countdown {
                 Some(d) => {
-                    q.delayed.insert((now + d, seq), call.clone());
+                    q.delayed.insert((later(now, d), seq), call.clone());
                 }
                 None => q.ready.push_back((seq, call.clone())),
             }
@@ -865,7 +874,7 @@ impl Broker for LocalBroker {
     }
 
     async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<Option<Envelope>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(|t| later(Instant::now(), t));
         loop {
             let notified = self.results.notified();
             tokio::pin!(notified);
@@ -1043,7 +1052,7 @@ impl Broker for LocalBroker {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
-        let deadline = Instant::now() + block;
+        let deadline = later(Instant::now(), block);
         loop {
             let notified = self.work.notified();
             tokio::pin!(notified);
@@ -1269,7 +1278,7 @@ impl Broker for LocalBroker {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let deadline = block.map(|b| Instant::now() + b);
+        let deadline = block.map(|b| later(Instant::now(), b));
         loop {
             let notified = self.events.notified();
             tokio::pin!(notified);

@@ -292,6 +292,22 @@ async fn countdown_delays_a_call<B: Broker>(b: &B) {
     assert_eq!(d.call.id, call.id);
 }
 
+/// A countdown too large for the clock (found by `wasq-fuzz`: it used to
+/// overflow an `Instant` or a `Duration` and panic) holds the call back for
+/// as long as the broker lives.
+async fn a_countdown_past_the_clock_holds_the_call<B: Broker>(b: &B) {
+    for countdown in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+        let (call, _) = submit_delayed(b, countdown).await;
+        assert_eq!(state_of(b, &call.id).await, State::Queued);
+        assert!(
+            b.claim("h1", &queues(), 8, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
 async fn delivery_limit_fails_as_lost<B: Broker>(b: &B) {
     let call = submit_one(b).await;
     let d = claim_one(b, "h1", Duration::from_secs(2)).await;
@@ -1584,6 +1600,7 @@ conformance!(
     stale_token_cannot_publish,
     retry_goes_through_the_delayed_set,
     countdown_delays_a_call,
+    a_countdown_past_the_clock_holds_the_call,
     delivery_limit_fails_as_lost,
     dead_host_is_reclaimed_after_the_lease,
     live_host_is_never_reclaimed,

@@ -839,7 +839,7 @@ fn engine_config(config: &SandboxConfig, quick: bool) -> Config {
         .total_tables(slots)
         .total_stacks(slots)
         .max_memories_per_module(1)
-        .max_tables_per_module(4)
+        .max_tables_per_module(run::MAX_TABLES)
         .max_memory_size(max_memory)
         .table_elements(run::MAX_TABLE_ELEMENTS as usize)
         .max_unused_warm_slots(slots.min(64))

@@ -41,7 +41,7 @@ impl RedisBroker {
         for (i, call) in calls.iter().enumerate() {
             by_queue.entry(call.queue.as_str()).or_default().push(i);
         }
-        let countdown_ms: i64 = countdown.map_or(-1, |d| d.as_millis() as i64);
+        let countdown_ms: i64 = countdown.map_or(-1, |d| super::keys::millis_capped(d) as i64);
         let state_ttl = self.state_ttl_ms(countdown.unwrap_or_default());
         let mut ops = Vec::new();
         for (queue, indices) in &by_queue {

@@ -121,7 +121,7 @@ impl RedisBroker {
         if self.config.result_ttl.is_zero() {
             0
         } else {
-            (self.config.result_ttl + extra).as_millis() as u64
+            millis_capped(self.config.result_ttl.saturating_add(extra))
         }
     }
 
@@ -144,6 +144,14 @@ impl RedisBroker {
         );
         keys
     }
+}
+
+/// Milliseconds of `d`, at most a hundred years': a caller's countdown (say
+/// `Duration::MAX`) neither panics nor wraps around into a negative number,
+/// and `now + ms` stays a valid score and expiry in Redis.
+pub(crate) fn millis_capped(d: Duration) -> u64 {
+    const FAR_MS: u128 = 100 * 365 * 24 * 3600 * 1000;
+    d.as_millis().min(FAR_MS) as u64
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use wasmtime::{ExternType, InstancePre, Module};
 use wasq_broker::{ErrorKind, ModuleHash, TaskError, is_valid_task_name};
 
 use super::compiler::{self, CompileError};
+use super::run::{MAX_TABLE_ELEMENTS, MAX_TABLES};
 use super::{CallState, Compilation, Sandbox, SandboxConfig};
 
 /// The `wasq` imports of ABI v1 (plus the `bad_input` extension).
@@ -182,6 +183,33 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                         )));
                     }
                     imports.push(name);
+                }
+            }
+            // What the pooling allocator of optimised code refuses at
+            // compile time and quick code only at instantiation (where it
+            // looked like a guest `trap`): checked here for both tiers
+            // (found by `make fuzz`).
+            Payload::TableSection(reader) => {
+                if reader.count() > MAX_TABLES {
+                    return Err(invalid(format!(
+                        "module defines {} tables, over the limit of {MAX_TABLES}",
+                        reader.count()
+                    )));
+                }
+                let limit = MAX_TABLE_ELEMENTS.min(config.limits.memory / 8);
+                for table in reader {
+                    let table =
+                        table.map_err(|e| invalid(format!("malformed table section: {e}")))?;
+                    if table.ty.initial > limit {
+                        // Like initial memory: a limit, not a defect.
+                        return Err(TaskError::new(
+                            ErrorKind::MemoryLimit,
+                            format!(
+                                "module declares a table of {} elements, over the host's limit of {limit}",
+                                table.ty.initial
+                            ),
+                        ));
+                    }
                 }
             }
             Payload::MemorySection(reader) => {

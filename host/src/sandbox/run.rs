@@ -14,6 +14,8 @@ use super::{Cancel, LoadedModule, Sandbox, SandboxError};
 
 /// Most table elements any instance may have (the pooling allocator's slot size).
 pub(crate) const MAX_TABLE_ELEMENTS: u64 = 1_000_000;
+/// Most tables one instance may define (the pooling allocator's limit).
+pub(crate) const MAX_TABLES: u32 = 4;
 
 /// Bytes charged per log line on top of its message, so a flood of empty
 /// lines is bounded too.
@@ -86,7 +88,7 @@ impl ResourceLimiter for CallLimiter {
     }
 
     fn tables(&self) -> usize {
-        4
+        MAX_TABLES as usize
     }
 }
 

@@ -1879,7 +1879,10 @@ async fn redis_garbage_at_the_result_key() {
 #[tokio::test]
 async fn redis_garbage_in_a_batch_of_results() {
     let server = RedisServer::start();
+    // Admissions go with the results (never alone, whatever the machine's
+    // load), so the batch's script meets the garbage.
     let (prefix, b) = prefixed_broker(&server, "garbage_batch").await;
+    let b = b.with_admission_delay(Duration::from_secs(600));
     let mut conn = raw(&server).await;
     let calls = numbered_calls(&b, 3).await;
     b.submit(&calls, None).await.unwrap();
@@ -2382,7 +2385,11 @@ async fn redis_a_deferred_admission_goes_out_by_itself() {
 #[tokio::test]
 async fn redis_a_held_admission_goes_with_its_result() {
     let server = RedisServer::start();
-    let b = redis_broker(&server, "held", config()).await;
+    // Long enough that a result sent at once finds its call's admission still
+    // held, however loaded the machine; short enough to see one go alone.
+    let b = redis_broker(&server, "held", config())
+        .await
+        .with_admission_delay(Duration::from_secs(1));
     let mut conn = raw(&server).await;
     let qs = queues();
     let read = |n: usize| {

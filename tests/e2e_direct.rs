@@ -127,24 +127,16 @@ fn calls_limits_and_hostile_modules_over_http() {
         b"[]",
     );
     assert_eq!((status, kind(&json_of(&body))), (200, "timeout"));
-    // Memory: within the server's 64 MiB, then past it.
-    assert_eq!(
-        call(addr, &hostile, "alloc", "", "[1048576]").1["state"],
-        json!("succeeded")
-    );
-    assert_eq!(
-        kind(&call(addr, &hostile, "alloc", "", "[134217728]").1),
-        "memory_limit"
-    );
-    // Output: the server's 4 KiB.
-    assert_eq!(
-        call(addr, &hostile, "big_output", "", "[1000]").1["state"],
-        json!("succeeded")
-    );
-    assert_eq!(
-        kind(&call(addr, &hostile, "big_output", "", "[100000]").1),
-        "output_limit"
-    );
+    // Memory (the server's 64 MiB) and output (its 4 KiB): each obeyed, then
+    // violated.
+    for (task, within, past, violated) in [
+        ("alloc", "[1048576]", "[134217728]", "memory_limit"),
+        ("big_output", "[1000]", "[100000]", "output_limit"),
+    ] {
+        let (_, env) = call(addr, &hostile, task, "", within);
+        assert_eq!(env["state"], json!("succeeded"), "{task}: {env}");
+        assert_eq!(kind(&call(addr, &hostile, task, "", past).1), violated);
+    }
     assert_eq!(
         kind(&call(addr, &hostile, "recurse", "", "[100000000]").1),
         "trap"

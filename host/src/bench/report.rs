@@ -38,13 +38,13 @@ pub struct BenchReport {
     pub memory: Option<Memory>,
     /// The throughput and latency phases again with call events off
     /// (`EventLevel::Off`), as Celery runs by default (no task events
-    /// without `-E`); absent in reports from before session 7.
+    /// without `-E`); absent in reports of older `wasq bench` versions.
     #[serde(default)]
     pub events_off: Option<EventsOff>,
     /// The latency phase's round trip as bare Redis commands, no wasq in it
     /// (`XADD` + `XREAD BLOCK` → a blocked `XREADGROUP` → `XADD`): the
     /// floor this Redis and machine put under a round trip. Absent in
-    /// reports from before session 7.
+    /// reports of older `wasq bench` versions.
     #[serde(default)]
     pub latency_floor: Option<LatencyStats>,
     /// Median round trip of a direct call (HTTP to `wasq serve`), ms.

@@ -1,5 +1,5 @@
 # wasq: the two commands a newcomer needs are `make demo` and `make test`.
-.PHONY: all build tasks demo test test-unit lint fmt bench fuzz clean
+.PHONY: all build install tasks demo test test-unit lint fmt bench fuzz clean
 
 CARGO ?= cargo
 WASQ  := $(CARGO) run -q -p wasq-host --bin wasq --
@@ -8,6 +8,10 @@ all: build tasks
 
 build:
 	$(CARGO) build -p wasq-host --bin wasq
+
+# `wasq` on PATH (~/.cargo/bin), built with the release profile.
+install:
+	$(CARGO) install --locked --path host --bin wasq
 
 # The example and test guests, compiled to wasm32-wasip1 into target/tasks/.
 tasks:

@@ -113,9 +113,16 @@ fn calls_limits_and_hostile_modules_over_http() {
         kind(&call(addr, &examples, "fib", "?fuel=1000", "[20]").1),
         "fuel_exhausted"
     );
-    let (_, env) = call(addr, &hostile, "spin", "?fuel=1000000000000", "[]");
+    let (_, env) = call(addr, &hostile, "spin", "", "[]");
     assert_eq!(kind(&env), "fuel_exhausted");
     assert_eq!(env["fuel_used"], json!(50_000_000));
+    let (status, env) = call(addr, &hostile, "spin", "?fuel=1000000000000", "[]");
+    assert_eq!((status, kind(&env)), (400, "bad_input"));
+    let message = env["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("fuel of 1000000000000 is over the limit of 50000000"),
+        "{message}"
+    );
     // Wall time, as a query parameter or a header.
     let (_, env) = call(addr, &hostile, "sleep_forever", "?timeout=0.2", "[]");
     assert_eq!(kind(&env), "timeout");
@@ -284,7 +291,7 @@ async fn busy_servers_answer_429_and_a_disconnected_call_is_cancelled() {
     use std::io::Write;
     write!(
         stream,
-        "POST /v1/call/{hostile}/sleep_forever?timeout=60 HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\n\r\n[]"
+        "POST /v1/call/{hostile}/sleep_forever?timeout=25 HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\n\r\n[]"
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

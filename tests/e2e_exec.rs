@@ -147,7 +147,7 @@ fn limits_hold_for_rust_guests() {
         "hostile",
         "spin",
         "[]",
-        &["--timeout", "0.3", "--fuel", "100000000000000"],
+        &["--timeout", "0.3", "--fuel", "10000000000"],
     );
     assert_kind(&env, "timeout");
     let (env, _) = exec("hostile", "sleep_forever", "[]", &["--timeout", "0.3"]);

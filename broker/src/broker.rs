@@ -122,6 +122,27 @@ pub struct HostInfo {
     pub concurrency: usize,
     /// Start time, ms since the Unix epoch.
     pub started_ms: u64,
+    /// The most a call may ask for on this host, so that clients refuse a
+    /// call no host would run before queueing it. `None` from a host that
+    /// does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::Limits>,
+}
+
+impl HostInfo {
+    /// What is known of a host whose registration is missing or unreadable:
+    /// its id.
+    pub fn unknown(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            name: id.to_string(),
+            version: String::new(),
+            queues: Vec::new(),
+            concurrency: 0,
+            started_ms: 0,
+            limits: None,
+        }
+    }
 }
 
 /// A live host's counters, reported with each heartbeat.

@@ -31,8 +31,7 @@ use serde_json::value::RawValue;
 use crate::broker::Broker;
 use crate::error::{Error, Result};
 use crate::types::{
-    Call, CallLimits, DEFAULT_QUEUE, Envelope, ErrorKind, ModuleHash, RetryPolicy, new_call_id,
-    now_ms,
+    Call, CallLimits, DEFAULT_QUEUE, Envelope, ErrorKind, Limits, ModuleHash, RetryPolicy,
 };
 
 /// Which module a call runs: its hash, a name (`name` or `name@version`,
@@ -233,6 +232,24 @@ impl<B: Broker> Client<B> {
         }
     }
 
+    /// The most a call on `queue` may ask for: the tightest limits of the
+    /// live hosts consuming it. `None` when none of them says (no live host,
+    /// or hosts too old to announce limits): then only the broker's own
+    /// `max_args` applies before queueing.
+    ///
+    /// # Errors
+    /// Broker errors.
+    pub async fn queue_limits(&self, queue: &str) -> Result<Option<Limits>> {
+        Ok(self
+            .broker
+            .hosts()
+            .await?
+            .into_iter()
+            .filter(|(info, _)| info.queues.iter().any(|q| q == queue))
+            .filter_map(|(info, _)| info.limits)
+            .reduce(|a, b| a.tightest(&b)))
+    }
+
     /// Starts building a call of `task` in `module`.
     pub fn call(&self, module: impl Into<ModuleRef>, task: &str) -> CallBuilder<'_, B> {
         CallBuilder {
@@ -422,16 +439,13 @@ impl<'a, B: Broker> CallBuilder<'a, B> {
     }
 
     fn into_call(self, module: ModuleHash) -> Result<Call> {
+        let call = Call::new(module, &self.task, self.args?);
         Ok(Call {
-            id: self.id.unwrap_or_else(new_call_id),
-            module,
-            task: self.task,
-            args: self.args?,
+            id: self.id.unwrap_or(call.id),
             limits: self.limits,
-            attempt: 1,
-            submitted_ms: now_ms(),
             retry: self.retry,
             queue: self.queue,
+            ..call
         })
     }
 

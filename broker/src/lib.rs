@@ -49,7 +49,7 @@ pub use ops::{
     EVENT_KINDS, EVENTS_CAP, Event, EventLevel, LATENCY_SAMPLES, MAX_EVENTS_PER_READ,
     ParseRateError, QueueStats, Rate, RateScope, STATS_WINDOW_MS, is_valid_entry_id,
 };
-pub use redis::RedisBroker;
+pub use redis::{RedisBroker, redact_url};
 pub use tls::{MAX_TLS_FILE, RedisTls, install_crypto_provider};
 pub use types::{
     Call, CallLimits, DEFAULT_BACKOFF, DEFAULT_FUEL, DEFAULT_MAX_ARGS, DEFAULT_MAX_BACKOFF,

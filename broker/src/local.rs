@@ -987,14 +987,7 @@ impl Broker for LocalBroker {
                 h.lease_until = lease_until;
             }
             None => {
-                let info = HostInfo {
-                    id: host_id.to_string(),
-                    name: host_id.to_string(),
-                    version: String::new(),
-                    queues: Vec::new(),
-                    concurrency: 0,
-                    started_ms: 0,
-                };
+                let info = HostInfo::unknown(host_id);
                 inner.hosts.insert(
                     host_id.to_string(),
                     HostRecord {

@@ -50,6 +50,8 @@ mod reply;
 mod scripts;
 mod wait;
 
+pub use connect::redact_url;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;

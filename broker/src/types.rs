@@ -141,6 +141,50 @@ impl Limits {
             ..*self
         }
     }
+
+    /// Each limit the lower of these and `other`'s: what a call may ask for
+    /// when either host may run it.
+    pub fn tightest(&self, other: &Limits) -> Limits {
+        Limits {
+            fuel: self.fuel.min(other.fuel),
+            memory: self.memory.min(other.memory),
+            timeout: self.timeout.min(other.timeout),
+            max_output: self.max_output.min(other.max_output),
+            max_stdio: self.max_stdio.min(other.max_stdio),
+            max_logs: self.max_logs.min(other.max_logs),
+            max_args: self.max_args.min(other.max_args),
+        }
+    }
+
+    /// Why a call with `args_len` bytes of args asking for `asked` does not
+    /// fit these limits (each figure named with the limit it passes), or
+    /// `None` when it fits. [`Limits::restrict`] lowers what a call asks
+    /// for silently; a client checks this first to say so instead.
+    pub fn misfit(&self, asked: &CallLimits, args_len: u64) -> Option<String> {
+        let over = |what: &str, asked: Option<u64>, limit: u64, unit: &str| {
+            asked
+                .filter(|a| *a > limit)
+                .map(|a| format!("{what} of {a}{unit} is over the limit of {limit}{unit}"))
+        };
+        if args_len > self.max_args {
+            return Some(format!(
+                "args of {args_len} bytes are over the limit of {} bytes",
+                self.max_args
+            ));
+        }
+        over("fuel", asked.fuel, self.fuel, "")
+            .or_else(|| over("memory", asked.memory, self.memory, " bytes"))
+            .or_else(|| {
+                asked.timeout.filter(|t| *t > self.timeout).map(|t| {
+                    format!(
+                        "a timeout of {} s is over the limit of {} s",
+                        t.as_secs_f64(),
+                        self.timeout.as_secs_f64()
+                    )
+                })
+            })
+            .or_else(|| over("max_output", asked.max_output, self.max_output, " bytes"))
+    }
 }
 
 /// What a call asks for; `None` means "the host's maximum".
@@ -444,6 +488,26 @@ pub struct Call {
     pub queue: String,
 }
 
+impl Call {
+    /// A first attempt of `task` in `module` with `args` (a JSON array), on
+    /// the default queue, with a fresh id, no limits asked and no retries;
+    /// set the other fields with struct update syntax:
+    /// `Call { queue: "cpu".into(), ..Call::new(hash, "fib", args) }`.
+    pub fn new(module: ModuleHash, task: &str, args: Box<RawValue>) -> Self {
+        Self {
+            id: new_call_id(),
+            module,
+            task: task.to_string(),
+            args,
+            limits: CallLimits::default(),
+            attempt: 1,
+            submitted_ms: now_ms(),
+            retry: None,
+            queue: DEFAULT_QUEUE.to_string(),
+        }
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -565,6 +629,55 @@ mod tests {
         assert_eq!(eff.memory, host.memory);
         assert_eq!(eff.timeout, host.timeout);
         assert_eq!(eff.max_output, host.max_output);
+    }
+
+    #[test]
+    fn a_misfit_names_the_figure_and_the_limit() {
+        let host = Limits::default();
+        assert_eq!(host.misfit(&CallLimits::default(), host.max_args), None);
+        let within = CallLimits {
+            fuel: Some(host.fuel),
+            timeout: Some(host.timeout),
+            ..CallLimits::default()
+        };
+        assert_eq!(host.misfit(&within, 10), None);
+        assert_eq!(
+            host.misfit(&CallLimits::default(), host.max_args + 1)
+                .unwrap(),
+            format!(
+                "args of {} bytes are over the limit of {} bytes",
+                host.max_args + 1,
+                host.max_args
+            )
+        );
+        let slow = CallLimits {
+            timeout: Some(Duration::from_secs(60)),
+            ..CallLimits::default()
+        };
+        assert_eq!(
+            host.misfit(&slow, 2).unwrap(),
+            "a timeout of 60 s is over the limit of 30 s"
+        );
+        let hungry = CallLimits {
+            memory: Some(host.memory * 2),
+            ..CallLimits::default()
+        };
+        assert!(host.misfit(&hungry, 2).unwrap().starts_with("memory of "));
+    }
+
+    #[test]
+    fn the_tightest_of_two_hosts_takes_each_lower_limit() {
+        let a = Limits {
+            fuel: 10,
+            timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let b = Limits {
+            max_args: 5,
+            ..Limits::default()
+        };
+        let t = a.tightest(&b);
+        assert_eq!((t.fuel, t.timeout, t.max_args), (10, DEFAULT_TIMEOUT, 5));
     }
 
     #[test]

@@ -863,6 +863,10 @@ async fn hosts_age_out<B: Broker>(b: &B) {
         queues: queues(),
         concurrency: 4,
         started_ms: now_ms(),
+        limits: Some(wasq_broker::Limits {
+            max_args: 4321,
+            ..wasq_broker::Limits::default()
+        }),
     };
     b.register_host(&info("a")).await.unwrap();
     b.register_host(&info("b")).await.unwrap();
@@ -894,6 +898,7 @@ async fn hosts_age_out<B: Broker>(b: &B) {
     assert_eq!(live[0].0.id, "a");
     assert_eq!(live[0].0.concurrency, 4);
     assert_eq!(live[0].0.queues, queues());
+    assert_eq!(live[0].0.limits.map(|l| l.max_args), Some(4321));
     assert_eq!(live[0].1.done, 7);
     assert!(live[0].1.heartbeat_ms > 0);
     b.deregister_host("a").await.unwrap();
@@ -1143,6 +1148,7 @@ async fn the_event_level_chooses_what_is_recorded<B: Broker>(b: &B) {
         queues: queues(),
         concurrency: 1,
         started_ms: now_ms(),
+        limits: None,
     })
     .await
     .unwrap();
@@ -1161,6 +1167,7 @@ async fn host_events<B: Broker>(b: &B) {
         queues: vec!["hq".to_string()],
         concurrency: 2,
         started_ms: now_ms(),
+        limits: None,
     };
     b.register_host(&info("a")).await.unwrap();
     b.register_host(&info("b")).await.unwrap();
@@ -1240,6 +1247,7 @@ async fn queue_stats_count_and_time<B: Broker>(b: &B) {
         queues: vec!["other".into()],
         concurrency: 1,
         started_ms: now_ms(),
+        limits: None,
     })
     .await
     .unwrap();

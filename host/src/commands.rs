@@ -1,6 +1,8 @@
 //! The subcommands of `wasq`, one file each, and the flag groups they share.
 
+mod args;
 mod bench;
+mod completions;
 mod dashboard;
 mod dead;
 mod demo;
@@ -82,6 +84,10 @@ enum Command {
     Serve(serve::ServeCommand),
     /// Call a task on a `wasq serve` host and print the result.
     Call(serve::CallCommand),
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completions(completions::CompletionsCommand),
+    /// Print the man page, or write one per subcommand with --dir.
+    Man(completions::ManCommand),
 }
 
 impl Cli {
@@ -107,6 +113,8 @@ impl Cli {
             Command::Rate(c) => c.run().await,
             Command::Dead(c) => c.run().await,
             Command::Dashboard(c) => c.run().await,
+            Command::Completions(c) => c.run().await,
+            Command::Man(c) => c.run().await,
         }
     }
 }
@@ -214,17 +222,17 @@ impl HttpArgs {
 /// The limits a call may ask for (`exec`, `submit`).
 #[derive(Debug, Clone, Args)]
 pub struct LimitsArgs {
-    /// Fuel budget (roughly wasm instructions) [default: 10000000000]
-    #[arg(long, value_name = "N")]
+    /// Fuel budget (roughly wasm instructions) [default: the host's, 10000000000]
+    #[arg(long, value_name = "N", value_parser = parse_positive::<u64>, allow_hyphen_values = true)]
     fuel: Option<u64>,
-    /// Memory limit in bytes [default: 268435456]
-    #[arg(long, value_name = "BYTES")]
+    /// Memory limit in bytes [default: the host's, 268435456]
+    #[arg(long, value_name = "BYTES", value_parser = parse_positive::<u64>, allow_hyphen_values = true)]
     memory: Option<u64>,
-    /// Wall-clock limit in seconds, fractions allowed [default: 30]
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    /// Wall-clock limit in seconds, fractions allowed [default: the host's, 30]
+    #[arg(long, value_name = "SECS", value_parser = parse_limit_secs, allow_hyphen_values = true)]
     timeout: Option<Duration>,
-    /// Result size limit in bytes [default: 1048576]
-    #[arg(long, value_name = "BYTES")]
+    /// Result size limit in bytes [default: the host's, 1048576]
+    #[arg(long, value_name = "BYTES", value_parser = parse_positive::<u64>, allow_hyphen_values = true)]
     max_output: Option<u64>,
 }
 
@@ -240,12 +248,40 @@ impl LimitsArgs {
     }
 }
 
-/// Parses seconds with fractions (`0.5`) into a duration.
+/// Parses seconds with fractions (`0.5`) into a duration; 0 allowed.
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
+        .trim()
         .parse()
-        .map_err(|_| format!("not a number of seconds: {s:?}"))?;
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+        .map_err(|_| format!("expected a number of seconds, like 30 or 0.5, not {s:?}"))?;
+    if secs.is_nan() || secs < 0.0 {
+        return Err(format!("must be 0 seconds or more, not {s}"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s} seconds is too long"))
+}
+
+/// Parses a time limit: seconds with fractions, more than 0.
+pub fn parse_limit_secs(s: &str) -> Result<Duration, String> {
+    let d = parse_secs(s)
+        .map_err(|e| e.replace("must be 0 seconds or more", "must be more than 0 seconds"))?;
+    if d.is_zero() {
+        return Err(format!("must be more than 0 seconds, not {s}"));
+    }
+    Ok(d)
+}
+
+/// Parses a count or size that must be at least 1 (`--concurrency`,
+/// `--fuel`, `--memory`, …).
+pub fn parse_positive<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    match s.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        Ok(_) => Err(format!("must be 1 or more, not {s}")),
+        Err(_) if s.trim().starts_with('-') => Err(format!("must be 1 or more, not {s}")),
+        Err(_) => Err(format!("expected a whole number of 1 or more, not {s:?}")),
+    }
 }
 
 /// Reads a module file: `.wasm` bytes, or `.wat` text converted to bytes.
@@ -347,7 +383,65 @@ mod tests {
     #[test]
     fn seconds_parse_with_fractions() {
         assert_eq!(parse_secs("0.5").unwrap(), Duration::from_millis(500));
-        assert!(parse_secs("-1").is_err());
-        assert!(parse_secs("x").is_err());
+        assert_eq!(parse_secs("0").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_secs("-1").unwrap_err(),
+            "must be 0 seconds or more, not -1"
+        );
+        assert!(parse_secs("x").unwrap_err().contains("like 30 or 0.5"));
+        assert!(parse_secs("1e300").is_err());
+        assert_eq!(
+            parse_limit_secs("0").unwrap_err(),
+            "must be more than 0 seconds, not 0"
+        );
+        assert_eq!(
+            parse_limit_secs("-1").unwrap_err(),
+            "must be more than 0 seconds, not -1"
+        );
+        assert_eq!(
+            parse_limit_secs("2.5").unwrap(),
+            Duration::from_millis(2500)
+        );
+    }
+
+    #[test]
+    fn counts_must_be_positive() {
+        assert_eq!(parse_positive::<usize>("16"), Ok(16));
+        assert_eq!(
+            parse_positive::<usize>("0").unwrap_err(),
+            "must be 1 or more, not 0"
+        );
+        assert_eq!(
+            parse_positive::<u64>("-5").unwrap_err(),
+            "must be 1 or more, not -5"
+        );
+        assert!(
+            parse_positive::<u32>("many")
+                .unwrap_err()
+                .contains("whole number")
+        );
+    }
+
+    #[test]
+    fn limit_flags_refuse_zero_and_negatives_with_a_sentence() {
+        for args in [
+            ["wasq", "exec", "m.wasm", "t", "--timeout", "0"],
+            ["wasq", "exec", "m.wasm", "t", "--timeout", "-1"],
+            ["wasq", "exec", "m.wasm", "t", "--fuel", "0"],
+            ["wasq", "exec", "m.wasm", "t", "--memory", "-4096"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            assert!(err.to_string().contains("must be"), "{err}");
+        }
+        let err = Cli::try_parse_from(["wasq", "host", "run", "--concurrency", "0"]).unwrap_err();
+        assert!(
+            err.to_string().contains("must be 1 or more, not 0"),
+            "{err}"
+        );
     }
 }

@@ -45,8 +45,8 @@ pub use sandbox::{
     DEFAULT_MAX_COMPILES, DEFAULT_MAX_DATA_BYTES, DEFAULT_MAX_FUNCTION_BYTES,
     DEFAULT_MAX_FUNCTIONS, DEFAULT_MAX_GLOBALS, DEFAULT_MAX_LOCALS, DEFAULT_MAX_TYPES,
     DEFAULT_MEMORY_CACHE_BYTES, DEFAULT_POOL_SIZE, DEFAULT_TICK, LoadedModule, ModuleReport,
-    OPTIMIZE_QUEUE, RunOutcome, Sandbox, SandboxConfig, SandboxError, SetupError, Tier, WASM_STACK,
-    child_main, default_host_name, inspect,
+    NotTask, OPTIMIZE_QUEUE, RunOutcome, Sandbox, SandboxConfig, SandboxError, SetupError, Tier,
+    WASM_STACK, child_main, default_host_name, inspect,
 };
 pub use serve::{
     DEFAULT_LISTEN, DEFAULT_STORE_BYTES, DirectConfig, DirectServer, serve, server_tls,

@@ -46,7 +46,7 @@ use wasq_broker::{ErrorKind, Limits, ModuleHash, TaskError};
 
 pub use compiler::{CHILD_ARG, Compiler, DEFAULT_COMPILE_MEMORY, child_main};
 pub use disk_cache::{DEFAULT_CACHE_MAX_BYTES, DiskCacheError};
-pub use module::{LoadedModule, ModuleReport, Tier, inspect};
+pub use module::{LoadedModule, ModuleReport, NotTask, Tier, inspect};
 pub use run::{CallState, RunOutcome};
 
 /// Default number of instance slots in the pooling allocator (calls that can

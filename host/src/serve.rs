@@ -414,7 +414,10 @@ async fn call(
         Err(e) => Err(e.body_text()),
     };
     let limits = match limits {
-        Ok(l) => sandbox.limits().restrict(&l),
+        Ok(l) => match sandbox.limits().misfit(&l, 0) {
+            None => sandbox.limits().restrict(&l),
+            Some(why) => return bad(format!("this server would refuse this call: {why}")),
+        },
         Err(message) => return bad(message),
     };
     let Ok(_slot) = server.inner.slots.clone().try_acquire_owned() else {

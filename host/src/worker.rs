@@ -207,6 +207,7 @@ impl<B: Broker> Worker<B> {
             queues: self.config.queues.clone(),
             concurrency: self.config.concurrency,
             started_ms: now_ms(),
+            limits: Some(*self.sandbox.limits()),
         };
         tokio::pin!(shutdown);
         let mut backoff = Backoff::new();

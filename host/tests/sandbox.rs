@@ -160,7 +160,11 @@ async fn fail_and_panic_are_task_errors() {
     // A plain trap.
     let o = run(&m, "trap", limits()).await;
     assert_kind(&o, ErrorKind::Trap);
-    assert!(o.result.unwrap_err().message.contains("unreachable"));
+    let message = o.result.unwrap_err().message;
+    assert_eq!(
+        message, "wasm trap: wasm `unreachable` instruction executed",
+        "one prefix, then what happened"
+    );
 }
 
 #[tokio::test]

@@ -197,8 +197,8 @@ pub(super) fn map_err(e: RedisError, what: &str) -> Error {
     Error::Backend(format!("{what}: {text}"))
 }
 
-/// The URL with its password replaced by `***`.
-fn redact_url(url: &str) -> String {
+/// The URL with its password replaced by `***`, for logs and messages.
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };

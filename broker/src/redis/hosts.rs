@@ -147,14 +147,7 @@ impl RedisBroker {
             let stats: HostStats = serde_json::from_slice(stats).unwrap_or_default();
             let info = info
                 .and_then(|i| serde_json::from_slice::<HostInfo>(i).ok())
-                .unwrap_or_else(|| HostInfo {
-                    id: id.clone(),
-                    name: id.clone(),
-                    version: String::new(),
-                    queues: Vec::new(),
-                    concurrency: 0,
-                    started_ms: 0,
-                });
+                .unwrap_or_else(|| HostInfo::unknown(id));
             out.push((info, stats));
         }
         for r in self.pipeline(gone, "cannot list hosts").await? {

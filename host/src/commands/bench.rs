@@ -41,49 +41,49 @@ pub struct BenchCommand {
     )]
     phases: Vec<Phase>,
     /// Calls in the throughput phase
-    #[arg(long, value_name = "N", default_value_t = bench::DEFAULT_CALLS)]
+    #[arg(long, value_name = "N", default_value_t = bench::DEFAULT_CALLS, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     calls: usize,
     /// In-process hosts for throughput and latency
-    #[arg(long, value_name = "H", default_value_t = 1)]
+    #[arg(long, value_name = "H", default_value_t = 1, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     hosts: usize,
     /// Concurrency of each host
-    #[arg(long, value_name = "C", default_value_t = 64)]
+    #[arg(long, value_name = "C", default_value_t = 64, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     concurrency: usize,
     /// Give each host its own Sandbox instead of sharing one
     #[arg(long)]
     separate_sandboxes: bool,
     /// Calls per submit round trip
-    #[arg(long, value_name = "B", default_value_t = bench::DEFAULT_BATCH)]
+    #[arg(long, value_name = "B", default_value_t = bench::DEFAULT_BATCH, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     batch: usize,
     /// Batches of results (up to 512 calls each) the client waits for at once
-    #[arg(long, value_name = "W", default_value_t = 4)]
+    #[arg(long, value_name = "W", default_value_t = 4, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     waiters: usize,
     /// Warm-up calls before the throughput phase
     #[arg(long, value_name = "N", default_value_t = 1000)]
     warmup: usize,
     /// Round trips in the latency phase
-    #[arg(long, value_name = "N", default_value_t = bench::DEFAULT_LATENCY_CALLS)]
+    #[arg(long, value_name = "N", default_value_t = bench::DEFAULT_LATENCY_CALLS, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     latency_calls: usize,
     /// Repetitions of the cold-start measurements (median reported)
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     cold_reps: usize,
     /// Warm sandbox calls per task
-    #[arg(long, value_name = "N", default_value_t = 50_000)]
+    #[arg(long, value_name = "N", default_value_t = 50_000, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     warm_calls: usize,
     /// n of the fib(n) CPU-bound task
     #[arg(long, value_name = "N", default_value_t = 32)]
     fib: u32,
     /// Bytes of text hashed by the sha256 CPU-bound task
-    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     sha256_bytes: usize,
     /// Repetitions of each CPU-bound run (median reported)
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     cpu_reps: usize,
     /// Calls per configuration in the scaling phase
-    #[arg(long, value_name = "N", default_value_t = bench::DEFAULT_CALLS)]
+    #[arg(long, value_name = "N", default_value_t = bench::DEFAULT_CALLS, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     scaling_calls: usize,
     /// Calls in flight at once in the memory phase (the host's --concurrency)
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     memory_calls: usize,
     /// Seconds each call of the memory phase sleeps
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]

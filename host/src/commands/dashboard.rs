@@ -11,7 +11,7 @@ use wasq_broker::BrokerConfig;
 use wasq_host::{DEFAULT_DASHBOARD_ADDR, Dashboard, DashboardConfig};
 
 use super::host::shutdown_signal;
-use super::{HttpArgs, RedisArgs, parse_secs};
+use super::{HttpArgs, RedisArgs};
 
 /// Serve a live web dashboard of the cluster: hosts, queues, recent calls
 /// and their envelopes, throughput. Read-only; stops on SIGINT/SIGTERM.
@@ -37,10 +37,10 @@ pub struct DashboardCommand {
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_DASHBOARD_ADDR)]
     listen: SocketAddr,
     /// How often the page refreshes (seconds)
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "1")]
+    #[arg(long, value_name = "SECS", value_parser = super::parse_limit_secs, default_value = "1", allow_hyphen_values = true)]
     refresh: Duration,
     /// Recent calls kept and shown
-    #[arg(long, value_name = "N", default_value_t = wasq_host::DEFAULT_RECENT_CALLS)]
+    #[arg(long, value_name = "N", default_value_t = wasq_host::DEFAULT_RECENT_CALLS, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     recent: usize,
     #[command(flatten)]
     http: HttpArgs,

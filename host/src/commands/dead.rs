@@ -38,7 +38,7 @@ enum DeadSubcommand {
         #[arg(long)]
         json: bool,
         /// Show at most this many
-        #[arg(long, value_name = "N", default_value_t = 100)]
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
         limit: usize,
     },
     /// Queue dead-lettered calls again.

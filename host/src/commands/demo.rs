@@ -9,8 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{Value, json};
 use wasq_broker::{
-    Broker, BrokerConfig, Call, CallLimits, Envelope, LocalBroker, ModuleHash, RetryPolicy,
-    new_call_id, now_ms,
+    Broker, BrokerConfig, Call, Envelope, LocalBroker, ModuleHash, RetryPolicy, new_call_id,
 };
 use wasq_host::{Sandbox, SandboxConfig, Worker, WorkerConfig};
 
@@ -34,7 +33,7 @@ pub struct DemoCommand {
     )]
     module: PathBuf,
     /// In-process hosts to start
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     hosts: usize,
 }
 
@@ -71,7 +70,7 @@ impl DemoCommand {
                     .unwrap_or_else(|| format!("wasq-demo-{}", new_call_id().to_lowercase()));
                 println!(
                     "wasq demo: redis at {}, prefix {prefix}, {} in-process hosts\n",
-                    redact(url),
+                    wasq_broker::redact_url(url),
                     self.hosts
                 );
                 let broker =
@@ -87,26 +86,10 @@ impl DemoCommand {
     }
 }
 
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
-
 fn call(module: ModuleHash, task: &str, args: Value) -> Call {
-    Call {
-        id: new_call_id(),
-        module,
-        task: task.to_string(),
-        args: serde_json::value::to_raw_value(&args)
-            .unwrap_or_else(|_| serde_json::value::to_raw_value(&json!([])).unwrap()),
-        limits: CallLimits::default(),
-        attempt: 1,
-        submitted_ms: now_ms(),
-        retry: None,
-        queue: wasq_broker::DEFAULT_QUEUE.to_string(),
-    }
+    let args = serde_json::value::to_raw_value(&args)
+        .unwrap_or_else(|_| serde_json::value::to_raw_value(&json!([])).unwrap());
+    Call::new(module, task, args)
 }
 
 fn show(env: &Envelope) -> String {

@@ -59,7 +59,7 @@ pub struct EventsCommand {
     #[arg(long)]
     all: bool,
     /// Stop after printing this many events
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::parse_positive::<u64>, allow_hyphen_values = true)]
     count: Option<u64>,
     /// Print what is there (from the oldest, without --since) and exit
     /// instead of following

@@ -7,7 +7,8 @@ use clap::Args;
 use wasq_broker::{Limits, new_call_id};
 use wasq_host::{Cancel, Compilation, RunOutcome, Sandbox, SandboxConfig};
 
-use super::{LimitsArgs, print_envelope, read_module};
+use super::args::read_args;
+use super::{LimitsArgs, UsageError, print_envelope, read_module};
 
 /// Run TASK of MODULE once, in the sandbox, and print its result.
 #[derive(Debug, Args)]
@@ -16,8 +17,7 @@ pub struct ExecCommand {
     module: PathBuf,
     /// The task to run (`task.<name>` export).
     task: String,
-    /// The arguments as a JSON array.
-    #[arg(default_value = "[]")]
+    #[arg(default_value = "[]", help = super::args::ARGS_HELP, allow_hyphen_values = true)]
     args: String,
     #[command(flatten)]
     limits: LimitsArgs,
@@ -32,6 +32,7 @@ pub struct ExecCommand {
 impl ExecCommand {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let args = read_args(&self.args)?;
         let bytes = read_module(&self.module)?;
         let sandbox = Sandbox::new(SandboxConfig {
             pool_size: 2,
@@ -39,13 +40,22 @@ impl ExecCommand {
             ..SandboxConfig::default()
         })?;
         let limits: Limits = sandbox.limits().restrict(&self.limits.to_call_limits());
+        if let Some(why) = sandbox
+            .limits()
+            .misfit(&self.limits.to_call_limits(), args.get().len() as u64)
+        {
+            return Err(UsageError(format!(
+                "a host with default limits would refuse this call: {why}"
+            ))
+            .into());
+        }
         let outcome = match sandbox.load_bytes(bytes).await {
             Ok(module) => {
                 sandbox
                     .run(
                         &module,
                         &self.task,
-                        self.args.as_bytes(),
+                        args.get().as_bytes(),
                         &limits,
                         &Cancel::new(),
                     )

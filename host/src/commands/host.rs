@@ -13,7 +13,7 @@ use wasq_host::{
     Compilation, Compiler, HostLabels, HostMetrics, Sandbox, SandboxConfig, Worker, WorkerConfig,
 };
 
-use super::{HttpArgs, RedisArgs, UsageError, parse_secs};
+use super::{HttpArgs, RedisArgs, UsageError, parse_limit_secs, parse_positive, parse_secs};
 
 /// Run a worker host.
 #[derive(Debug, Args)]
@@ -43,28 +43,28 @@ impl HostCommand {
 #[derive(Debug, Clone, Args)]
 pub struct HostLimitsArgs {
     /// Most fuel a call may use
-    #[arg(long, value_name = "N", default_value_t = wasq_broker::DEFAULT_FUEL)]
+    #[arg(long, value_name = "N", default_value_t = wasq_broker::DEFAULT_FUEL, value_parser = parse_positive::<u64>, allow_hyphen_values = true)]
     fuel: u64,
     /// Most memory (bytes) a call may use
-    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MEMORY)]
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MEMORY, value_parser = parse_positive::<u64>, allow_hyphen_values = true)]
     memory: u64,
     /// Longest wall time (seconds) a call may take
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    #[arg(long, value_name = "SECS", value_parser = parse_limit_secs, default_value = "30", allow_hyphen_values = true)]
     timeout: Duration,
     /// Largest result (bytes)
-    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_OUTPUT)]
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_OUTPUT, value_parser = parse_positive::<u64>, allow_hyphen_values = true)]
     max_output: u64,
     /// Largest captured stdout, and stderr (bytes each)
-    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_STDIO)]
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_STDIO, value_parser = parse_positive::<u64>, allow_hyphen_values = true)]
     max_stdio: u64,
     /// Largest total of log messages (bytes)
-    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_LOGS)]
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_LOGS, value_parser = parse_positive::<u64>, allow_hyphen_values = true)]
     max_logs: u64,
     /// Largest args (bytes)
-    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_ARGS)]
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_ARGS, value_parser = parse_positive::<u64>, allow_hyphen_values = true)]
     max_args: u64,
     /// Largest module (bytes)
-    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_MODULE)]
+    #[arg(long, value_name = "BYTES", default_value_t = wasq_broker::DEFAULT_MAX_MODULE, value_parser = parse_positive::<u64>, allow_hyphen_values = true)]
     max_module: u64,
 }
 
@@ -101,7 +101,7 @@ pub struct HostRunCommand {
     #[arg(long = "queue", value_name = "NAME", default_value = wasq_broker::DEFAULT_QUEUE)]
     queues: Vec<String>,
     /// Calls run at once (sleeping calls hold no thread)
-    #[arg(long, value_name = "N", default_value_t = 16, env = "WASQ_CONCURRENCY")]
+    #[arg(long, value_name = "N", default_value_t = 16, env = "WASQ_CONCURRENCY", value_parser = parse_positive::<usize>, allow_hyphen_values = true)]
     concurrency: usize,
     #[command(flatten)]
     limits: HostLimitsArgs,
@@ -129,26 +129,26 @@ pub struct HostRunCommand {
     /// Modules compiled at once (each in a child process killed at its
     /// deadline); calls of further new modules wait, and past a short
     /// backlog go back to their queue for a while
-    #[arg(long, value_name = "N", default_value_t = wasq_host::DEFAULT_MAX_COMPILES, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..), usize::from))]
+    #[arg(long, value_name = "N", default_value_t = wasq_host::DEFAULT_MAX_COMPILES, value_parser = parse_positive::<usize>, allow_hyphen_values = true)]
     compile_jobs: usize,
     /// Host lease (seconds): calls of a host silent this long are reclaimed
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    #[arg(long, value_name = "SECS", value_parser = parse_limit_secs, default_value = "10", allow_hyphen_values = true)]
     lease: Duration,
     /// Deliveries of one call before it fails as `lost` and is dead-lettered
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_DELIVERIES)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_DELIVERIES, value_parser = parse_positive::<u32>, allow_hyphen_values = true)]
     max_deliveries: u32,
     /// How long results are kept (seconds); 0 keeps them forever
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "86400", env = "WASQ_RESULT_TTL")]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "86400", env = "WASQ_RESULT_TTL", allow_hyphen_values = true)]
     result_ttl: Duration,
     /// On shutdown, how long running calls may finish (seconds)
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30", allow_hyphen_values = true)]
     grace: Duration,
     /// Serve `GET /health` here: 200 while the host consumes, 503 when its
     /// loop stalls or Redis stops answering for --health-stall
     #[arg(long, value_name = "ADDR")]
     health: Option<SocketAddr>,
     /// How long without progress (loop turn, broker answer) before /health fails (seconds)
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "15")]
+    #[arg(long, value_name = "SECS", value_parser = parse_limit_secs, default_value = "15", allow_hyphen_values = true)]
     health_stall: Duration,
     /// Serve Prometheus metrics at `GET /metrics` here (e.g. 127.0.0.1:9187)
     #[arg(long, value_name = "ADDR")]
@@ -161,6 +161,36 @@ pub struct HostRunCommand {
     listen: Option<SocketAddr>,
     #[command(flatten)]
     listen_args: super::serve::ListenArgs,
+    /// Print no startup line
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// The line `host run` prints to stderr once it is up: who it is, where its
+/// broker is (without password), what it consumes and allows, and where its
+/// endpoints listen.
+fn startup_line(
+    cmd: &HostRunCommand,
+    host_id: &str,
+    concurrency: usize,
+    endpoints: &[(&str, String)],
+) -> String {
+    let l = cmd.limits.limits();
+    let mut line = format!(
+        "wasq host {host_id} up: {} (prefix {}) · queues {} · concurrency {concurrency} · limits fuel {}, memory {} B, timeout {} s, output {} B, args {} B",
+        wasq_broker::redact_url(&cmd.redis.url),
+        cmd.redis.prefix,
+        cmd.queues.join(", "),
+        l.fuel,
+        l.memory,
+        l.timeout.as_secs_f64(),
+        l.max_output,
+        l.max_args,
+    );
+    for (what, url) in endpoints {
+        line.push_str(&format!(" · {what} {url}"));
+    }
+    line
 }
 
 impl HostRunCommand {
@@ -183,7 +213,7 @@ impl HostRunCommand {
             ..BrokerConfig::default()
         };
         let broker = Arc::new(self.redis.connect(broker_config).await?);
-        let concurrency = self.concurrency.max(1);
+        let concurrency = self.concurrency;
         // Direct calls get slots of their own beside the queue's.
         let slots = if self.listen.is_some() {
             concurrency.saturating_mul(2)
@@ -206,10 +236,13 @@ impl HostRunCommand {
         let mut config = WorkerConfig::new(self.queues.clone(), concurrency, self.lease);
         config.grace = self.grace;
         let metrics_sandbox = sandbox.clone();
+        let mut endpoints = Vec::new();
         if let Some(addr) = self.listen {
             let server =
                 super::serve::direct_server(sandbox.clone(), Some(broker.clone()), concurrency);
             self.listen_args.start(addr, &self.http, &server).await?;
+            let scheme = self.listen_args.scheme();
+            endpoints.push(("calls", format!("{scheme}://{addr}/v1/call/MODULE/TASK")));
         }
         let worker = Worker::new(broker, sandbox, config);
         if let Some(addr) = self.health {
@@ -218,6 +251,10 @@ impl HostRunCommand {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for health checks on {addr}"))?;
+            endpoints.push((
+                "health",
+                format!("http://{}/health", listener.local_addr()?),
+            ));
             let app = axum::Router::new().route(
                 "/health",
                 axum::routing::get(move || {
@@ -242,6 +279,10 @@ impl HostRunCommand {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for metrics scrapes on {addr}"))?;
+            endpoints.push((
+                "metrics",
+                format!("http://{}/metrics", listener.local_addr()?),
+            ));
             let metrics = Arc::new(HostMetrics::new(
                 worker.stats(),
                 metrics_sandbox,
@@ -257,6 +298,12 @@ impl HostRunCommand {
                     tracing::error!(cause = %e, "the metrics server stopped");
                 }
             });
+        }
+        if !self.quiet {
+            eprintln!(
+                "{}",
+                startup_line(&self, &worker.config().host_id, concurrency, &endpoints)
+            );
         }
         worker.run(shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)

@@ -13,7 +13,8 @@ use super::{UsageError, read_module};
 pub struct InspectCommand {
     /// The module: a `.wasm` file (or `.wat` text).
     module: PathBuf,
-    /// Print one JSON object: {"sha256", "size", "tasks", "imports"}.
+    /// Print one JSON object: {"sha256", "size", "tasks", "not_tasks", "imports"}
+    /// (`not_tasks`: the other exports, each {"export", "why"}).
     #[arg(long)]
     json: bool,
 }
@@ -36,6 +37,12 @@ impl InspectCommand {
             println!("size     {} bytes", report.size);
             println!("tasks    {}", report.tasks.join(", "));
             println!("imports  {}", report.imports.join(", "));
+            if !report.not_tasks.is_empty() {
+                println!("not tasks:");
+                for other in &report.not_tasks {
+                    println!("  {}  {}", other.export, other.why);
+                }
+            }
         }
         Ok(ExitCode::SUCCESS)
     }

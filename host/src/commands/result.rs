@@ -19,7 +19,7 @@ pub struct ResultCommand {
     #[arg(long)]
     wait: bool,
     /// Give up waiting after this many seconds (with --wait)
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, requires = "wait")]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, requires = "wait", allow_hyphen_values = true)]
     wait_timeout: Option<Duration>,
     /// Print exactly one JSON envelope on stdout
     #[arg(long)]

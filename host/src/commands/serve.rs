@@ -32,6 +32,15 @@ pub struct ListenArgs {
 }
 
 impl ListenArgs {
+    /// `https` with a certificate, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Starts answering calls with `server` on `addr` until SIGINT/SIGTERM.
     pub async fn start(
         &self,
@@ -90,7 +99,7 @@ pub struct ServeCommand {
     )]
     prefix: String,
     /// Calls run at once; one more is answered 429
-    #[arg(long, value_name = "N", default_value_t = 16, env = "WASQ_CONCURRENCY")]
+    #[arg(long, value_name = "N", default_value_t = 16, env = "WASQ_CONCURRENCY", value_parser = super::parse_positive::<usize>, allow_hyphen_values = true)]
     concurrency: usize,
     #[command(flatten)]
     limits: HostLimitsArgs,
@@ -182,8 +191,7 @@ pub struct CallCommand {
     module: String,
     /// The task to call
     task: String,
-    /// The arguments as a JSON array
-    #[arg(default_value = "[]")]
+    #[arg(default_value = "[]", help = super::args::ARGS_HELP, allow_hyphen_values = true)]
     args: String,
     #[command(flatten)]
     limits: LimitsArgs,
@@ -202,11 +210,7 @@ pub struct CallCommand {
 impl CallCommand {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let args: serde_json::Value = serde_json::from_str(&self.args)
-            .map_err(|e| UsageError(format!("ARGS is not valid JSON: {e}")))?;
-        if !args.is_array() {
-            return Err(UsageError("ARGS must be a JSON array, e.g. '[4, 5]'".into()).into());
-        }
+        let args = super::args::read_args(&self.args)?;
         let client = DirectClient::with_ca(&self.url, self.token.clone(), self.ca.as_deref())
             .map_err(|e| UsageError(e.to_string()))?;
         let path = Path::new(&self.module);
@@ -221,14 +225,14 @@ impl CallCommand {
             anyhow::Error::new(e).context(format!("cannot call {}", self.url))
         };
         let mut envelope = client
-            .call_raw(&module, &self.task, &self.args, &limits)
+            .call_raw(&module, &self.task, args.get(), &limits)
             .await
             .map_err(reached)?;
         let missing = envelope.error.as_ref().map(|e| e.kind) == Some(ErrorKind::ModuleNotFound);
         if let (true, Some(bytes)) = (missing, &bytes) {
             client.upload(bytes).await.map_err(reached)?;
             envelope = client
-                .call_raw(&module, &self.task, &self.args, &limits)
+                .call_raw(&module, &self.task, args.get(), &limits)
                 .await
                 .map_err(reached)?;
         }

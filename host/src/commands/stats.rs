@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
+use serde::Serialize;
 use wasq_broker::{Broker, BrokerConfig, QueueStats};
 
 use super::RedisArgs;
@@ -16,42 +17,91 @@ Columns: depth (waiting, unclaimed), pending (claimed by a host, not done),
 delayed (countdowns, retries, calls held back by a module rate limit), dead
 (its dead letters), rate limit, final results per second over the last minute,
 and p50/p90/p99 latency from submission to result of the calls hosts finished
-in the last minute.")]
+in the last minute.
+
+A queue is idle when nothing waits, runs or is delayed in it, it has no dead
+letters, no call finished in it in the last minute and no live host consumes
+it: idle queues are left out of the table (--all shows them) and marked
+\"idle\": true in --json, which lists every queue.")]
 pub struct StatsCommand {
     #[command(flatten)]
     redis: RedisArgs,
-    /// Print a JSON array of queue stats
+    /// Print a JSON array of queue stats, each with `hosts` (live hosts
+    /// consuming it) and `idle`
     #[arg(long)]
     json: bool,
+    /// Also show idle queues
+    #[arg(long)]
+    all: bool,
+}
+
+/// A queue's stats with who consumes it, as `--json` prints it.
+#[derive(Debug, Serialize)]
+struct QueueView {
+    #[serde(flatten)]
+    stats: QueueStats,
+    /// Live hosts consuming it.
+    hosts: usize,
+    /// Nothing to do or show (see the command's help).
+    idle: bool,
+}
+
+impl QueueView {
+    fn new(stats: QueueStats, hosts: usize) -> Self {
+        let idle = hosts == 0
+            && stats.depth == 0
+            && stats.pending == 0
+            && stats.delayed == 0
+            && stats.dead == 0
+            && stats.throughput_1m == 0.0;
+        Self { stats, hosts, idle }
+    }
 }
 
 impl StatsCommand {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let broker = self.redis.connect(BrokerConfig::default()).await?;
-        let stats = broker.queue_stats().await?;
+        let (stats, hosts) = tokio::try_join!(broker.queue_stats(), broker.hosts())?;
+        let views: Vec<QueueView> = stats
+            .into_iter()
+            .map(|s| {
+                let consumers = hosts
+                    .iter()
+                    .filter(|(info, _)| info.queues.contains(&s.queue))
+                    .count();
+                QueueView::new(s, consumers)
+            })
+            .collect();
         if self.json {
-            println!("{}", serde_json::to_string(&stats)?);
+            println!("{}", serde_json::to_string(&views)?);
         } else {
-            print!("{}", table(&stats));
+            print!("{}", table(&views, self.all));
         }
         Ok(ExitCode::SUCCESS)
     }
 }
 
-fn table(stats: &[QueueStats]) -> String {
-    if stats.is_empty() {
-        return "no queues yet\n".to_string();
+fn table(views: &[QueueView], all: bool) -> String {
+    let idle = views.iter().filter(|v| v.idle).count();
+    let shown: Vec<&QueueView> = views.iter().filter(|v| all || !v.idle).collect();
+    if shown.is_empty() {
+        return if idle == 0 {
+            "no queues yet\n".to_string()
+        } else {
+            format!("no busy queues ({idle} idle: --all shows them)\n")
+        };
     }
     let mut rows = vec![
         [
-            "QUEUE", "DEPTH", "PENDING", "DELAYED", "DEAD", "STATE", "RATE", "DONE/S", "P50",
-            "P90", "P99",
+            "QUEUE", "DEPTH", "PENDING", "DELAYED", "DEAD", "HOSTS", "STATE", "RATE", "DONE/S",
+            "P50", "P90", "P99",
         ]
         .map(String::from)
         .to_vec(),
     ];
-    for s in stats {
+    for v in &shown {
+        let s = &v.stats;
         let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), fmt_ms);
         rows.push(vec![
             s.queue.clone(),
@@ -59,7 +109,15 @@ fn table(stats: &[QueueStats]) -> String {
             s.pending.to_string(),
             s.delayed.to_string(),
             s.dead.to_string(),
-            if s.paused { "paused" } else { "active" }.to_string(),
+            v.hosts.to_string(),
+            if s.paused {
+                "paused"
+            } else if v.idle {
+                "idle"
+            } else {
+                "active"
+            }
+            .to_string(),
             s.rate.map_or_else(|| "-".to_string(), |r| r.to_string()),
             format!("{:.2}", s.throughput_1m),
             ms(s.p50_ms),
@@ -67,7 +125,11 @@ fn table(stats: &[QueueStats]) -> String {
             ms(s.p99_ms),
         ]);
     }
-    columns(&rows)
+    let mut out = columns(&rows);
+    if !all && idle > 0 {
+        out.push_str(&format!("({idle} idle not shown: --all shows them)\n"));
+    }
+    out
 }
 
 /// Left-aligned columns two spaces apart.
@@ -154,9 +216,44 @@ mod tests {
 
     #[test]
     fn an_empty_table_says_so() {
-        assert_eq!(table(&[]), "no queues yet\n");
-        let t = table(&[QueueStats::empty("default")]);
+        assert_eq!(table(&[], false), "no queues yet\n");
+        let t = table(&[QueueView::new(QueueStats::empty("default"), 1)], false);
         assert!(t.starts_with("QUEUE"), "{t}");
-        assert!(t.contains("default"), "{t}");
+        assert!(t.contains("default") && t.contains("active"), "{t}");
+    }
+
+    #[test]
+    fn idle_queues_are_left_out_unless_asked_for() {
+        let gone = QueueView::new(QueueStats::empty("gone"), 0);
+        assert!(gone.idle);
+        let waiting = QueueView::new(
+            QueueStats {
+                depth: 3,
+                ..QueueStats::empty("waiting")
+            },
+            0,
+        );
+        assert!(!waiting.idle, "calls wait in it");
+        let served = QueueView::new(QueueStats::empty("served"), 2);
+        assert!(!served.idle, "hosts consume it");
+        let views = [gone, waiting, served];
+        let t = table(&views, false);
+        assert!(
+            !t.contains("gone") && t.contains("waiting") && t.contains("served"),
+            "{t}"
+        );
+        assert!(t.ends_with("(1 idle not shown: --all shows them)\n"), "{t}");
+        let t = table(&views, true);
+        assert!(t.contains("gone") && t.contains("idle"), "{t}");
+        let only_idle = [QueueView::new(QueueStats::empty("gone"), 0)];
+        assert_eq!(
+            table(&only_idle, false),
+            "no busy queues (1 idle: --all shows them)\n"
+        );
+        let json = serde_json::to_value(&views[0]).unwrap();
+        assert_eq!(
+            (json["queue"].as_str(), json["idle"].as_bool()),
+            (Some("gone"), Some(true))
+        );
     }
 }

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args};
 use serde_json::value::RawValue;
+use std::sync::Arc;
+
 use wasq_broker::{
-    Broker, BrokerConfig, Call, ErrorKind, ModuleHash, RetryPolicy, TaskError, is_valid_queue_name,
-    is_valid_task_name, new_call_id, now_ms,
+    Broker, BrokerConfig, Call, CallLimits, Client, ErrorKind, Limits, ModuleHash, RedisBroker,
+    RetryPolicy, TaskError, is_valid_queue_name, is_valid_task_name,
 };
 
 use super::{
@@ -36,8 +38,7 @@ pub struct SubmitCommand {
     module: String,
     /// The task to call
     task: String,
-    /// The arguments as a JSON array
-    #[arg(default_value = "[]")]
+    #[arg(default_value = "[]", help = super::args::ARGS_HELP, allow_hyphen_values = true)]
     args: String,
     #[command(flatten)]
     limits: LimitsArgs,
@@ -48,21 +49,21 @@ pub struct SubmitCommand {
     #[arg(long, value_name = "NAME", default_value = wasq_broker::DEFAULT_QUEUE)]
     queue: String,
     /// Run no sooner than this many seconds from now
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, allow_hyphen_values = true)]
     countdown: Option<Duration>,
     /// Wait for the result and print it (exit status as `wasq exec`)
     #[arg(long)]
     wait: bool,
     /// Give up waiting after this many seconds (with --wait or --batch)
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, requires = "waiting")]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, requires = "waiting", allow_hyphen_values = true)]
     wait_timeout: Option<Duration>,
     /// Print exactly one JSON envelope on stdout (with --wait); with
     /// --batch, one per input line (JSON lines)
     #[arg(long)]
     json: bool,
-    /// Submit one call per line of FILE (a JSON args array per line) in one
-    /// round trip, then wait for all; progress on stderr, one result per line
-    /// on stdout in input order; exit 1 if any failed
+    /// Submit one call per line of FILE (a JSON args array per line; - for
+    /// stdin) in one round trip, then wait for all; progress on stderr, one
+    /// result per line on stdout in input order; exit 1 if any failed
     #[arg(long, value_name = "FILE.jsonl", conflicts_with = "args")]
     batch: Option<PathBuf>,
 }
@@ -103,21 +104,57 @@ pub async fn resolve_module<B: Broker>(
     }
 }
 
-/// Checks that `args` is a JSON array, for a usage error before anything is queued.
-pub fn parse_args(args: &str) -> anyhow::Result<Box<RawValue>> {
-    let raw: Box<RawValue> = serde_json::from_str(args)
-        .map_err(|e| UsageError(format!("ARGS_JSON is not valid JSON: {e}")))?;
-    if !raw.get().trim_start().starts_with('[') {
-        return Err(UsageError(format!(
-            "ARGS_JSON must be a JSON array, like [4, 5]; got {}",
-            raw.get()
-        ))
-        .into());
-    }
-    Ok(raw)
-}
-
 impl SubmitCommand {
+    /// Connects to the broker, then refuses (usage error, exit 2) calls that
+    /// no live host of the queue would run as asked: args over their
+    /// `--max-args`, or limits above theirs. With no live host announcing
+    /// its limits, only args over the default limit are refused.
+    pub(crate) async fn connect_checked(
+        &self,
+        args: &[&RawValue],
+    ) -> anyhow::Result<Arc<RedisBroker>> {
+        let broker = self
+            .redis
+            .connect(BrokerConfig {
+                max_args: super::args::MAX_ARGS_READ,
+                ..BrokerConfig::default()
+            })
+            .await?;
+        let client = Client::new(broker);
+        let largest = args.iter().map(|a| a.get().len() as u64).max().unwrap_or(0);
+        let asked = self.limits.to_call_limits();
+        let misfit = match client.queue_limits(&self.queue).await? {
+            Some(limits) => limits.misfit(&asked, largest).map(|why| {
+                format!(
+                    "the hosts of queue `{}` would refuse this call: {why}",
+                    self.queue
+                )
+            }),
+            None => Limits::default()
+                .misfit(&CallLimits::default(), largest)
+                .map(|why| {
+                    format!(
+                        "{why} (the default; no live host of queue `{}` says it allows more)",
+                        self.queue
+                    )
+                }),
+        };
+        if let Some(message) = misfit {
+            return Err(UsageError(message).into());
+        }
+        Ok(client.broker().clone())
+    }
+
+    /// The call these flags ask for, with `args`.
+    pub(crate) fn call(&self, module: ModuleHash, args: Box<RawValue>) -> Call {
+        Call {
+            limits: self.limits.to_call_limits(),
+            retry: self.retries.map(RetryPolicy::new),
+            queue: self.queue.clone(),
+            ..Call::new(module, &self.task, args)
+        }
+    }
+
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         if !is_valid_task_name(&self.task) {
@@ -129,26 +166,16 @@ impl SubmitCommand {
         if let Some(path) = &self.batch {
             return batch::run(&self, path).await;
         }
-        let args = parse_args(&self.args)?;
-        let broker = self.redis.connect(BrokerConfig::default()).await?;
-        let hash = match resolve_module(&broker, &self.module).await? {
+        let args = super::args::read_args(&self.args)?;
+        let broker = self.connect_checked(&[&args]).await?;
+        let hash = match resolve_module(broker.as_ref(), &self.module).await? {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("error: {}: {}", e.kind, super::shown(&e.message));
                 return Ok(ExitCode::from(EXIT_FAILED));
             }
         };
-        let call = Call {
-            id: new_call_id(),
-            module: hash,
-            task: self.task.clone(),
-            args,
-            limits: self.limits.to_call_limits(),
-            attempt: 1,
-            submitted_ms: now_ms(),
-            retry: self.retries.map(RetryPolicy::new),
-            queue: self.queue.clone(),
-        };
+        let call = self.call(hash, args);
         let envelope = if !self.wait || self.countdown.is_some() {
             broker
                 .submit(std::slice::from_ref(&call), self.countdown)

@@ -48,6 +48,8 @@ pub struct LoadedModule {
     pub size: u64,
     /// Its task names, sorted.
     pub tasks: Vec<String>,
+    /// Its other exports, and why each is not a task.
+    pub not_tasks: Vec<NotTask>,
     /// The code it was loaded with, and which tier that is.
     first: (Tier, InstancePre<CallState>),
     /// Optimised code swapped in later by the background optimiser.
@@ -115,6 +117,8 @@ pub struct ModuleReport {
     pub size: u64,
     /// Task names (`task.<name>` exports), sorted.
     pub tasks: Vec<String>,
+    /// The other exports, each with why it is not a task.
+    pub not_tasks: Vec<NotTask>,
     /// Imports as `module.name`.
     pub imports: Vec<String>,
 }
@@ -130,6 +134,7 @@ pub fn inspect(bytes: &[u8], config: &SandboxConfig) -> Result<ModuleReport, Tas
         sha256: ModuleHash::of(bytes).to_hex(),
         size: bytes.len() as u64,
         tasks: scan.tasks.into_iter().collect(),
+        not_tasks: scan.not_tasks,
         imports: scan.imports,
     })
 }
@@ -137,6 +142,34 @@ pub fn inspect(bytes: &[u8], config: &SandboxConfig) -> Result<ModuleReport, Tas
 struct Scan {
     tasks: BTreeSet<String>,
     imports: Vec<String>,
+    not_tasks: Vec<NotTask>,
+}
+
+/// An export that is not a task, and why: what `wasq inspect` lists beside
+/// the tasks, and what a call of a task by that name is told.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NotTask {
+    /// The export's name.
+    pub export: String,
+    /// Why it is not a task, in the words a call of it gets.
+    pub why: String,
+}
+
+/// Why the export `name` of `kind` is not a task; `None` for `task.*`.
+fn why_not_task(name: &str, kind: ExternalKind) -> Option<String> {
+    if name.starts_with("task.") {
+        return None;
+    }
+    Some(match (name, kind) {
+        ("memory", ExternalKind::Memory) => "the module's memory".to_string(),
+        ("_initialize", ExternalKind::Func) => {
+            "the reactor initialiser, run before every task".to_string()
+        }
+        (_, ExternalKind::Func | ExternalKind::FuncExact) => format!(
+            "a function, but not a task: tasks are exported as `task.NAME` (this one would be `task.{name}`)"
+        ),
+        _ => "not a function".to_string(),
+    })
 }
 
 fn invalid(msg: impl Into<String>) -> TaskError {
@@ -156,6 +189,11 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
     }
     let mut tasks = BTreeSet::new();
     let mut imports = Vec::new();
+    let mut not_tasks = Vec::new();
+    // Per type index: is it the task type `[] -> []`? Per function index
+    // (imports first): its type index.
+    let mut unit_types: Vec<bool> = Vec::new();
+    let mut function_types: Vec<u32> = Vec::new();
     let mut has_memory = false;
     let mut code_bytes: u64 = 0;
     let mut data_bytes: u64 = 0;
@@ -181,6 +219,9 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                         return Err(invalid(format!(
                             "disallowed import `{name}`: only functions of `wasq` (ABI v1) and `{WASI_MODULE}` may be imported"
                         )));
+                    }
+                    if let TypeRef::Func(ty) | TypeRef::FuncExact(ty) = import.ty {
+                        function_types.push(ty);
                     }
                     imports.push(name);
                 }
@@ -229,12 +270,31 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                     }
                 }
             }
-            Payload::TypeSection(reader) if reader.count() > config.max_types => {
-                return Err(invalid(format!(
-                    "module declares {} types, over the limit of {}",
-                    reader.count(),
-                    config.max_types
-                )));
+            Payload::TypeSection(reader) => {
+                if reader.count() > config.max_types {
+                    return Err(invalid(format!(
+                        "module declares {} types, over the limit of {}",
+                        reader.count(),
+                        config.max_types
+                    )));
+                }
+                for group in reader {
+                    let group =
+                        group.map_err(|e| invalid(format!("malformed type section: {e}")))?;
+                    for ty in group.into_types() {
+                        unit_types.push(matches!(
+                            &ty.composite_type.inner,
+                            wasmparser::CompositeInnerType::Func(f)
+                                if f.params().is_empty() && f.results().is_empty()
+                        ));
+                    }
+                    if unit_types.len() as u64 > u64::from(config.max_types) {
+                        return Err(invalid(format!(
+                            "module declares more than {} types, the limit",
+                            config.max_types
+                        )));
+                    }
+                }
             }
             Payload::GlobalSection(reader) if reader.count() > config.max_globals => {
                 return Err(invalid(format!(
@@ -255,12 +315,18 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                     }
                 }
             }
-            Payload::FunctionSection(reader) if reader.count() > config.max_functions => {
-                return Err(invalid(format!(
-                    "module defines {} functions, over the limit of {}",
-                    reader.count(),
-                    config.max_functions
-                )));
+            Payload::FunctionSection(reader) => {
+                if reader.count() > config.max_functions {
+                    return Err(invalid(format!(
+                        "module defines {} functions, over the limit of {}",
+                        reader.count(),
+                        config.max_functions
+                    )));
+                }
+                for ty in reader {
+                    function_types
+                        .push(ty.map_err(|e| invalid(format!("malformed function section: {e}")))?);
+                }
             }
             Payload::CodeSectionEntry(body) => {
                 let len = body.range().len() as u64;
@@ -300,6 +366,24 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                     if export.name == "memory" && export.kind == ExternalKind::Memory {
                         has_memory = true;
                     }
+                    let is_unit = |index: u32| {
+                        function_types
+                            .get(index as usize)
+                            .and_then(|ty| unit_types.get(*ty as usize))
+                            .copied()
+                            .unwrap_or(false)
+                    };
+                    if export.name == "_initialize"
+                        && !(export.kind == ExternalKind::Func && is_unit(export.index))
+                    {
+                        return Err(invalid(UNIT_TYPE_ONLY.replace("{}", export.name)));
+                    }
+                    if let Some(why) = why_not_task(export.name, export.kind) {
+                        not_tasks.push(NotTask {
+                            export: export.name.to_string(),
+                            why,
+                        });
+                    }
                     if let Some(task) = export.name.strip_prefix("task.") {
                         if !is_valid_task_name(task) {
                             return Err(invalid(format!(
@@ -313,6 +397,9 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                                 export.name
                             )));
                         }
+                        if !is_unit(export.index) {
+                            return Err(invalid(UNIT_TYPE_ONLY.replace("{}", export.name)));
+                        }
                         tasks.insert(task.to_string());
                     }
                 }
@@ -323,8 +410,15 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
     if !has_memory {
         return Err(invalid("module exports no memory named `memory`"));
     }
-    Ok(Scan { tasks, imports })
+    Ok(Scan {
+        tasks,
+        imports,
+        not_tasks,
+    })
 }
+
+/// What a task or `_initialize` export of another type is told (`{}`: its name).
+const UNIT_TYPE_ONLY: &str = "export `{}` must be a function of type [] -> []";
 
 /// Checks, compiles (or reads compiled code from the disk cache) and
 /// pre-links a module. Runs on a compiler thread. A disk cache entry is
@@ -403,10 +497,9 @@ pub(crate) fn load(
                 }
             }
             _ => {
-                return Err(CompileError::module(format!(
-                    "export `{}` must be a function of type [] -> []",
-                    export.name()
-                )));
+                return Err(CompileError::module(
+                    UNIT_TYPE_ONLY.replace("{}", export.name()),
+                ));
             }
         }
     }
@@ -417,6 +510,7 @@ pub(crate) fn load(
         hash,
         size: bytes.len() as u64,
         tasks: scan.tasks.into_iter().collect(),
+        not_tasks: scan.not_tasks,
         first: (tier, pre),
         optimized: std::sync::OnceLock::new(),
         has_initialize,

@@ -396,18 +396,19 @@ pub(crate) async fn run(
         .binary_search_by(|t| t.as_str().cmp(task))
         .is_err()
     {
-        return RunOutcome::failed(TaskError::new(
-            ErrorKind::TaskNotFound,
-            format!(
-                "module {} has no task `{task}` (it has: {})",
-                module.hash,
-                if module.tasks.is_empty() {
-                    "none".to_string()
-                } else {
-                    module.tasks.join(", ")
-                }
-            ),
-        ));
+        let mut message = format!(
+            "module {} has no task `{task}` (it has: {})",
+            module.hash,
+            if module.tasks.is_empty() {
+                "none".to_string()
+            } else {
+                module.tasks.join(", ")
+            }
+        );
+        if let Some(other) = module.not_tasks.iter().find(|n| n.export == task) {
+            message.push_str(&format!("; export `{task}` is {}", other.why));
+        }
+        return RunOutcome::failed(TaskError::new(ErrorKind::TaskNotFound, message));
     }
 
     let stdout = BoundedPipe::new("stdout", limits.max_stdio);
@@ -586,7 +587,7 @@ fn classify(err: &wasmtime::Error, failure: Option<TaskError>, timeout: Duration
         if let Some(f) = failure {
             return f;
         }
-        return TaskError::new(ErrorKind::Trap, format!("wasm trap: {trap}"));
+        return TaskError::new(ErrorKind::Trap, trap.to_string());
     }
     if let Some(f) = failure {
         return f;

@@ -16,7 +16,7 @@
 //!   `--wait-timeout`, 2 bad input, 3 broker unreachable.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -25,9 +25,10 @@ use anyhow::Context;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::value::RawValue;
-use wasq_broker::{Broker, Call, Envelope, RetryPolicy, State, new_call_id, now_ms};
+use wasq_broker::{Broker, Call, Envelope, State};
 
-use super::{SubmitCommand, parse_args, resolve_module};
+use super::{SubmitCommand, resolve_module};
+use crate::commands::args::parse_args;
 use crate::commands::{EXIT_FAILED, UsageError};
 
 /// Waits in flight at once.
@@ -42,21 +43,29 @@ pub const WAIT_CHUNK: usize = 64;
 /// A [`UsageError`] naming the file and line of the first bad line, or an
 /// unreadable or empty file.
 pub fn read_batch(path: &Path) -> anyhow::Result<Vec<(usize, Box<RawValue>)>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("cannot read batch file {}: {e}", path.display())))?;
+    let stdin = path == Path::new("-");
+    let name = if stdin {
+        "standard input".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let read = if stdin {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(path)
+    };
+    let text = read.map_err(|e| UsageError(format!("cannot read batch file {name}: {e}")))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let args = parse_args(line)
-            .map_err(|e| UsageError(format!("{}: line {}: {e}", path.display(), i + 1)))?;
-        out.push((i + 1, args));
+        out.push((i + 1, parse_args(line, &format!("{name}: line {}", i + 1))?));
     }
     if out.is_empty() {
         return Err(UsageError(format!(
-            "{} has no calls: write one JSON args array per line, like [4, 5]",
-            path.display()
+            "{name} has no calls: write one JSON args array per line, like [4, 5]"
         ))
         .into());
     }
@@ -96,31 +105,18 @@ fn plain_line(line: usize, env: &Envelope) -> String {
 /// Runs `wasq submit --batch` for `cmd`, whose flags apply to every call.
 pub async fn run(cmd: &SubmitCommand, path: &Path) -> anyhow::Result<ExitCode> {
     let lines = read_batch(path)?;
-    let broker = cmd
-        .redis
-        .connect(wasq_broker::BrokerConfig::default())
-        .await?;
-    let hash = match resolve_module(&broker, &cmd.module).await? {
+    let args: Vec<&RawValue> = lines.iter().map(|(_, a)| a.as_ref()).collect();
+    let broker = cmd.connect_checked(&args).await?;
+    let hash = match resolve_module(broker.as_ref(), &cmd.module).await? {
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {}: {}", e.kind, crate::commands::shown(&e.message));
             return Ok(ExitCode::from(EXIT_FAILED));
         }
     };
-    let submitted_ms = now_ms();
     let calls: Vec<Call> = lines
         .iter()
-        .map(|(_, args)| Call {
-            id: new_call_id(),
-            module: hash,
-            task: cmd.task.clone(),
-            args: args.clone(),
-            limits: cmd.limits.to_call_limits(),
-            attempt: 1,
-            submitted_ms,
-            retry: cmd.retries.map(RetryPolicy::new),
-            queue: cmd.queue.clone(),
-        })
+        .map(|(_, args)| cmd.call(hash, args.clone()))
         .collect();
     let started = Instant::now();
     broker
@@ -246,7 +242,7 @@ mod tests {
             let err = read_batch(f.path()).unwrap_err();
             assert!(err.downcast_ref::<UsageError>().is_some(), "{err:#}");
             assert!(
-                err.to_string().contains(&format!("line {line}:")),
+                err.to_string().contains(&format!("line {line} ")),
                 "{err:#}"
             );
         }

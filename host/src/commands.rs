@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use wasq_broker::{CallLimits, Envelope};
+use wasq_broker::{CallLimits, Envelope, ModuleHash};
 
 /// Exit status: the task failed (the envelope says why).
 pub const EXIT_FAILED: u8 = 1;
@@ -282,6 +282,28 @@ where
         Err(_) if s.trim().starts_with('-') => Err(format!("must be 1 or more, not {s}")),
         Err(_) => Err(format!("expected a whole number of 1 or more, not {s:?}")),
     }
+}
+
+/// A module as every command names it: a file (`.wasm`, or `.wat` text),
+/// `sha256:HEX` (or the 64 hex digits alone), or a name `NAME` /
+/// `NAME@VERSION`. A file becomes its
+/// bytes (uploaded where a broker lacks them); a path that does not exist
+/// is a usage error rather than a name nobody tagged.
+pub fn module_ref(arg: &str) -> anyhow::Result<wasq_broker::ModuleRef> {
+    use wasq_broker::ModuleRef;
+    let path = std::path::Path::new(arg);
+    if path.is_file() {
+        return Ok(ModuleRef::Bytes(read_module(path)?));
+    }
+    if arg.starts_with("sha256:") || (arg.len() == 64 && arg.parse::<ModuleHash>().is_ok()) {
+        return Ok(ModuleRef::Hash(arg.parse().map_err(|e| {
+            UsageError(format!("{arg:?} is not a module hash: {e}"))
+        })?));
+    }
+    if arg.ends_with(".wasm") || arg.ends_with(".wat") || arg.contains('/') {
+        return Err(UsageError(format!("cannot read module file {arg}: no such file")).into());
+    }
+    Ok(ModuleRef::name(arg))
 }
 
 /// Reads a module file: `.wasm` bytes, or `.wat` text converted to bytes.

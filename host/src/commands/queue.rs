@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use wasq_broker::{Broker, BrokerConfig, ModuleHash, Rate, RateScope, RedisBroker};
+use wasq_broker::{Broker, BrokerConfig, ModuleHash, ModuleRef, Rate, RateScope, RedisBroker};
 
 use super::stats::columns;
 use super::{EXIT_FAILED, RedisArgs, UsageError};
@@ -253,23 +253,23 @@ async fn set_rate(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A module given as `sha256:HEX`, `HEX`, `NAME` or `NAME@VERSION`.
+/// The hash of a module named as every command names it
+/// ([`super::module_ref`]); a file is hashed, not uploaded.
 async fn resolve(broker: &RedisBroker, module: &str) -> anyhow::Result<ModuleHash> {
-    if let Ok(hash) = module.parse::<ModuleHash>() {
-        return Ok(hash);
-    }
-    if module.starts_with("sha256:") {
-        return Err(UsageError(format!("{module:?} is not a module hash")).into());
-    }
-    match broker.resolve(module).await {
-        Ok(Some(hash)) => Ok(hash),
-        Ok(None) => {
-            Err(UsageError(format!("no module named {module:?} (see `wasq module ls`)")).into())
-        }
-        Err(wasq_broker::Error::InvalidName(_)) => {
-            Err(UsageError(format!("{module:?} is neither a module hash nor a name")).into())
-        }
-        Err(e) => Err(e.into()),
+    match super::module_ref(module)? {
+        ModuleRef::Hash(hash) => Ok(hash),
+        ModuleRef::Bytes(bytes) => Ok(ModuleHash::of(&bytes)),
+        ModuleRef::Name(name) => match broker.resolve(&name).await {
+            Ok(Some(hash)) => Ok(hash),
+            Ok(None) => {
+                Err(UsageError(format!("no module named {name:?} (see `wasq module ls`)")).into())
+            }
+            Err(wasq_broker::Error::InvalidName(_)) => Err(UsageError(format!(
+                "{name:?} is neither a module file, a hash (sha256:HEX) nor a name"
+            ))
+            .into()),
+            Err(e) => Err(e.into()),
+        },
     }
 }
 

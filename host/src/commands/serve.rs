@@ -2,13 +2,13 @@
 //! `wasq call`, its client.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use wasq_broker::{BrokerConfig, DirectClient, ErrorKind, ModuleHash, RedisBroker};
+use wasq_broker::{BrokerConfig, DirectClient, ErrorKind, ModuleHash, ModuleRef, RedisBroker};
 use wasq_host::{
     Compilation, Compiler, DirectConfig, DirectServer, Sandbox, SandboxConfig, server_tls,
 };
@@ -213,12 +213,10 @@ impl CallCommand {
         let args = super::args::read_args(&self.args)?;
         let client = DirectClient::with_ca(&self.url, self.token.clone(), self.ca.as_deref())
             .map_err(|e| UsageError(e.to_string()))?;
-        let path = Path::new(&self.module);
-        let (module, bytes) = if path.is_file() {
-            let bytes = super::read_module(path)?;
-            (format!("sha256:{}", ModuleHash::of(&bytes)), Some(bytes))
-        } else {
-            (self.module.clone(), None)
+        let (module, bytes) = match super::module_ref(&self.module)? {
+            ModuleRef::Bytes(bytes) => (format!("sha256:{}", ModuleHash::of(&bytes)), Some(bytes)),
+            ModuleRef::Hash(hash) => (format!("sha256:{hash}"), None),
+            ModuleRef::Name(name) => (name, None),
         };
         let limits = self.limits.to_call_limits();
         let reached = |e: wasq_broker::Error| -> anyhow::Error {

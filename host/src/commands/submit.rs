@@ -2,7 +2,7 @@
 
 mod batch;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,13 +11,11 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 
 use wasq_broker::{
-    Broker, BrokerConfig, Call, CallLimits, Client, ErrorKind, Limits, ModuleHash, RedisBroker,
-    RetryPolicy, TaskError, is_valid_queue_name, is_valid_task_name,
+    Broker, BrokerConfig, Call, CallLimits, Client, ErrorKind, Limits, ModuleHash, ModuleRef,
+    RedisBroker, RetryPolicy, TaskError, is_valid_queue_name, is_valid_task_name,
 };
 
-use super::{
-    EXIT_FAILED, LimitsArgs, RedisArgs, UsageError, parse_secs, print_envelope, read_module,
-};
+use super::{EXIT_FAILED, LimitsArgs, RedisArgs, UsageError, parse_secs, print_envelope};
 
 /// Queue a call of TASK in MODULE and print its id (or, with --wait, its result).
 #[derive(Debug, Args)]
@@ -69,38 +67,24 @@ pub struct SubmitCommand {
 }
 
 /// Resolves a module reference to a stored hash: uploads a file if needed.
+/// A name or hash the broker does not have is `Ok(Err(module_not_found))`.
 pub async fn resolve_module<B: Broker>(
-    broker: &B,
+    broker: &Arc<B>,
     module: &str,
 ) -> anyhow::Result<Result<ModuleHash, TaskError>> {
-    let path = Path::new(module);
-    if path.is_file() {
-        let bytes = read_module(path)?;
-        let hash = ModuleHash::of(&bytes);
-        if !broker.has_module(&hash).await? {
-            broker.put_module(&bytes).await?;
+    let client = Client::from_arc(broker.clone());
+    let not_found = |message: String| Ok(Err(TaskError::new(ErrorKind::ModuleNotFound, message)));
+    match super::module_ref(module)? {
+        ModuleRef::Hash(hash) if !broker.has_module(&hash).await? => {
+            not_found(format!("no module {hash} is stored"))
         }
-        return Ok(Ok(hash));
-    }
-    if module.starts_with("sha256:") {
-        let hash: ModuleHash = module.parse().map_err(|e| UsageError(format!("{e}")))?;
-        if !broker.has_module(&hash).await? {
-            return Ok(Err(TaskError::new(
-                ErrorKind::ModuleNotFound,
-                format!("no module {hash} is stored"),
-            )));
-        }
-        return Ok(Ok(hash));
-    }
-    if module.ends_with(".wasm") || module.ends_with(".wat") || module.contains('/') {
-        return Err(UsageError(format!("cannot read module file {module}: no such file")).into());
-    }
-    match broker.resolve(module).await? {
-        Some(hash) => Ok(Ok(hash)),
-        None => Ok(Err(TaskError::new(
-            ErrorKind::ModuleNotFound,
-            format!("no module named {module:?} (see `wasq module ls`)"),
-        ))),
+        reference => match client.resolve(reference).await {
+            Ok(hash) => Ok(Ok(hash)),
+            Err(wasq_broker::Error::ModuleNotFound(name)) => {
+                not_found(format!("no module named {name:?} (see `wasq module ls`)"))
+            }
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
@@ -168,7 +152,7 @@ impl SubmitCommand {
         }
         let args = super::args::read_args(&self.args)?;
         let broker = self.connect_checked(&[&args]).await?;
-        let hash = match resolve_module(broker.as_ref(), &self.module).await? {
+        let hash = match resolve_module(&broker, &self.module).await? {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("error: {}: {}", e.kind, super::shown(&e.message));

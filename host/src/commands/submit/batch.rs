@@ -107,7 +107,7 @@ pub async fn run(cmd: &SubmitCommand, path: &Path) -> anyhow::Result<ExitCode> {
     let lines = read_batch(path)?;
     let args: Vec<&RawValue> = lines.iter().map(|(_, a)| a.as_ref()).collect();
     let broker = cmd.connect_checked(&args).await?;
-    let hash = match resolve_module(broker.as_ref(), &cmd.module).await? {
+    let hash = match resolve_module(&broker, &cmd.module).await? {
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {}: {}", e.kind, crate::commands::shown(&e.message));

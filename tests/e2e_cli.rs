@@ -424,6 +424,9 @@ async fn hosts_counters_are_at_most_a_heartbeat_old() {
         (Some(0), Some(0)),
         "{host}"
     );
+    // The limits it announced, which `submit` checks calls against.
+    assert_eq!(host["limits"]["timeout"], 30.0, "{host}");
+    assert_eq!(host["limits"]["max_args"], 1024 * 1024, "{host}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,9 @@ struct HostView {
     heartbeat_ms: u64,
     /// How long ago the last heartbeat was.
     heartbeat_age_ms: u64,
+    /// The most a call may ask for on it (absent from hosts that do not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<wasq_broker::Limits>,
 }
 
 impl HostView {
@@ -62,6 +65,7 @@ impl HostView {
             fuel_used: stats.fuel_used,
             started_ms: info.started_ms,
             heartbeat_ms: stats.heartbeat_ms,
+            limits: info.limits,
         }
     }
 }

@@ -10,6 +10,7 @@ mod host;
 mod hosts;
 mod inspect;
 mod module;
+mod new;
 mod queue;
 mod result;
 mod serve;
@@ -82,6 +83,8 @@ enum Command {
     Serve(serve::ServeCommand),
     /// Call a task on a `wasq serve` host and print the result.
     Call(serve::CallCommand),
+    /// Create a task project (Rust crate or C) with one task, ready to build and run.
+    New(new::NewCommand),
 }
 
 impl Cli {
@@ -107,6 +110,7 @@ impl Cli {
             Command::Rate(c) => c.run().await,
             Command::Dead(c) => c.run().await,
             Command::Dashboard(c) => c.run().await,
+            Command::New(c) => c.run().await,
         }
     }
 }

@@ -168,4 +168,10 @@ fn a_directory_that_is_not_empty_is_refused() {
         describe(&out)
     );
     assert!(!tmp.path().join("fresh").exists());
+    let out = run(wasq()
+        .arg("new")
+        .arg(tmp.path().join("fresh"))
+        .args(["--lang", "c", "--sdk", "."]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(!tmp.path().join("fresh").exists());
 }

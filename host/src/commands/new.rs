@@ -84,6 +84,12 @@ pub struct NewCommand {
 impl NewCommand {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if self.lang == Lang::C && self.sdk.is_some() {
+            return Err(UsageError(
+                "--sdk is for Rust crates: a C project gets its own copy of wasq_guest.h".into(),
+            )
+            .into());
+        }
         check_empty(&self.dir)?;
         let name = self.project_name()?;
         let lib = name.replace('-', "_");

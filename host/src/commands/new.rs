@@ -111,7 +111,7 @@ impl NewCommand {
             std::fs::write(&path, text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        let dir = self.dir.display();
+        let dir = shell_word(&self.dir.to_string_lossy());
         match self.lang {
             Lang::Rust => {
                 println!("created {dir}: a Rust task crate `{name}` with the task `hello`");
@@ -260,6 +260,17 @@ fn toml_string(s: &str) -> String {
     out
 }
 
+/// `s` as one word for a POSIX shell: as it is when that is safe, else in
+/// single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./+:@".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 /// Whether `rustc` has the wasm target; `true` when that cannot be told
 /// (no `rustc` on PATH says nothing about the toolchain cargo will use).
 fn rust_target_installed() -> bool {
@@ -295,6 +306,13 @@ mod tests {
         for bad in ["", "2fast", "a b", "test", "héllo", "-x", "self"] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn directories_are_quoted_for_the_shell() {
+        assert_eq!(shell_word("tasks/hello-1"), "tasks/hello-1");
+        assert_eq!(shell_word("9 lives"), "'9 lives'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
     }
 
     #[test]

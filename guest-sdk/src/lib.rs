@@ -60,8 +60,13 @@
 //! ```
 //!
 //! Build with `cargo build --release --target wasm32-wasip1` (the repository's
-//! `scripts/build-tasks.sh` does this for `tasks/`). Release builds should set
-//! `panic = "abort"` and may set `lto = true`, `strip = true`, `opt-level = "s"`.
+//! `scripts/build-tasks.sh` does this for `tasks/`; `wasq new DIR` writes a
+//! crate that does it with plain `cargo build --release`). Release builds
+//! should set `panic = "abort"`, and are best at `opt-level = 3` with
+//! `lto = true`, `codegen-units = 1` and `strip = true`, as `tasks/Cargo.toml`
+//! does: fuel counts instructions, so faster code is also cheaper code.
+//! `opt-level = "s"` gives smaller modules that compile faster on a host
+//! (`tasks/Cargo.toml`'s profile `small`).
 //!
 //! ## Arguments
 //!

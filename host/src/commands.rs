@@ -12,6 +12,7 @@ mod host;
 mod hosts;
 mod inspect;
 mod module;
+mod new;
 mod queue;
 mod result;
 mod serve;
@@ -88,6 +89,8 @@ enum Command {
     Completions(completions::CompletionsCommand),
     /// Print the man page, or write one per subcommand with --dir.
     Man(completions::ManCommand),
+    /// Create a task project (Rust crate or C) with one task, ready to build and run.
+    New(new::NewCommand),
 }
 
 impl Cli {
@@ -115,6 +118,7 @@ impl Cli {
             Command::Dashboard(c) => c.run().await,
             Command::Completions(c) => c.run().await,
             Command::Man(c) => c.run().await,
+            Command::New(c) => c.run().await,
         }
     }
 }

@@ -20,12 +20,13 @@
 //!   ([`Dashboard`]); its page, script and styles are embedded from `dashboard/`.
 //! - `serve`: calls straight to a host over HTTP, no broker (`wasq serve`,
 //!   [`DirectServer`]).
-//! - `bench`: the benchmarks behind `wasq bench` and `make bench` (public as a
-//!   module: its many report types stay out of the crate root).
+//!
+//! The benchmarks behind `wasq bench` (`src/bench.rs`, `src/bench/`) sit
+//! beside these files but belong to the `wasq` binary (`main.rs` declares
+//! them), not to this library: embedders do not link them.
 
 #![deny(missing_docs)]
 
-pub mod bench;
 mod dashboard;
 mod http;
 mod metrics;

@@ -371,6 +371,35 @@ impl LocalBroker {
     }
 
     /// A host event.
+    /// Records a call just put in its queue: its `queued` state (expiring
+    /// at `expires`), its queue as known, and its `queued` event.
+    fn record_queued(
+        &self,
+        inner: &mut Inner,
+        call: &Call,
+        expires: Option<Instant>,
+        now: Instant,
+    ) {
+        inner
+            .calls
+            .insert(call.id.clone(), CallState::queued(call, expires));
+        inner.known.insert(call.queue.clone());
+        self.emit(
+            inner,
+            CallEvent {
+                kind: "queued",
+                id: &call.id,
+                queue: &call.queue,
+                task: &call.task,
+                host: "",
+                error_kind: None,
+                submitted_ms: call.submitted_ms,
+                from_run: false,
+            },
+            now,
+        );
+    }
+
     fn emit_host(&self, inner: &mut Inner, kind: &str, host: &str, error_kind: Option<&str>) {
         let id = Self::next_id(inner);
         inner.events.push_back(Event {

@@ -174,24 +174,7 @@ impl LocalBroker {
             .ready
             .push_back((seq, call.clone()));
         let expires = self.ttl_from(now, Duration::ZERO);
-        inner
-            .calls
-            .insert(call.id.clone(), CallState::queued(&call, expires));
-        inner.known.insert(call.queue.clone());
-        self.emit(
-            &mut inner,
-            CallEvent {
-                kind: "queued",
-                id: &call.id,
-                queue: &call.queue,
-                task: &call.task,
-                host: "",
-                error_kind: None,
-                submitted_ms: call.submitted_ms,
-                from_run: false,
-            },
-            now,
-        );
+        self.record_queued(&mut inner, &call, expires, now);
         drop(inner);
         self.work.notify_waiters();
         Ok(true)

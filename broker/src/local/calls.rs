@@ -25,24 +25,7 @@ impl LocalBroker {
                 None => q.ready.push_back((seq, call.clone())),
             }
             let expires = self.ttl_from(now, countdown.unwrap_or_default());
-            inner
-                .calls
-                .insert(call.id.clone(), CallState::queued(call, expires));
-            inner.known.insert(call.queue.clone());
-            self.emit(
-                &mut inner,
-                CallEvent {
-                    kind: "queued",
-                    id: &call.id,
-                    queue: &call.queue,
-                    task: &call.task,
-                    host: "",
-                    error_kind: None,
-                    submitted_ms: call.submitted_ms,
-                    from_run: false,
-                },
-                now,
-            );
+            self.record_queued(&mut inner, call, expires, now);
         }
         drop(inner);
         self.work.notify_waiters();

@@ -59,7 +59,7 @@ use crate::types::{
     is_valid_queue_name, now_ms,
 };
 use crate::validate::{
-    check_call, check_entry_id, check_final, check_module_ref, check_rate, fresh_call,
+    check_call, check_claim, check_entry_id, check_final, check_module_ref, check_rate, fresh_call,
 };
 
 /// How often expired results and states are swept out.

@@ -10,6 +10,15 @@ use crate::types::{
     is_valid_task_name, now_ms,
 };
 
+/// Checks the queue names of a claim; `Ok(false)` when it has nothing to
+/// claim (no queue, or `max` 0), so it returns at once without blocking.
+pub(crate) fn check_claim(queues: &[String], max: usize) -> Result<bool> {
+    if let Some(bad) = queues.iter().find(|q| !is_valid_queue_name(q)) {
+        return Err(Error::InvalidName(bad.clone()));
+    }
+    Ok(max > 0 && !queues.is_empty())
+}
+
 /// Checks a call before it is queued.
 pub(crate) fn check_call(call: &Call, max_args: u64) -> Result<()> {
     if !is_valid_call_id(&call.id) {

@@ -242,12 +242,7 @@ impl LocalBroker {
         max: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>> {
-        for q in queues {
-            if !is_valid_queue_name(q) {
-                return Err(Error::InvalidName(q.clone()));
-            }
-        }
-        if max == 0 || queues.is_empty() {
+        if !check_claim(queues, max)? {
             return Ok(Vec::new());
         }
         let deadline = later(Instant::now(), block);

@@ -55,11 +55,11 @@ use crate::ops::{
     RateScope, STATS_WINDOW_MS, parse_entry_id, percentile,
 };
 use crate::types::{
-    Call, Envelope, ErrorKind, ModuleHash, State, TaskError, is_valid_module_name,
-    is_valid_queue_name, now_ms,
+    Call, Envelope, ErrorKind, ModuleHash, State, TaskError, is_valid_queue_name, now_ms,
 };
 use crate::validate::{
-    check_call, check_claim, check_entry_id, check_final, check_module_ref, check_rate, fresh_call,
+    check_call, check_claim, check_entry_id, check_final, check_module_ref, check_rate, check_tag,
+    fresh_call,
 };
 
 /// How often expired results and states are swept out.

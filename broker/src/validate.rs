@@ -10,6 +10,17 @@ use crate::types::{
     is_valid_task_name, now_ms,
 };
 
+/// Checks a module name and its version before a tag is written.
+pub(crate) fn check_tag(name: &str, version: Option<&str>) -> Result<()> {
+    if let Some(bad) = std::iter::once(name)
+        .chain(version)
+        .find(|n| !is_valid_module_name(n))
+    {
+        return Err(Error::InvalidName(bad.to_string()));
+    }
+    Ok(())
+}
+
 /// Checks the queue names of a claim; `Ok(false)` when it has nothing to
 /// claim (no queue, or `max` 0), so it returns at once without blocking.
 pub(crate) fn check_claim(queues: &[String], max: usize) -> Result<bool> {

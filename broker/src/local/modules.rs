@@ -45,14 +45,7 @@ impl LocalBroker {
         version: Option<&str>,
         hash: &ModuleHash,
     ) -> Result<()> {
-        if !is_valid_module_name(name) {
-            return Err(Error::InvalidName(name.to_string()));
-        }
-        if let Some(v) = version
-            && !is_valid_module_name(v)
-        {
-            return Err(Error::InvalidName(v.to_string()));
-        }
+        check_tag(name, version)?;
         let mut inner = self.lock();
         if !inner.modules.contains_key(hash) {
             return Err(Error::ModuleNotFound(format!("sha256:{hash}")));

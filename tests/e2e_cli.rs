@@ -9,10 +9,11 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::Cluster;
 use common::{describe, envelope, run, task_module, wasq};
+use wasq_broker::testing::eventually_blocking;
 use wasq_broker::{Broker, ModuleHash};
 
 /// Runs `cmd` with `input` on its stdin.
@@ -44,19 +45,6 @@ fn examples() -> String {
 
 fn sha256_hex(text: &str) -> String {
     ModuleHash::of(text.as_bytes()).to_hex()
-}
-
-/// Polls `probe` every 50 ms until it returns `Some`, at most `secs`;
-/// panics with the last thing `describe` said.
-fn eventually<T>(secs: u64, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match probe() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => panic!("not within {secs} s: {last}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 #[test]
@@ -352,13 +340,17 @@ async fn host_run_says_once_what_it_is_and_quiet_says_nothing() {
     ]);
     let quiet = c.host(&["--quiet"]);
     c.wait_hosts(2).await;
-    let line = eventually(30, || {
-        let log = c.hosts[loud].log();
-        log.lines()
-            .find(|l| l.starts_with("wasq host "))
-            .map(str::to_string)
-            .ok_or(log)
-    });
+    let log = eventually_blocking(
+        Duration::from_secs(30),
+        "the startup line",
+        || c.procs[loud].log(),
+        |log| log.lines().any(|l| l.starts_with("wasq host ")),
+    );
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("wasq host "))
+        .unwrap()
+        .to_string();
     let ids: Vec<String> = c
         .broker
         .hosts()
@@ -381,14 +373,14 @@ async fn host_run_says_once_what_it_is_and_quiet_says_nothing() {
         assert!(line.contains(&part), "{part:?} missing from {line:?}");
     }
     let startup_lines = |i: usize| {
-        c.hosts[i]
+        c.procs[i]
             .log()
             .lines()
             .filter(|l| l.starts_with("wasq host "))
             .count()
     };
     assert_eq!(startup_lines(loud), 1);
-    assert_eq!(startup_lines(quiet), 0, "{}", c.hosts[quiet].log());
+    assert_eq!(startup_lines(quiet), 0, "{}", c.procs[quiet].log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,15 +402,13 @@ async fn hosts_counters_are_at_most_a_heartbeat_old() {
     }
     // Within a few heartbeats (not a speed test: the deadline only stops a
     // host whose counters never arrive from hanging the test).
-    let host = eventually(10, || {
-        let hosts = c.json(&["hosts", "--json"]);
-        let h = hosts[0].clone();
-        if h["done"] == 4 {
-            Ok(h)
-        } else {
-            Err(hosts.to_string())
-        }
-    });
+    let hosts = eventually_blocking(
+        Duration::from_secs(10),
+        "the host's counters of 4 calls",
+        || c.json(&["hosts", "--json"]),
+        |hosts| hosts[0]["done"] == 4,
+    );
+    let host = &hosts[0];
     assert_eq!(
         (host["failed"].as_u64(), host["in_flight"].as_u64()),
         (Some(0), Some(0)),

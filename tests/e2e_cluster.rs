@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, call};
-use common::{describe, envelope, run, task_module, wasq};
+use common::{describe, envelope, eventually, run, task_module, wasq};
 use serde_json::json;
 use wasq_broker::testing::RedisServer;
 use wasq_broker::{Broker, Call, ModuleHash, State};
@@ -135,13 +135,13 @@ async fn a_killed_hosts_calls_finish_on_another_host() {
     for cl in &calls {
         c.wait_state(&cl.id, State::Running, 30).await;
     }
-    c.hosts[a].kill9();
+    c.procs[a].kill9();
     let b = c.host(&["--concurrency", "4", "--lease", "1"]);
     for cl in &calls {
         let env = c.wait(&cl.id, 60).await;
         assert_eq!(env.state, State::Succeeded, "{env:?}");
         assert!(
-            c.hosts[b].log().contains(&cl.id),
+            c.procs[b].log().contains(&cl.id),
             "finished on the new host"
         );
         // Once on the killed host (that attempt died), once on the new one.
@@ -262,16 +262,14 @@ async fn retries_countdown_and_result_ttl() {
     // Result TTL: the result is there, then it expires and the id is unknown.
     let out = run(c.cli().args(["result", &id, "--json"]));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = run(c.cli().args(["result", &id]));
-        if out.status.code() == Some(2) {
-            assert!(String::from_utf8_lossy(&out.stderr).contains("unknown call id"));
-            break;
-        }
-        assert!(Instant::now() < deadline, "result never expired");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let out = eventually(
+        Duration::from_secs(20),
+        "the result expiring",
+        || async { run(c.cli().args(["result", &id])) },
+        |out| out.status.code() == Some(2),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown call id"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,7 +379,7 @@ async fn graceful_shutdown_finishes_or_hands_back_calls() {
     for cl in &calls {
         c.wait_state(&cl.id, State::Running, 30).await;
     }
-    let status = c.hosts[a].terminate();
+    let status = c.procs[a].terminate();
     assert!(status.success(), "host exits 0 on SIGTERM: {status:?}");
     for cl in &calls {
         let env = c.broker.status(&cl.id).await.unwrap().unwrap();
@@ -403,19 +401,19 @@ async fn graceful_shutdown_finishes_or_hands_back_calls() {
         c.wait_state(&cl.id, State::Running, 30).await;
     }
     let stopped_at = Instant::now();
-    let status = c.hosts[b].terminate();
+    let status = c.procs[b].terminate();
     assert!(status.success(), "host exits 0 on SIGTERM: {status:?}");
     assert!(stopped_at.elapsed() < Duration::from_secs(10));
     assert!(
-        c.hosts[b].log().contains("released"),
+        c.procs[b].log().contains("released"),
         "{}",
-        c.hosts[b].log()
+        c.procs[b].log()
     );
     let d = c.host(&["--concurrency", "2"]);
     for cl in &calls {
         let env = c.wait(&cl.id, 30).await;
         assert_eq!(env.state, State::Succeeded, "{env:?}");
-        assert!(c.hosts[d].log().contains(&cl.id));
+        assert!(c.procs[d].log().contains(&cl.id));
     }
 }
 
@@ -487,11 +485,13 @@ async fn health_turns_false_while_the_host_cannot_consume() {
     ]);
     c.wait_hosts(1).await;
     let until = |want: u16, secs: u64| async move {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while health(port) != Some(want) {
-            assert!(Instant::now() < deadline, "/health never answered {want}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(
+            Duration::from_secs(secs),
+            &format!("/health answering {want}"),
+            || async { health(port) },
+            |got| *got == Some(want),
+        )
+        .await;
     };
     until(200, 10).await;
     // Redis stops answering for 6 s: the host can neither claim nor heartbeat.
@@ -543,11 +543,13 @@ async fn http_endpoints_check_host_and_token() {
     for (addr, path) in [(health_addr, "/health"), (metrics_addr, "/metrics")] {
         let host = addr.to_string();
         // Wait until it listens (the host binds it while starting).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "{path} never listened");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            Duration::from_secs(10),
+            &format!("{path} listening"),
+            || async { std::net::TcpStream::connect(addr).is_ok() },
+            |ok| *ok,
+        )
+        .await;
         let (status, _, _) = common::http_request(addr, path, &host, &[bearer]);
         assert_eq!(status, 200, "{path} with the token");
         let (status, _, _) = common::http_request(addr, path, "wasq.internal:80", &[bearer]);

@@ -12,71 +12,35 @@ mod common;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Proc, describe, http_get, run, task_module, wasq};
+use common::{Deployment, Proc, describe, eventually_blocking, http_get, run, task_module};
 use serde_json::{Value, json};
 use tungstenite::stream::MaybeTlsStream;
-use wasq_broker::testing::{RedisServer, unique_prefix};
 
-struct Cluster {
-    redis: RedisServer,
-    prefix: String,
-    dir: PathBuf,
-    procs: Vec<Proc>,
-}
-
-impl Cluster {
-    fn start(test: &str, dir: &Path) -> Self {
-        Self {
-            redis: RedisServer::start(),
-            prefix: unique_prefix(test),
-            dir: dir.to_path_buf(),
-            procs: Vec::new(),
-        }
-    }
-
-    fn cli(&self) -> Command {
-        let mut cmd = wasq();
-        cmd.env("WASQ_REDIS_URL", self.redis.url())
-            .env("WASQ_PREFIX", &self.prefix);
-        cmd
-    }
-
-    /// Spawns `wasq ARGS` with its stderr in `NAME.log`; returns its index.
-    fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
-        let log = self.dir.join(format!("{name}.log"));
-        let mut cmd = self.cli();
-        cmd.args(args);
-        self.procs.push(Proc::spawn(cmd, name, log));
-        self.procs.len() - 1
-    }
-
-    /// Submits `add [x, y]` and waits for it; returns the call id.
-    fn add(&self, x: i64, y: i64) -> String {
-        let out = run(self.cli().arg("submit").arg(task_module("examples")).args([
-            "add",
-            &format!("[{x}, {y}]"),
-            "--wait",
-            "--json",
-        ]));
-        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-        let env: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(env["result"], json!(x + y));
-        env["id"].as_str().unwrap().to_string()
-    }
+/// Submits `add [x, y]` and waits for it; returns the call id.
+fn add(d: &Deployment, x: i64, y: i64) -> String {
+    let out = run(d.cli().arg("submit").arg(task_module("examples")).args([
+        "add",
+        &format!("[{x}, {y}]"),
+        "--wait",
+        "--json",
+    ]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let env: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(env["result"], json!(x + y));
+    env["id"].as_str().unwrap().to_string()
 }
 
 /// Polls `f` until it returns `Some`, for at most `secs` seconds.
-fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn until_some<T: std::fmt::Debug>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_blocking(Duration::from_secs(secs), what, f, Option::is_some).unwrap()
+}
+
+/// The address in the dashboard's "wasq dashboard: http://ADDR/" line.
+fn dashboard_address(proc: &Proc) -> SocketAddr {
+    let rest = proc.logged("wasq dashboard: http://");
+    rest.split('/').next().unwrap().parse().unwrap()
 }
 
 fn overview(addr: SocketAddr) -> Value {
@@ -155,7 +119,7 @@ impl Browser {
         };
         // Chromium writes its port and browser endpoint path here once it listens.
         let port_file = profile.join("DevToolsActivePort");
-        let url = eventually(30, "chromium's DevTools endpoint", || {
+        let url = until_some(30, "chromium's DevTools endpoint", || {
             let text = std::fs::read_to_string(&port_file).ok()?;
             let mut lines = text.lines();
             let port = lines.next()?.trim().parse::<u16>().ok()?;
@@ -232,26 +196,21 @@ impl Browser {
     /// Polls `expr` until it is truthy; returns its value. Exceptions count
     /// as not yet (the document may still be loading).
     fn wait_for(&mut self, secs: u64, what: &str, expr: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
         let guarded =
             format!("(() => {{ try {{ return ({expr}); }} catch (_) {{ return null; }} }})()");
-        loop {
-            let v = self.eval(&guarded);
-            if !(v.is_null() || v == json!(false) || v == json!(0) || v == json!("")) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the page never showed {what} ({expr})"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually_blocking(
+            Duration::from_secs(secs),
+            &format!("the page showing {what} ({expr})"),
+            || self.eval(&guarded),
+            |v| !(v.is_null() || *v == json!(false) || *v == json!(0) || *v == json!("")),
+        )
     }
 }
 
-/// On a failing test, saves a screenshot of the page and keeps the temp dir.
+/// On a failing test, saves a screenshot of the page in the temp dir (which
+/// the [`Deployment`] keeps when the test fails).
 struct OnFailure {
-    dir: Option<tempfile::TempDir>,
+    dir: PathBuf,
     url: String,
 }
 
@@ -260,8 +219,7 @@ impl Drop for OnFailure {
         if !std::thread::panicking() {
             return;
         }
-        let Some(dir) = self.dir.take() else { return };
-        let dir = dir.keep();
+        let dir = &self.dir;
         let shot = dir.join("dashboard.png");
         let profile = dir.join("screenshot-profile");
         let taken = Command::new(chromium_path_or_default())
@@ -277,7 +235,6 @@ impl Drop for OnFailure {
         if taken {
             eprintln!("screenshot of the dashboard: {}", shot.display());
         }
-        eprintln!("test files kept in {}", dir.display());
     }
 }
 
@@ -291,9 +248,8 @@ fn chromium_path_or_default() -> PathBuf {
 fn dashboard_shows_hosts_and_calls_and_updates_live() {
     // Fail at once, with the install line, if there is no browser.
     let _ = chromium();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let mut c = Cluster::start("dashboard", &dir);
+    let mut c = Deployment::start("dashboard");
+    let dir = c.path().to_path_buf();
     c.spawn("host0", &["host", "run", "--concurrency", "2"]);
     c.spawn(
         "host1",
@@ -312,19 +268,15 @@ fn dashboard_shows_hosts_and_calls_and_updates_live() {
         "dashboard",
         &["dashboard", "--listen", "127.0.0.1:0", "--refresh", "0.25"],
     );
-    let addr: SocketAddr = eventually(30, "the dashboard's address", || {
-        let log = c.procs[dash].log();
-        let rest = log.split("wasq dashboard: http://").nth(1)?;
-        rest.split('/').next()?.parse().ok()
-    });
+    let addr: SocketAddr = dashboard_address(&c.procs[dash]);
     let url = format!("http://{addr}/");
-    let mut guard = OnFailure {
-        dir: Some(tmp),
+    let guard = OnFailure {
+        dir: dir.clone(),
         url: url.clone(),
     };
 
     // The JSON API: both hosts, then a call with its envelope.
-    let hosts = eventually(30, "two hosts in /api/overview", || {
+    let hosts = until_some(30, "two hosts in /api/overview", || {
         let o = overview(addr);
         let ids: Vec<String> = o["hosts"]
             .as_array()?
@@ -357,8 +309,8 @@ fn dashboard_shows_hosts_and_calls_and_updates_live() {
         assert!(h1.get(key).is_some(), "host has {key}: {h1}");
     }
 
-    let first = c.add(20, 22);
-    let call = eventually(
+    let first = add(&c, 20, 22);
+    let call = until_some(
         30,
         "the first call with its envelope in /api/overview",
         || {
@@ -453,7 +405,7 @@ fn dashboard_shows_hosts_and_calls_and_updates_live() {
         .eval("Number(document.body.dataset.updates)")
         .as_u64()
         .unwrap();
-    let second = c.add(1, 2);
+    let second = add(&c, 1, 2);
     b.wait_for(
         30,
         "the second call, submitted after the page loaded",
@@ -534,7 +486,6 @@ fn dashboard_shows_hosts_and_calls_and_updates_live() {
     assert_eq!(b.eval("window.__wasqMark"), json!("same-document"));
 
     drop(b);
-    guard.dir = None; // passed: let the temp dir go
     drop(guard);
 }
 
@@ -543,18 +494,12 @@ fn dashboard_shows_hosts_and_calls_and_updates_live() {
 /// request naming another Host is refused whatever it carries.
 #[test]
 fn the_dashboard_checks_its_token_and_host() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let mut c = Cluster::start("dashboard_token", &dir);
+    let mut c = Deployment::start("dashboard_token");
     let dash = c.spawn(
         "dashboard",
         &["dashboard", "--listen", "127.0.0.1:0", "--token", "t0ken"],
     );
-    let addr: SocketAddr = eventually(30, "the dashboard's address", || {
-        let log = c.procs[dash].log();
-        let rest = log.split("wasq dashboard: http://").nth(1)?;
-        rest.split('/').next()?.parse().ok()
-    });
+    let addr: SocketAddr = dashboard_address(&c.procs[dash]);
     let host = addr.to_string();
     let (status, _, _) = common::http_request(addr, "/api/overview", &host, &[]);
     assert_eq!(status, 401);

@@ -9,10 +9,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::Cluster;
-use common::{Proc, describe, free_port, http_send, run, task_module, wasq};
+use common::{
+    Proc, describe, eventually, free_port, http_send, run, task_module, wait_listening, wasq,
+};
 use serde_json::{Value, json};
 use wasq_broker::{CallLimits, DirectClient, ModuleHash};
 
@@ -28,28 +30,9 @@ fn serve(dir: &Path, name: &str, extra: &[&str]) -> (Proc, SocketAddr) {
 
 /// The address in a host's "answering calls at SCHEME://ADDR/..." line.
 fn logged_address(proc: &Proc) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = proc.log();
-        if let Some(rest) = log.split("answering calls at ").nth(1) {
-            let addr = rest.split("://").nth(1).unwrap().split('/').next().unwrap();
-            return addr.parse().unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never listened:\n{log}",
-            proc.name
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rest = proc.logged("answering calls at ");
+    let addr = rest.split("://").nth(1).unwrap().split('/').next().unwrap();
+    addr.parse().unwrap()
 }
 
 fn json_of(body: &str) -> Value {
@@ -294,11 +277,10 @@ async fn busy_servers_answer_429_and_a_disconnected_call_is_cancelled() {
         "POST /v1/call/{hostile}/sleep_forever?timeout=25 HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\n\r\n[]"
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while running().await != 1 {
-        assert!(Instant::now() < deadline, "the call never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(30), "the call running", &running, |n| {
+        *n == 1
+    })
+    .await;
     // Every slot busy: 429 with Retry-After, at once.
     let (status, head, body) = http_send(
         addr,
@@ -317,14 +299,13 @@ async fn busy_servers_answer_429_and_a_disconnected_call_is_cancelled() {
     assert!(err.is_transient(), "{err}");
     // The client goes away: its call stops and frees the slot.
     drop(stream);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while running().await != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the abandoned call kept its slot"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        "the abandoned call freeing its slot",
+        &running,
+        |n| *n == 0,
+    )
+    .await;
     let env = client
         .call_raw(&hostile, "args", "[]", &CallLimits::default())
         .await
@@ -345,7 +326,7 @@ async fn names_from_the_module_store_and_host_run_listen() {
 
     // `serve --redis`: names and stored modules, nothing uploaded to it.
     let (_server, addr) = serve(
-        c.dir.path(),
+        c.path(),
         "serve-redis",
         &["--redis", &c.redis.url(), "--prefix", &c.prefix],
     );
@@ -356,7 +337,7 @@ async fn names_from_the_module_store_and_host_run_listen() {
 
     // `host run --listen`: one process takes queued calls and direct ones.
     let i = c.host(&["--listen", "127.0.0.1:0"]);
-    let direct = logged_address(&c.hosts[i]);
+    let direct = logged_address(&c.procs[i]);
     let client = DirectClient::new(&format!("http://{direct}"), None).unwrap();
     let sum: i64 = client.call("examples@1.0", "add", (20, 22)).await.unwrap();
     assert_eq!(sum, 42);

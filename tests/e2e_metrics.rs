@@ -7,80 +7,40 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
-use common::{Proc, describe, header, http_get, run, task_module, wasq};
+use common::{Deployment, describe, eventually_blocking, header, http_get, run, task_module, wasq};
 use serde_json::{Value, json};
 use wasq_broker::testing::{RedisServer, unique_prefix};
 
-struct Setup {
-    redis: RedisServer,
-    prefix: String,
-    dir: tempfile::TempDir,
-}
-
-impl Setup {
-    fn new(test: &str) -> Self {
-        Self {
-            redis: RedisServer::start(),
-            prefix: unique_prefix(test),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cli(&self) -> Command {
-        let mut cmd = wasq();
-        cmd.env("WASQ_REDIS_URL", self.redis.url())
-            .env("WASQ_PREFIX", &self.prefix);
-        cmd
-    }
-
-    /// Starts `wasq host run --metrics 127.0.0.1:0` and returns it with the
-    /// address it serves metrics on (read from its log).
-    fn host_with_metrics(&self) -> (Proc, SocketAddr) {
-        let log = self.dir.path().join("host.log");
-        let mut cmd = self.cli();
-        cmd.args([
+/// Starts `wasq host run --metrics 127.0.0.1:0` and returns its index with
+/// the address it serves metrics on (read from its log).
+fn host_with_metrics(d: &mut Deployment) -> (usize, SocketAddr) {
+    let i = d.spawn(
+        "host",
+        &[
             "host",
             "run",
             "--concurrency",
             "4",
             "--metrics",
             "127.0.0.1:0",
-        ]);
-        let host = Proc::spawn(cmd, "host", log);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let addr = host
-                .log()
-                .lines()
-                .filter(|l| l.contains("serving metrics"))
-                .find_map(|l| {
-                    l.split("addr=")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .parse()
-                        .ok()
-                });
-            if let Some(addr) = addr {
-                return (host, addr);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the host never said where it serves metrics:\n{}",
-                host.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+        ],
+    );
+    let rest = d.procs[i].logged("serving metrics");
+    let addr = rest
+        .split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {rest:?}"));
+    (i, addr)
+}
 
-    fn batch_file(&self, name: &str, lines: &[&str]) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        path
-    }
+/// A file of `--batch` lines in the test's temp dir.
+fn batch_file(d: &Deployment, name: &str, lines: &[&str]) -> PathBuf {
+    d.file(name, &(lines.join("\n") + "\n"))
 }
 
 /// Samples of a Prometheus text exposition: `name{a="x",b="y"}` → value,
@@ -145,8 +105,8 @@ fn field_per_line(out: &Output, field: &str) -> Vec<Value> {
 
 #[test]
 fn batches_run_and_metrics_count_them_by_state_and_kind() {
-    let s = Setup::new("metrics");
-    let (mut host, addr) = s.host_with_metrics();
+    let mut s = Deployment::start("metrics");
+    let (host, addr) = host_with_metrics(&mut s);
     let examples = task_module("examples");
     let hostile = task_module("hostile");
 
@@ -164,7 +124,8 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
 
     // Batch 1, piped, plain output: 6 adds succeed, 2 fail as bad_input
     // (a string where a number goes; wrong arity). Blank lines are skipped.
-    let adds = s.batch_file(
+    let adds = batch_file(
+        &s,
         "adds.jsonl",
         &[
             "[1, 1]",
@@ -240,7 +201,7 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
     );
 
     // Batch 2, --json: fib with too little fuel fails as fuel_exhausted.
-    let fibs = s.batch_file("fibs.jsonl", &["[25]", "[26]", "[27]"]);
+    let fibs = batch_file(&s, "fibs.jsonl", &["[25]", "[26]", "[27]"]);
     let out = run(s
         .cli()
         .arg("submit")
@@ -259,7 +220,7 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
     }
 
     // Batch 3, --json, all succeed: exit 0; results in input order.
-    let words = s.batch_file("words.jsonl", &["[\"a b a\"]", "[\"\"]", "[\"x\"]"]);
+    let words = batch_file(&s, "words.jsonl", &["[\"a b a\"]", "[\"\"]", "[\"x\"]"]);
     let out = run(s
         .cli()
         .arg("submit")
@@ -283,7 +244,7 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
     assert!(fuel_of_words > 0);
 
     // Batch 4: a guest panic is a task_error; one retry each.
-    let panics = s.batch_file("panics.jsonl", &["[\"boom\"]", "[\"bang\"]"]);
+    let panics = batch_file(&s, "panics.jsonl", &["[\"boom\"]", "[\"bang\"]"]);
     let out = run(s
         .cli()
         .arg("submit")
@@ -363,10 +324,12 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
         let (_, _, text) = http_get(addr, "/metrics");
         get(&parse_metrics(&text), "wasq_module_optimizations_total")
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while optimized() < 2.0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    eventually_blocking(
+        Duration::from_secs(60),
+        "both modules optimised",
+        optimized,
+        |n| *n >= 2.0,
+    );
     assert_eq!(
         optimized(),
         2.0,
@@ -386,7 +349,7 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
     // finish in time.
     let many: Vec<String> = (0..150).map(|i| format!("[{i}, {i}]")).collect();
     let many_refs: Vec<&str> = many.iter().map(String::as_str).collect();
-    let many_file = s.batch_file("many.jsonl", &many_refs);
+    let many_file = batch_file(&s, "many.jsonl", &many_refs);
     let out = run(s
         .cli()
         .arg("submit")
@@ -419,14 +382,18 @@ fn batches_run_and_metrics_count_them_by_state_and_kind() {
         describe(&out)
     );
 
-    let status = host.terminate();
+    let status = s.procs[host].terminate();
     assert!(status.success(), "host exits 0 on SIGTERM");
 }
 
 #[test]
 fn a_bad_batch_line_is_a_usage_error_and_queues_nothing() {
-    let s = Setup::new("badbatch");
-    let file = s.batch_file("bad.jsonl", &["[1, 2]", "[3, 4]", "{\"x\": 1}", "[5, 6]"]);
+    let s = Deployment::start("badbatch");
+    let file = batch_file(
+        &s,
+        "bad.jsonl",
+        &["[1, 2]", "[3, 4]", "{\"x\": 1}", "[5, 6]"],
+    );
     let out = run(s
         .cli()
         .arg("submit")
@@ -448,7 +415,7 @@ fn a_bad_batch_line_is_a_usage_error_and_queues_nothing() {
 
     // Unparsable JSON and a scalar are rejected the same way.
     for (lines, n) in [(&["[1, 1]", "[2, 2"][..], 2), (&["7"][..], 1)] {
-        let file = s.batch_file("bad2.jsonl", lines);
+        let file = batch_file(&s, "bad2.jsonl", lines);
         let out = run(s
             .cli()
             .arg("submit")

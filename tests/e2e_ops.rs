@@ -8,25 +8,20 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, call};
-use common::{Proc, describe, run, task_module};
+use common::{Proc, describe, eventually, eventually_blocking, run, task_module};
 use serde_json::{Value, json};
 use wasq_broker::{Broker, Call, ErrorKind, State};
 
 /// Waits for a child process to exit, up to `secs`.
 fn wait_exit(p: &mut Proc, secs: u64) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} did not exit within {secs} s\n{}",
-            p.name,
-            p.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let what = format!("{} exiting", p.name);
+    eventually_blocking(
+        Duration::from_secs(secs),
+        &what,
+        || p.child.try_wait().unwrap(),
+        Option::is_some,
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,7 +40,7 @@ async fn events_and_hosts_are_seen_from_another_process() {
         .unwrap()
         .pop()
         .map_or_else(|| "0".to_string(), |e| e.id);
-    let out_path = c.dir.path().join("events.jsonl");
+    let out_path = c.path().join("events.jsonl");
     let mut watcher = Proc {
         child: c
             .cli()
@@ -55,11 +50,11 @@ async fn events_and_hosts_are_seen_from_another_process() {
             .arg(&since)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_path).unwrap())
-            .stderr(std::fs::File::create(c.dir.path().join("events.err")).unwrap())
+            .stderr(std::fs::File::create(c.path().join("events.err")).unwrap())
             .spawn()
             .unwrap(),
         name: "wasq events".into(),
-        log: c.dir.path().join("events.err"),
+        log: c.path().join("events.err"),
     };
     let calls: Vec<Call> = (0..3).map(|i| call(hash, "add", json!([i, 1]))).collect();
     c.submit(&calls).await;
@@ -95,24 +90,21 @@ async fn events_and_hosts_are_seen_from_another_process() {
     );
 
     // `wasq hosts` shows both, with what they did (stats come with heartbeats).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let hosts = loop {
-        let hosts = c.json(&["hosts", "--json"]);
-        let done: u64 = hosts
+    let done = |hosts: &Value| -> u64 {
+        hosts
             .as_array()
             .unwrap()
             .iter()
             .map(|h| h["done"].as_u64().unwrap())
-            .sum();
-        if done == 3 {
-            break hosts;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "hosts never reported 3 done: {hosts:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+            .sum()
     };
+    let hosts = eventually(
+        Duration::from_secs(10),
+        "hosts reporting 3 calls done",
+        || async { c.json(&["hosts", "--json"]) },
+        |hosts| done(hosts) == 3,
+    )
+    .await;
     let hosts = hosts.as_array().unwrap();
     assert_eq!(hosts.len(), 2);
     for h in hosts {
@@ -126,32 +118,29 @@ async fn events_and_hosts_are_seen_from_another_process() {
     assert_eq!(table.lines().count(), 3, "{table}");
 
     // A host killed with SIGKILL drops out within its lease (1 s) or so.
-    let log = c.hosts[0].log();
+    let log = c.procs[0].log();
     let victim_id = hosts
         .iter()
         .map(|h| h["id"].as_str().unwrap().to_string())
         .find(|id| log.contains(id.as_str()))
         .unwrap_or_else(|| panic!("host0 logs none of the listed ids\n{log}"));
-    let t0 = Instant::now();
-    c.hosts[0].kill9();
-    loop {
-        let hosts = c.json(&["hosts", "--json"]);
-        let ids: Vec<&str> = hosts
+    c.procs[0].kill9();
+    let ids = |hosts: &Value| -> Vec<String> {
+        hosts
             .as_array()
             .unwrap()
             .iter()
-            .map(|h| h["id"].as_str().unwrap())
-            .collect();
-        if !ids.contains(&victim_id.as_str()) {
-            assert_eq!(ids.len(), 1);
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "{victim_id} still listed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .map(|h| h["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let left = eventually(
+        Duration::from_secs(5),
+        &format!("{victim_id} dropping out of `wasq hosts`"),
+        || async { c.json(&["hosts", "--json"]) },
+        |hosts| !ids(hosts).contains(&victim_id),
+    )
+    .await;
+    assert_eq!(ids(&left).len(), 1);
     // ...and its end is an event.
     let offline = c.ok(&[
         "events",
@@ -331,7 +320,7 @@ async fn revocation_survives_host_restarts() {
     let running = call(hash, "long_processing", json!(["doomed", 30.0]));
     c.submit(std::slice::from_ref(&running)).await;
     c.wait_state(&running.id, State::Running, 30).await;
-    c.hosts[a].kill9();
+    c.procs[a].kill9();
     c.ok(&["revoke", &running.id]);
 
     let b = c.host(&["--concurrency", "1", "--lease", "1"]);
@@ -340,25 +329,26 @@ async fn revocation_survives_host_restarts() {
     let marker = call(hash, "add", json!([3, 3]));
     c.submit(std::slice::from_ref(&marker)).await;
     assert_eq!(c.wait(&marker.id, 30).await.result, json!(6));
-    // Give b time to reclaim the dead host's entry (a lease and a bit).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // b reclaims the dead host's entry (after a lease) and skips it.
+    eventually(
+        Duration::from_secs(30),
+        "the dead host's entry done",
+        || async { c.stats("default")["pending"].clone() },
+        |pending| *pending == 0,
+    )
+    .await;
     assert_eq!(c.state(&waiting.id).await, State::Revoked);
-    assert_eq!(c.starts_of(&waiting.id), 0, "{}", c.hosts[b].log());
+    assert_eq!(c.starts_of(&waiting.id), 0, "{}", c.procs[b].log());
     // The claim itself marks a call running, so host a may have been killed
     // before it logged the start; what matters is that b never ran it.
     assert!(c.starts_of(&running.id) <= 1, "only on the host that died");
     assert!(
-        !c.hosts[b]
+        !c.procs[b]
             .log()
             .lines()
             .any(|l| l.contains("call started") && l.contains(running.id.as_str())),
         "the host that reclaimed it ran it: {}",
-        c.hosts[b].log()
-    );
-    assert_eq!(
-        c.stats("default")["pending"],
-        0,
-        "the dead host's entry is done"
+        c.procs[b].log()
     );
 }
 
@@ -439,7 +429,7 @@ async fn dead_letters_are_listed_retried_and_dropped() {
     let lost = call(hash, "long_processing", json!(["once", 3.0]));
     c.submit(std::slice::from_ref(&lost)).await;
     c.wait_state(&lost.id, State::Running, 30).await;
-    c.hosts[a].kill9();
+    c.procs[a].kill9();
     c.host(&[
         "--concurrency",
         "2",
@@ -462,15 +452,13 @@ async fn dead_letters_are_listed_retried_and_dropped() {
         .query_async(&mut con)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let dead = loop {
-        let dead = c.json(&["dead", "ls", "--json"]);
-        if dead.as_array().unwrap().len() == 2 {
-            break dead;
-        }
-        assert!(Instant::now() < deadline, "{dead:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let dead = eventually(
+        Duration::from_secs(30),
+        "two dead letters",
+        || async { c.json(&["dead", "ls", "--json"]) },
+        |dead| dead.as_array().unwrap().len() == 2,
+    )
+    .await;
     let dead = dead.as_array().unwrap();
     let lost_letter = dead.iter().find(|d| d["id"] == lost.id.as_str()).unwrap();
     let garbage = dead.iter().find(|d| d["id"] == "").unwrap();

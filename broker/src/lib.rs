@@ -13,14 +13,16 @@
 //! - `tls`: [`RedisTls`], the CA and client certificate of a `rediss://`
 //!   connection.
 //! - `local`: [`LocalBroker`], the same semantics in process memory, for the
-//!   demo, embedding and tests.
+//!   demo, embedding and tests (its docs list its files, one per concept,
+//!   named as in `redis/`).
 //! - `validate`: the checks both brokers run on what they are given.
 //! - `client`: [`Client`] (async) and [`BlockingClient`] (a call reads like a
 //!   function call), [`ModuleRef`], [`CallError`].
 //! - `direct`: [`DirectClient`], calls straight to a `wasq serve` host over
 //!   HTTP, no broker.
 //! - `testing` (feature `test-util`): [`testing::RedisServer`], a throwaway
-//!   `redis-server` per test.
+//!   `redis-server` per test, and [`testing::eventually`], waiting with a
+//!   deadline.
 
 mod broker;
 mod client;

@@ -1,4 +1,6 @@
-//! Test helpers (feature `test-util`): a throwaway `redis-server` per test.
+//! Test helpers (feature `test-util`): a throwaway `redis-server` per test,
+//! and [`eventually`] / [`eventually_blocking`] for waiting on a state that
+//! another task or process brings about.
 //!
 //! [`RedisServer::start`] launches the `redis-server` binary found on `PATH`
 //! bound to 127.0.0.1 on a free port, in its own temporary directory, with the
@@ -137,6 +139,78 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// How often [`eventually`] and [`eventually_blocking`] look again.
+pub const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// Looks at something (`observe`) until what it sees satisfies `until`, for
+/// at most `within`; returns what satisfied it. Every poll has this deadline,
+/// so a regression fails the test instead of hanging it.
+///
+/// Uses tokio's clock: under `tokio::time::pause()` the waits between looks
+/// advance virtual time, so a test of the in-process broker needs no real
+/// waiting.
+///
+/// # Panics
+/// At the deadline, naming `what` and the last value seen.
+///
+/// ```no_run
+/// # async fn demo(count: impl Fn() -> usize) {
+/// use std::time::Duration;
+/// let n = wasq_broker::testing::eventually(
+///     Duration::from_secs(5), "two hosts", || async { count() }, |n| *n == 2,
+/// ).await;
+/// # let _ = n; }
+/// ```
+pub async fn eventually<V, F, Fut>(
+    within: Duration,
+    what: &str,
+    mut observe: F,
+    until: impl Fn(&V) -> bool,
+) -> V
+where
+    V: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = V>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = observe().await;
+        if until(&seen) {
+            return seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}; last seen: {seen:?}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// [`eventually`] for a test without an async runtime: blocks the thread
+/// between looks.
+///
+/// # Panics
+/// At the deadline, naming `what` and the last value seen.
+pub fn eventually_blocking<V: std::fmt::Debug>(
+    within: Duration,
+    what: &str,
+    mut observe: impl FnMut() -> V,
+    until: impl Fn(&V) -> bool,
+) -> V {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = observe();
+        if until(&seen) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; last seen: {seen:?}"
+        );
+        std::thread::sleep(POLL_EVERY);
     }
 }
 

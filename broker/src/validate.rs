@@ -10,6 +10,26 @@ use crate::types::{
     is_valid_task_name, now_ms,
 };
 
+/// Checks a module name and its version before a tag is written.
+pub(crate) fn check_tag(name: &str, version: Option<&str>) -> Result<()> {
+    if let Some(bad) = std::iter::once(name)
+        .chain(version)
+        .find(|n| !is_valid_module_name(n))
+    {
+        return Err(Error::InvalidName(bad.to_string()));
+    }
+    Ok(())
+}
+
+/// Checks the queue names of a claim; `Ok(false)` when it has nothing to
+/// claim (no queue, or `max` 0), so it returns at once without blocking.
+pub(crate) fn check_claim(queues: &[String], max: usize) -> Result<bool> {
+    if let Some(bad) = queues.iter().find(|q| !is_valid_queue_name(q)) {
+        return Err(Error::InvalidName(bad.clone()));
+    }
+    Ok(max > 0 && !queues.is_empty())
+}
+
 /// Checks a call before it is queued.
 pub(crate) fn check_call(call: &Call, max_args: u64) -> Result<()> {
     if !is_valid_call_id(&call.id) {

@@ -4,6 +4,15 @@
 //! in the same invocation on the same machine (`scripts/bench.sh` runs the
 //! Celery baseline beside it); nothing here is a pass/fail test.
 //!
+//! This is a module of the `wasq` binary, not of the `wasq_host` library:
+//! embedders who link the library do not compile or link it. It drives the
+//! library only through its public API, as an embedder would. It is not a
+//! crate of its own because `wasq bench` is a subcommand of the `wasq`
+//! binary, which lives in `wasq-host`: a `wasq-bench` crate would depend on
+//! `wasq-host` and `wasq-host`'s binary on it, a cycle Cargo refuses (the
+//! way out, moving the binary to its own package, would move every
+//! subcommand for the sake of this one).
+//!
 //! # Layout
 //! - `stats`: percentiles, medians, process CPU and RSS from `/proc`.
 //! - `cluster`: the phases through Redis: in-process hosts, a client that
@@ -34,17 +43,11 @@ use wasq_broker::{Broker, EventLevel};
 
 pub use cluster::{HostSetup, Hosts, RedisProbe, Target as RedisTarget};
 pub use direct::{Direct, RpcBaseline, direct_table};
-pub use native::{fib as native_fib, sha256_soft, sha256_task as native_sha256_task};
-pub use plain::{Instrumentation, PlainEngine};
 pub use report::{
-    Baseline, BenchReport, ColdStart, CpuBound, EventsOff, Goal, Memory, SandboxCost, Scaling,
-    Setup, Target, Throughput, WarmCall, read_reports, table, targets,
+    Baseline, BenchReport, EventsOff, Setup, Throughput, read_reports, table, targets,
 };
 pub use sandbox_cost::SandboxBench;
-pub use stats::{
-    LatencyStats, MachineCpu, cores, cpu_model, median, peak_rss_bytes, percentile, pid_cpu,
-    process_cpu, rss_bytes,
-};
+pub use stats::{LatencyStats, cores, cpu_model, median};
 
 /// A phase of `wasq bench`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

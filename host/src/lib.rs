@@ -5,6 +5,8 @@
 //! - `sandbox`: the wasmtime engines (quick and optimised code, see
 //!   [`Compilation`]), module checks and cache, and the executor
 //!   ([`Sandbox`], [`SandboxConfig`], [`RunOutcome`]).
+//! - `sandbox/config`: [`SandboxConfig`], its `DEFAULT_*` values and
+//!   [`Compilation`].
 //! - `sandbox/module`: ABI checks and compile caps before wasmtime sees a module,
 //!   the on-disk compiled-code cache.
 //! - `sandbox/run`: one call in a fresh `Store`: the `wasq` host functions, limits,
@@ -12,6 +14,8 @@
 //! - `sandbox/stdio`: bounded capture of stdout and stderr.
 //! - `worker`: the loop of `wasq host run` ([`Worker`], [`WorkerConfig`]): claim,
 //!   run, publish; heartbeats, revocation checks, graceful shutdown.
+//! - `worker/background`: the tasks beside the claim loop: batched
+//!   publishing, heartbeats, revocation checks.
 //! - `metrics`: Prometheus metrics of a host, `GET /metrics` of `wasq host run
 //!   --metrics` ([`HostMetrics`], [`CallMetrics`]).
 //! - `http`: what every HTTP endpoint checks first: the `Host` header
@@ -20,12 +24,13 @@
 //!   ([`Dashboard`]); its page, script and styles are embedded from `dashboard/`.
 //! - `serve`: calls straight to a host over HTTP, no broker (`wasq serve`,
 //!   [`DirectServer`]).
-//! - `bench`: the benchmarks behind `wasq bench` and `make bench` (public as a
-//!   module: its many report types stay out of the crate root).
+//!
+//! The benchmarks behind `wasq bench` (`src/bench.rs`, `src/bench/`) sit
+//! beside these files but belong to the `wasq` binary (`main.rs` declares
+//! them), not to this library: embedders do not link them.
 
 #![deny(missing_docs)]
 
-pub mod bench;
 mod dashboard;
 mod http;
 mod metrics;

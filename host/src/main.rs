@@ -1,6 +1,7 @@
 //! The `wasq` binary: parses flags and hands each subcommand to its
 //! `XCommand::run`. See `wasq --help`.
 
+mod bench;
 mod commands;
 
 use std::process::ExitCode;

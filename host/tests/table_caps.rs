@@ -1,7 +1,7 @@
 //! Tables past the host's caps are refused before compiling, alike on quick
-//! and optimised code (found by `make fuzz`: five tables used to load as
-//! quick code and fail each call as a guest `trap`, and to be refused as
-//! `invalid_module` when compiled optimised).
+//! and optimised code: a module with five tables must not load as quick
+//! code and fail each call as a guest `trap` while optimised compilation
+//! refuses it as `invalid_module`.
 
 use wasq_broker::ErrorKind;
 use wasq_host::{Compilation, Sandbox, SandboxConfig, inspect};

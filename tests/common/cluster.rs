@@ -1,54 +1,54 @@
-//! A cluster for end-to-end tests: a redis-server started by the test, real
-//! `wasq host run` processes and `wasq` commands pointed at it.
+//! A cluster for end-to-end tests: a [`Deployment`] (redis-server, prefix,
+//! temp dir, `wasq` processes) plus a Rust client of it, for tests that
+//! submit and read calls themselves.
 
-use std::process::Command;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wasq_broker::testing::{RedisServer, unique_prefix};
 use wasq_broker::{
     Broker, BrokerConfig, Call, CallLimits, Envelope, ModuleHash, RedisBroker, State, new_call_id,
     now_ms,
 };
 
-use super::{Proc, describe, run, task_module, wasq};
+use super::{Deployment, describe, eventually, run, task_module};
 
-/// A redis-server of the test's own, a key prefix, `wasq host run`
-/// processes and a Rust client, all stopped when dropped.
+/// A [`Deployment`] (its fields and methods are the cluster's) and a Rust
+/// client of it, all stopped when dropped.
 pub struct Cluster {
-    pub redis: RedisServer,
-    pub prefix: String,
-    pub hosts: Vec<Proc>,
-    pub dir: tempfile::TempDir,
+    pub deployment: Deployment,
     pub broker: Arc<RedisBroker>,
+}
+
+impl Deref for Cluster {
+    type Target = Deployment;
+
+    fn deref(&self) -> &Deployment {
+        &self.deployment
+    }
+}
+
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Deployment {
+        &mut self.deployment
+    }
 }
 
 impl Cluster {
     /// Starts redis-server and connects; no hosts yet.
     pub async fn start(test: &str) -> Self {
-        let redis = RedisServer::start();
-        let prefix = unique_prefix(test);
+        let deployment = Deployment::start(test);
         let broker = Arc::new(
-            RedisBroker::connect(&redis.url(), &prefix, BrokerConfig::default())
-                .await
-                .expect("connect"),
+            RedisBroker::connect(
+                &deployment.redis.url(),
+                &deployment.prefix,
+                BrokerConfig::default(),
+            )
+            .await
+            .expect("connect"),
         );
-        Self {
-            redis,
-            prefix,
-            hosts: Vec::new(),
-            dir: tempfile::tempdir().unwrap(),
-            broker,
-        }
-    }
-
-    /// A `wasq` command pointed at this cluster.
-    pub fn cli(&self) -> Command {
-        let mut cmd = wasq();
-        cmd.env("WASQ_REDIS_URL", self.redis.url())
-            .env("WASQ_PREFIX", &self.prefix);
-        cmd
+        Self { deployment, broker }
     }
 
     /// Runs a `wasq` command to completion; asserts its exit status.
@@ -69,14 +69,11 @@ impl Cluster {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("wasq {args:?}: {e}\n{text}"))
     }
 
-    /// Starts `wasq host run` with extra flags; returns its index.
+    /// Starts `wasq host run` with extra flags; returns its index in `procs`.
     pub fn host(&mut self, extra: &[&str]) -> usize {
-        let i = self.hosts.len();
-        let log = self.dir.path().join(format!("host{i}.log"));
-        let mut cmd = self.cli();
-        cmd.args(["host", "run"]).args(extra);
-        self.hosts.push(Proc::spawn(cmd, format!("host{i}"), log));
-        i
+        let name = format!("host{}", self.procs.len());
+        let args: Vec<&str> = ["host", "run"].iter().chain(extra).copied().collect();
+        self.spawn(&name, &args)
     }
 
     /// Waits until at least `n` hosts hold a live lease (30 s at most).
@@ -90,18 +87,13 @@ impl Cluster {
     }
 
     async fn wait_live_hosts(&self, secs: u64, done: impl Fn(usize) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let live = self.broker.hosts().await.map(|h| h.len()).unwrap_or(0);
-            if done(live) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{live} hosts live after {secs} s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            Duration::from_secs(secs),
+            "hosts live",
+            || async { self.broker.hosts().await.map(|h| h.len()).unwrap_or(0) },
+            |live| done(*live),
+        )
+        .await;
     }
 
     /// Stores a module of target/tasks/.
@@ -140,21 +132,18 @@ impl Cluster {
     /// Polls (across process boundaries, with a deadline) until `id` is in
     /// `state`; Redis errors count as "not yet".
     pub async fn wait_state(&self, id: &str, state: State, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Ok(Some(env)) = self.broker.status(id).await
-                && env.state == state
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{id} never reached {state}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let _seen = eventually(
+            Duration::from_secs(secs),
+            &format!("{id} in state {state}"),
+            || async { self.broker.status(id).await.map(|e| e.map(|e| e.state)) },
+            |seen| matches!(seen, Ok(Some(s)) if *s == state),
+        )
+        .await;
     }
 
     /// How many hosts logged starting `id` (each start is one execution).
     pub fn starts_of(&self, id: &str) -> usize {
-        self.hosts
+        self.procs
             .iter()
             .map(|h| {
                 h.log()

@@ -1,5 +1,9 @@
-//! Helpers shared by the end-to-end tests: the real `wasq` binary, the
-//! compiled example tasks, and processes that are killed when dropped.
+//! The one harness of the end-to-end tests: the real `wasq` binary, the
+//! compiled example tasks, processes that are killed when dropped, a
+//! [`Deployment`] (a redis-server, a key prefix and a temp dir of the test's
+//! own) and, in [`cluster`], a [`cluster::Cluster`] that adds a Rust client.
+//! Waiting is [`eventually`] / [`eventually_blocking`]: every wait has a
+//! deadline and says what it last saw.
 
 #![allow(dead_code)]
 
@@ -9,6 +13,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use wasq_broker::testing::{RedisServer, unique_prefix};
+pub use wasq_broker::testing::{eventually, eventually_blocking};
 
 /// The `wasq` binary cargo built for these tests.
 pub fn wasq_bin() -> PathBuf {
@@ -72,6 +80,78 @@ pub fn envelope(out: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("stdout is not one JSON envelope ({e})\n{}", describe(out)))
 }
 
+/// A redis-server of the test's own, a key prefix and a temp dir, and the
+/// `wasq` processes started against them (killed when dropped). When the
+/// test fails, the temp dir (logs, files the test wrote) is kept and its
+/// path printed.
+pub struct Deployment {
+    pub redis: RedisServer,
+    pub prefix: String,
+    pub dir: Option<tempfile::TempDir>,
+    pub procs: Vec<Proc>,
+}
+
+impl Deployment {
+    /// Starts redis-server; no processes yet.
+    pub fn start(test: &str) -> Self {
+        Self {
+            redis: RedisServer::start(),
+            prefix: unique_prefix(test),
+            dir: Some(tempfile::tempdir().unwrap()),
+            procs: Vec::new(),
+        }
+    }
+
+    /// The test's temp dir.
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("temp dir").path()
+    }
+
+    /// A `wasq` command pointed at this deployment.
+    pub fn cli(&self) -> Command {
+        let mut cmd = wasq();
+        cmd.env("WASQ_REDIS_URL", self.redis.url())
+            .env("WASQ_PREFIX", &self.prefix);
+        cmd
+    }
+
+    /// Starts `wasq ARGS` with its log in `NAME.log`; returns its index.
+    pub fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
+        let log = self.path().join(format!("{name}.log"));
+        let mut cmd = self.cli();
+        cmd.args(args);
+        self.procs.push(Proc::spawn(cmd, name, log));
+        self.procs.len() - 1
+    }
+
+    /// Writes `NAME` in the temp dir; returns its path.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("test files kept in {}", dir.keep().display());
+        }
+    }
+}
+
+/// Waits (30 s at most) until something listens on `addr`.
+pub fn wait_listening(addr: SocketAddr) {
+    let _connected = eventually_blocking(
+        Duration::from_secs(30),
+        &format!("something listening on {addr}"),
+        || TcpStream::connect(addr).map(drop).map_err(|e| e.kind()),
+        Result::is_ok,
+    );
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped.
 pub struct Proc {
     pub child: Child,
@@ -113,6 +193,20 @@ impl Proc {
     /// What the process wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (30 s at most) until the log has a line containing `marker`;
+    /// returns the rest of that line after it (where a process says the
+    /// address it listens on).
+    pub fn logged(&self, marker: &str) -> String {
+        let log = eventually_blocking(
+            Duration::from_secs(30),
+            &format!("{} logging {marker:?}", self.name),
+            || self.log(),
+            |log| log.contains(marker),
+        );
+        let line = log.lines().find(|l| l.contains(marker)).unwrap();
+        line.split_once(marker).unwrap().1.to_string()
     }
 }
 

@@ -65,20 +65,18 @@ else
   end
 end
 
+local q = {
+  stream = stream, events = KEYS[5], done = KEYS[6], queue = queue,
+  ttl = ARGV[5], marker_ttl = ARGV[6], wake_ttl = ARGV[7],
+  prefix = prefix, token_prefix = token_prefix, host = consumer,
+}
 local outcomes = {}
 for i, e in ipairs(entries) do
   local outcome = 'no'
   if admitted[e.id] then
     outcome = ''
     if e.call ~= '' then
-      outcome = start_call({
-        stream = stream, call = prefix .. ':call:' .. e.call,
-        result = prefix .. ':result:' .. e.call, revoked = prefix .. ':revoked:' .. e.call,
-        wake = prefix .. ':wake:' .. e.call, events = KEYS[5], done = KEYS[6],
-        entry = e.id, deliveries = 1, token = token_prefix .. ':' .. e.id, host = consumer,
-        id = e.call, queue = queue, task = e.task, attempt = e.attempt, submitted = e.submitted,
-        ttl = ARGV[5], marker_ttl = ARGV[6], wake_ttl = ARGV[7],
-      }, now, false)
+      outcome = start_entry(q, e.id, 1, e.call, e.task, e.attempt, e.submitted, now)
     end
   end
   outcomes[i] = outcome

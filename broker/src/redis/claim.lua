@@ -32,7 +32,7 @@ local consumer, want, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 
 -- The group starts at 0 so calls queued before any host existed are delivered.
-redis.pcall('XGROUP', 'CREATE', stream, 'hosts', '0', 'MKSTREAM')
+redis.pcall('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
 
 local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 for _, member in ipairs(due) do
@@ -65,9 +65,9 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
   end
 
   if ARGV[4] == '1' and allowed > 0 then
-    local idle = redis.call('XPENDING', stream, 'hosts', 'IDLE', lease, '-', '+', allowed)
+    local idle = redis.call('XPENDING', stream, GROUP, 'IDLE', lease, '-', '+', allowed)
     for _, p in ipairs(idle) do
-      local claimed = redis.call('XCLAIM', stream, 'hosts', consumer, lease, p[1])
+      local claimed = redis.call('XCLAIM', stream, GROUP, consumer, lease, p[1])
       local e = claimed[1]
       if e and e[1] then
         out[#out + 1] = {e[1], e[2] or {}, tonumber(p[4]) + 1}
@@ -86,7 +86,7 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
   while #out < allowed and rounds < 4 do
     rounds = rounds + 1
     local ask = allowed - #out
-    local r = redis.call('XREADGROUP', 'GROUP', 'hosts', consumer, 'COUNT', ask,
+    local r = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', ask,
       'STREAMS', stream, '>')
     local got = (r and r[1] and r[1][2]) or {}
     local held = 0
@@ -111,6 +111,11 @@ end
 -- state twice. A call revoked or finished already is started here (which
 -- skips it), so it never runs.
 local prefix, max_deliveries, max_entry = ARGV[7], tonumber(ARGV[9]), tonumber(ARGV[14])
+local q = {
+  stream = stream, events = KEYS[5], done = KEYS[6], queue = ARGV[10],
+  ttl = ARGV[11], marker_ttl = ARGV[12], wake_ttl = ARGV[13],
+  prefix = prefix, token_prefix = ARGV[8], host = consumer,
+}
 for _, o in ipairs(out) do
   local outcome = ''
   local call = field_of(o[2], 'call')
@@ -121,21 +126,13 @@ for _, o in ipairs(out) do
     -- buries a call it cannot read).
     local fresh = hold and o[3] == 1 and type(call) == 'string'
       and string.match(call, '^{"id":"([%w_%-]+)"')
-    if fresh and #fresh <= 128 and redis.call('EXISTS', prefix .. ':result:' .. fresh,
-        prefix .. ':revoked:' .. fresh) == 0 then
+    if fresh and #fresh <= 128 and redis.call('EXISTS', prefix .. RESULT_PART .. fresh,
+        prefix .. REVOKED_PART .. fresh) == 0 then
       outcome = 'held'
     else
       local id, task, attempt, submitted = call_head(call)
       if id then
-        local result, revoked = prefix .. ':result:' .. id, prefix .. ':revoked:' .. id
-        outcome = start_call({
-          stream = stream, call = prefix .. ':call:' .. id, result = result,
-          revoked = revoked, wake = prefix .. ':wake:' .. id,
-          events = KEYS[5], done = KEYS[6],
-          entry = o[1], deliveries = o[3], token = ARGV[8] .. ':' .. o[1], host = consumer,
-          id = id, queue = ARGV[10], task = task, attempt = attempt, submitted = submitted,
-          ttl = ARGV[11], marker_ttl = ARGV[12], wake_ttl = ARGV[13],
-        }, now, false)
+        outcome = start_entry(q, o[1], o[3], id, task, attempt, submitted, now)
       end
     end
   end
@@ -145,7 +142,7 @@ end
 -- Forget consumers (old host processes) that hold nothing and were idle long.
 local gc_idle = tonumber(ARGV[6])
 if gc_idle > 0 then
-  local consumers = redis.call('XINFO', 'CONSUMERS', stream, 'hosts')
+  local consumers = redis.call('XINFO', 'CONSUMERS', stream, GROUP)
   for _, c in ipairs(consumers) do
     local info = {}
     for i = 1, #c, 2 do
@@ -153,7 +150,7 @@ if gc_idle > 0 then
     end
     if tonumber(info['pending']) == 0 and tonumber(info['idle']) > gc_idle
         and info['name'] ~= consumer then
-      redis.call('XGROUP', 'DELCONSUMER', stream, 'hosts', info['name'])
+      redis.call('XGROUP', 'DELCONSUMER', stream, GROUP, info['name'])
     end
   end
 end

@@ -12,7 +12,8 @@ use tracing::warn;
 
 use crate::broker::{Delivery, StartOutcome, new_token};
 use crate::error::{Error, Result};
-use crate::types::{Call, Envelope, ErrorKind, ModuleHash, TaskError, is_valid_queue_name};
+use crate::types::{Call, Envelope, ErrorKind, ModuleHash, TaskError};
+use crate::validate::check_claim;
 
 use super::RedisBroker;
 use super::entry::{
@@ -96,12 +97,7 @@ impl RedisBroker {
         max: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>> {
-        for q in queues {
-            if !is_valid_queue_name(q) {
-                return Err(Error::InvalidName(q.clone()));
-            }
-        }
-        if max == 0 || queues.is_empty() {
+        if !check_claim(queues, max)? {
             return Ok(Vec::new());
         }
         let mut seen = HashSet::new();

@@ -1,6 +1,8 @@
 -- Helpers shared by every wasq script; RedisBroker prepends this file to each
--- script at build time. Conventions:
---   * the consumer group of every work stream is `hosts`;
+-- script at build time, after the prelude that keys.rs generates (GROUP, the
+-- key-name parts CALL_PART..., EVENTS_CAP and the other shared constants).
+-- Conventions:
+--   * the consumer group of every work stream is GROUP;
 --   * a delivery is identified by its stream entry and its delivery count
 --     (XREADGROUP starts it at 1, every reclaim adds 1, heartbeats use
 --     XCLAIM JUSTID, which does not), so `owns` tells whether the caller still
@@ -44,7 +46,7 @@ end
 
 -- The pending-entries record of `entry`: {id, consumer, idle, deliveries}, or nil.
 local function pending_of(stream, entry)
-  local p = redis.pcall('XPENDING', stream, 'hosts', entry, entry, 1)
+  local p = redis.pcall('XPENDING', stream, GROUP, entry, entry, 1)
   if type(p) ~= 'table' or p.err or p[1] == nil then
     return nil
   end
@@ -58,7 +60,7 @@ local function owns(stream, entry, deliveries)
 end
 
 local function ack(stream, entry)
-  redis.call('XACK', stream, 'hosts', entry)
+  redis.call('XACK', stream, GROUP, entry)
   redis.call('XDEL', stream, entry)
 end
 
@@ -114,12 +116,13 @@ local function failure_envelope(id, state, kind, message, attempt)
 end
 
 -- The deployment's event level (EventLevel), read from `P:events:level`
+-- (the events key and LEVEL_SUFFIX)
 -- on a script's first call event: 0 all (no key, or garbage), 1 outcomes
 -- (no `queued`, `started`), 2 off (no call events).
 local events_level = nil
 local function records(events_key, kind)
   if events_level == nil then
-    local l = redis.pcall('GET', events_key .. ':level')
+    local l = redis.pcall('GET', events_key .. LEVEL_SUFFIX)
     if l == 'off' then
       events_level = 2
     elseif l == 'outcomes' then
@@ -134,11 +137,11 @@ local function records(events_key, kind)
   return events_level == 1 and kind ~= 'queued' and kind ~= 'started'
 end
 
--- Best effort: an event for monitoring, capped at about 10 000 entries,
+-- Best effort: an event for monitoring, capped at about EVENTS_CAP entries,
 -- if the event level records it. `err` is an error kind and `latency` the
 -- ms from submission to a final result, empty where they do not apply.
 -- Every entry has the same fields, which a stream stores once per node,
--- and the command is built without a table (both measured: ~0.3 µs an
+-- and the command is built without a table (each saves about 0.3 µs an
 -- event).
 local function event(events_key, kind, id, queue, task, host, ts, err, latency)
   if not records(events_key, kind) then
@@ -147,7 +150,7 @@ local function event(events_key, kind, id, queue, task, host, ts, err, latency)
   if type(ts) == 'number' then
     ts = int_text(ts)
   end
-  redis.pcall('XADD', events_key, 'MAXLEN', '~', '10000', '*',
+  redis.pcall('XADD', events_key, 'MAXLEN', '~', EVENTS_CAP, '*',
     'type', kind, 'id', id or '', 'queue', queue or '', 'task', task or '',
     'host', host or '', 'ts', ts, 'error', err or '', 'latency', latency or '')
 end
@@ -165,14 +168,14 @@ local function latency_since(submitted, clock)
 end
 
 -- Best effort: the per-queue counters behind queue_stats. `done_key` is a
--- hash of final results per second (field: the second; older than two
--- minutes pruned); `lat_key` (optional) a capped stream of the latencies of
+-- hash of final results per second (field: the second; older than
+-- COUNTERS_KEEP_S pruned); `lat_key` (optional) a stream of the latencies of
 -- results hosts produced, each entry holding one or more `ms` fields.
 -- `latencies` is one latency (text), or a list of them; `n` (default 1)
 -- how many results to count.
 local function count_final(done_key, lat_key, now, latencies, n)
   if lat_key and latencies then
-    local args = {'XADD', lat_key, 'MAXLEN', '~', '1000', '*'}
+    local args = {'XADD', lat_key, 'MAXLEN', '~', LATENCY_CAP, '*'}
     if type(latencies) ~= 'table' then
       latencies = {latencies}
     end
@@ -188,21 +191,21 @@ local function count_final(done_key, lat_key, now, latencies, n)
   end
   local sec = math.floor(now / 1000)
   -- The first result of a second prunes and renews the TTLs (so both keys
-  -- go once the queue has been idle for a few minutes).
+  -- go once the queue has been idle for COUNTERS_TTL_MS).
   local count = redis.pcall('HINCRBY', done_key, sec, n or 1)
   if type(count) == 'number' and count == (n or 1) then
     local fields = redis.pcall('HKEYS', done_key)
     if type(fields) == 'table' and not fields.err then
       for _, f in ipairs(fields) do
         local s = tonumber(f)
-        if not s or s < sec - 120 then
+        if not s or s < sec - COUNTERS_KEEP_S then
           redis.pcall('HDEL', done_key, f)
         end
       end
     end
-    redis.pcall('PEXPIRE', done_key, 180000)
+    redis.pcall('PEXPIRE', done_key, COUNTERS_TTL_MS)
     if lat_key then
-      redis.pcall('PEXPIRE', lat_key, 180000)
+      redis.pcall('PEXPIRE', lat_key, COUNTERS_TTL_MS)
     end
   end
 end
@@ -353,7 +356,7 @@ local function call_head(call)
     return nil
   end
   -- Both follow the args, so the last one is the call's own: plain finds
-  -- over the last KiB (a pattern tried at every byte cost ~2 µs a call).
+  -- over the last KiB (a pattern tried at every byte costs about 2 µs a call).
   local at, from = nil, math.max(1, #call - 1023)
   while true do
     local i = string.find(call, '"attempt":', from, true)
@@ -372,23 +375,36 @@ local function call_head(call)
   return id, task, attempt, submitted
 end
 
+-- The per-call keys of call `id` (state, result, revoked flag, wake-up),
+-- named from the key prefix as keys.rs names them, set on table `c`.
+local function name_call_keys(c, prefix, id)
+  c.call, c.result = prefix .. CALL_PART .. id, prefix .. RESULT_PART .. id
+  c.revoked, c.wake = prefix .. REVOKED_PART .. id, prefix .. WAKE_PART .. id
+  return c
+end
+
 -- Marks a claimed call running under this delivery's token, unless it was
 -- revoked (its `revoked` envelope is published) or already has a final
 -- result; the entry is acknowledged in both cases. With `already`, the call
--- is running under this token: nothing is written again. `c` holds the
--- keys (stream, call, result, revoked, wake, events, done), the delivery
--- (entry, deliveries, token, host) and the call (id, queue, task, attempt,
--- submitted), and the TTLs (ttl, marker_ttl, wake_ttl). With `finished`,
--- the call is being admitted along with its result (complete.lua): it is
--- not marked running, and its `revoked` envelope is published under no
--- token (so a repeat of that script does not count it as its own result).
+-- is running under this token: nothing is written again.
+-- `q` is what every start of a script shares, built once per script: the
+-- queue's keys (stream, events, done), its name (queue), the TTLs (ttl,
+-- marker_ttl, wake_ttl) and, with `finished`, that the calls are being
+-- admitted along with their results (complete.lua): not marked running,
+-- and a `revoked` envelope is published under no token (so a repeat of
+-- that script does not count it as its own result). Claim scripts add the
+-- key prefix (prefix), the claim's token prefix (token_prefix) and the host
+-- (host), for `start_entry`.
+-- `c` is the delivery: the call's keys (call, result, revoked, wake), the
+-- delivery (entry, deliveries, token, host) and the call (id, task,
+-- attempt, submitted).
 -- Returns 'run', 'revoked' or 'skip'.
-local function start_call(c, now, already)
+local function start_call(q, c, now, already)
   -- The usual case costs one command: neither key exists.
   if redis.call('EXISTS', c.result, c.revoked) > 0 then
     local revoked = redis.call('EXISTS', c.revoked) == 1
     if key_type(c.result) == 'string' then
-      ack(c.stream, c.entry)
+      ack(q.stream, c.entry)
       if revoked then
         return 'revoked'
       end
@@ -397,27 +413,38 @@ local function start_call(c, now, already)
     if revoked then
       local env = failure_envelope(c.id, 'revoked', 'revoked', 'revoked before it started', c.attempt)
       local token = c.token
-      if c.finished then
+      if q.finished then
         token = ''
       end
-      publish(c.result, c.call, c.wake, env, c.ttl, c.marker_ttl, c.wake_ttl, token)
-      ack(c.stream, c.entry)
-      event(c.events, 'revoked', c.id, c.queue, c.task, c.host, now, 'revoked',
+      publish(c.result, c.call, c.wake, env, q.ttl, q.marker_ttl, q.wake_ttl, token)
+      ack(q.stream, c.entry)
+      event(q.events, 'revoked', c.id, q.queue, c.task, c.host, now, 'revoked',
         latency_since(c.submitted))
-      count_final(c.done, nil, now, '')
+      count_final(q.done, nil, now, '')
       return 'revoked'
     end
   end
   if already then
     return 'run'
   end
-  if c.finished then
-    event(c.events, 'started', c.id, c.queue, c.task, c.host, now)
+  if q.finished then
+    event(q.events, 'started', c.id, q.queue, c.task, c.host, now)
     return 'run'
   end
-  redis.call('HSET', c.call, 'state', 'running', 'queue', c.queue, 'token', c.token,
+  redis.call('HSET', c.call, 'state', 'running', 'queue', q.queue, 'token', c.token,
     'host', c.host, 'attempt', c.attempt, 'entry', c.entry, 'deliveries', c.deliveries)
-  set_ttl(c.call, c.ttl)
-  event(c.events, 'started', c.id, c.queue, c.task, c.host, now)
+  set_ttl(c.call, q.ttl)
+  event(q.events, 'started', c.id, q.queue, c.task, c.host, now)
   return 'run'
+end
+
+-- Starts a delivery a claim script hands out (claim.lua, admit.lua): its
+-- keys named from q.prefix, its token from q.token_prefix and the entry id
+-- (as entry.rs `delivery_token` makes it), run by q.host.
+local function start_entry(q, entry, deliveries, id, task, attempt, submitted, now)
+  local c = name_call_keys({
+    entry = entry, deliveries = deliveries, token = q.token_prefix .. TOKEN_SEP .. entry,
+    host = q.host, id = id, task = task, attempt = attempt, submitted = submitted,
+  }, q.prefix, id)
+  return start_call(q, c, now, false)
 end

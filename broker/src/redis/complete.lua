@@ -38,9 +38,14 @@ local acked = {}
 -- Whether held-back admissions may go through here (read once).
 local admissible = nil
 local n = (#KEYS - 6) / 4
+-- What the starts of held-back admissions share (see start_call).
+local q = {
+  stream = stream, events = KEYS[2], done = KEYS[3], queue = queue,
+  ttl = ARGV[1], marker_ttl = ARGV[2], wake_ttl = ARGV[3], finished = true,
+}
 -- The pending records of the batch's entries: one XPENDING over their
--- range (ARGV 5 and 6, found by the caller: comparing ids here cost ~1 µs
--- a delivery) instead of one per entry (`owns`), read when first needed.
+-- range (ARGV 5 and 6, found by the caller: comparing ids here costs about
+-- 1 µs a delivery) instead of one per entry (`owns`), read when first needed.
 -- Entries past `covered` (the range held more than the read returned) are
 -- looked up one by one.
 local pel, covered = nil, nil
@@ -57,7 +62,7 @@ local function prefetch()
     return
   end
   local cap = 2 * n + 128
-  local r = redis.pcall('XPENDING', stream, 'hosts', ARGV[5], ARGV[6], cap)
+  local r = redis.pcall('XPENDING', stream, GROUP, ARGV[5], ARGV[6], cap)
   if type(r) ~= 'table' or r.err then
     return
   end
@@ -129,13 +134,10 @@ for k = 0, n - 1 do
           -- since the claim (which saw no `revoked` flag) marked the state.
           mine, starting = true, not already
         else
-          mine = start_call({
-            stream = stream, call = call_key, result = result_key, revoked = revoked_key,
-            wake = wake_key, events = KEYS[2], done = KEYS[3],
+          mine = start_call(q, {
+            call = call_key, result = result_key, revoked = revoked_key, wake = wake_key,
             entry = entry, deliveries = deliveries, token = token, host = ARGV[a + 6],
-            id = ARGV[a + 4], queue = queue, task = ARGV[a + 7], attempt = ARGV[a + 10],
-            submitted = ARGV[a + 9], ttl = ARGV[1], marker_ttl = ARGV[2], wake_ttl = ARGV[3],
-            finished = true,
+            id = ARGV[a + 4], task = ARGV[a + 7], attempt = ARGV[a + 10], submitted = ARGV[a + 9],
           }, now, already) == 'run'
         end
       else
@@ -185,7 +187,7 @@ for k = 0, n - 1 do
   out[#out + 1] = ok
 end
 if #acked > 0 then
-  redis.call('XACK', stream, 'hosts', unpack(acked))
+  redis.call('XACK', stream, GROUP, unpack(acked))
   redis.call('XDEL', stream, unpack(acked))
 end
 if published > 0 then

@@ -94,7 +94,7 @@ pub(super) fn truncate_utf8(s: &mut String, max: usize) {
 /// The token of a delivery handed out by one claim: the claim's random
 /// prefix and the entry id (unique per claim), as the claim scripts write it.
 pub(super) fn delivery_token(prefix: &str, entry_id: &str) -> String {
-    format!("{prefix}:{entry_id}")
+    format!("{prefix}{}{entry_id}", super::keys::TOKEN_SEP)
 }
 
 /// What a claim script did about starting an entry (`None`: not started).

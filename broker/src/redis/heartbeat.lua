@@ -13,7 +13,7 @@ for i = 2, #ARGV, 2 do
   local p = pending_of(stream, ARGV[i])
   if p ~= nil then
     if p[2] == consumer and tonumber(p[4]) == tonumber(ARGV[i + 1]) then
-      redis.call('XCLAIM', stream, 'hosts', consumer, 0, ARGV[i], 'JUSTID')
+      redis.call('XCLAIM', stream, GROUP, consumer, 0, ARGV[i], 'JUSTID')
     else
       lost[#lost + 1] = ARGV[i]
     end

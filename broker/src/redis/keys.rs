@@ -1,6 +1,7 @@
 //! The key names of a deployment and how long keys live. Rust names its
-//! keys here (the scripts name a call's keys from the prefix they are
-//! given); `docs/redis.md` lists them and what each holds.
+//! keys here; the scripts name a call's keys from the prefix they are given
+//! and the parts below, which [`lua_prelude`] hands them, so a key name has
+//! one source. `docs/redis.md` lists the keys and what each holds.
 
 use std::time::Duration;
 
@@ -11,6 +12,23 @@ use super::RedisBroker;
 
 /// The consumer group of every work stream.
 pub(super) const GROUP: &str = "hosts";
+
+/// The part of a call's state key after the prefix (`P:call:ID`).
+const CALL: &str = "call";
+/// The part of a call's result key (`P:result:ID`).
+const RESULT: &str = "result";
+/// The part of a call's wake-up stream (`P:wake:ID`).
+const WAKE: &str = "wake";
+/// The part of a call's revoked flag (`P:revoked:ID`).
+const REVOKED: &str = "revoked";
+/// The suffix of the events key that holds the event level (`P:events:level`).
+const LEVEL: &str = "level";
+
+/// How long the per-queue counters of final results (the `done` hash and
+/// the `latency` samples) stay once the queue is idle.
+const COUNTERS_TTL: Duration = Duration::from_secs(180);
+/// How far back the `done` hash keeps its per-second counts.
+const COUNTERS_KEEP: Duration = Duration::from_secs(120);
 
 /// How long a wake-up stays for waiters that checked just before it came.
 pub(super) const WAKE_TTL: Duration = Duration::from_secs(300);
@@ -49,16 +67,16 @@ impl Keys {
         format!("{}:{{q:{queue}}}:delayed", self.prefix)
     }
     pub(super) fn call(&self, id: &str) -> String {
-        format!("{}:call:{id}", self.prefix)
+        format!("{}:{CALL}:{id}", self.prefix)
     }
     pub(super) fn result(&self, id: &str) -> String {
-        format!("{}:result:{id}", self.prefix)
+        format!("{}:{RESULT}:{id}", self.prefix)
     }
     pub(super) fn wake(&self, id: &str) -> String {
-        format!("{}:wake:{id}", self.prefix)
+        format!("{}:{WAKE}:{id}", self.prefix)
     }
     pub(super) fn revoked(&self, id: &str) -> String {
-        format!("{}:revoked:{id}", self.prefix)
+        format!("{}:{REVOKED}:{id}", self.prefix)
     }
     pub(super) fn host(&self, id: &str) -> String {
         format!("{}:host:{id}", self.prefix)
@@ -74,7 +92,7 @@ impl Keys {
     }
     /// Read by scripts as the events key plus `:level`.
     pub(super) fn event_level(&self) -> String {
-        format!("{}:events:level", self.prefix)
+        format!("{}:{LEVEL}", self.events())
     }
     pub(super) fn dead_counts(&self) -> String {
         format!("{}:dead:counts", self.prefix)
@@ -146,6 +164,32 @@ impl RedisBroker {
     }
 }
 
+/// The Lua prelude of every script: the key-name parts and shared constants
+/// above (and the caps of [`crate::ops`]), as Lua locals, so the scripts
+/// and Rust name keys and cap streams alike. Numbers go as text: Redis 7.0
+/// formats numbers handed to `redis.call` with `%.17g`, which costs more
+/// than the command (see `common.lua`).
+pub(super) fn lua_prelude() -> String {
+    use crate::ops::{EVENTS_CAP, LATENCY_SAMPLES};
+    format!(
+        "-- Generated from the Rust constants (broker/src/redis/keys.rs, ops.rs).\n\
+         local GROUP = '{GROUP}'\n\
+         local CALL_PART, RESULT_PART = ':{CALL}:', ':{RESULT}:'\n\
+         local WAKE_PART, REVOKED_PART = ':{WAKE}:', ':{REVOKED}:'\n\
+         local LEVEL_SUFFIX = ':{LEVEL}'\n\
+         local TOKEN_SEP = '{TOKEN_SEP}'\n\
+         local EVENTS_CAP = '{EVENTS_CAP}'\n\
+         local LATENCY_CAP = '{LATENCY_SAMPLES}'\n\
+         local COUNTERS_TTL_MS = '{}'\n\
+         local COUNTERS_KEEP_S = {}\n",
+        COUNTERS_TTL.as_millis(),
+        COUNTERS_KEEP.as_secs(),
+    )
+}
+
+/// Between a claim's token prefix and an entry id in a delivery's token.
+pub(super) const TOKEN_SEP: &str = ":";
+
 /// Milliseconds of `d`, at most a hundred years': a caller's countdown (say
 /// `Duration::MAX`) neither panics nor wraps around into a negative number,
 /// and `now + ms` stays a valid score and expiry in Redis.
@@ -169,5 +213,23 @@ mod tests {
             prefix: "a*b".into(),
         };
         assert_eq!(k.module_pattern(), "a\\*b:module:*");
+    }
+
+    #[test]
+    fn the_prelude_names_keys_as_rust_does() {
+        let k = Keys { prefix: "p".into() };
+        let prelude = lua_prelude();
+        for (part, key) in [
+            ("CALL_PART", k.call("x")),
+            ("RESULT_PART", k.result("x")),
+            ("WAKE_PART", k.wake("x")),
+            ("REVOKED_PART", k.revoked("x")),
+        ] {
+            assert!(prelude.contains(part), "{part} missing");
+            let middle = key.strip_prefix('p').unwrap().strip_suffix('x').unwrap();
+            assert!(prelude.contains(&format!("'{middle}'")), "{key}: {prelude}");
+        }
+        assert_eq!(k.event_level(), format!("{}:level", k.events()));
+        assert!(prelude.contains("local GROUP = 'hosts'"));
     }
 }

@@ -7,8 +7,8 @@ use redis::Value;
 
 use crate::broker::ModuleInfo;
 use crate::error::{Error, Result};
-use crate::types::{ModuleHash, is_valid_module_name};
-use crate::validate::check_module_ref;
+use crate::types::ModuleHash;
+use crate::validate::{check_module_ref, check_tag};
 
 use super::RedisBroker;
 use super::reply;
@@ -61,14 +61,7 @@ impl RedisBroker {
         version: Option<&str>,
         hash: &ModuleHash,
     ) -> Result<()> {
-        if !is_valid_module_name(name) {
-            return Err(Error::InvalidName(name.to_string()));
-        }
-        if let Some(v) = version
-            && !is_valid_module_name(v)
-        {
-            return Err(Error::InvalidName(v.to_string()));
-        }
+        check_tag(name, version)?;
         if !self.module_exists(hash).await? {
             return Err(Error::ModuleNotFound(format!("sha256:{hash}")));
         }

@@ -17,7 +17,7 @@ if ARGV[1] == 'stream' then
   local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
   if type(groups) == 'table' and not groups.err then
     for _, g in ipairs(groups) do
-      if field_of(g, 'name') == 'hosts' then
+      if field_of(g, 'name') == GROUP then
         last = field_of(g, 'last-delivered-id') or last
       end
     end

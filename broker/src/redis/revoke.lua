@@ -27,7 +27,7 @@ local final, message = false, 'revoked before it started'
 if state == 'queued' or state == 'retrying' then
   final = true
 elseif state == 'running' and entry then
-  local p = redis.pcall('XPENDING', KEYS[7], 'hosts', 'IDLE', tonumber(ARGV[6]), entry, entry, 1)
+  local p = redis.pcall('XPENDING', KEYS[7], GROUP, 'IDLE', tonumber(ARGV[6]), entry, entry, 1)
   if type(p) == 'table' and not p.err and p[1] ~= nil then
     final, message = true, 'revoked while its host was gone'
   end

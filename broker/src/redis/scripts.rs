@@ -1,5 +1,6 @@
-//! The Lua scripts and how commands reach the server: each script is
-//! `common.lua` followed by its own body; [`Op`] is one command of a
+//! The Lua scripts and how commands reach the server: each script is the
+//! prelude of key-name parts and constants generated from Rust
+//! ([`lua_prelude`]), `common.lua` and its own body; [`Op`] is one command of a
 //! pipeline, built with [`Op::eval`] for a script; `run_pipeline` sends a
 //! batch in one round trip and, when a restarted server lost its scripts
 //! (`NOSCRIPT`), loads them and runs those commands again.
@@ -15,8 +16,9 @@ use crate::error::{Error, Result};
 
 use super::RedisBroker;
 use super::connect::link_err;
+use super::keys::lua_prelude;
 
-/// A Lua script: `common.lua` followed by the script's own body.
+/// A Lua script: the generated prelude, `common.lua`, then the script's own body.
 pub(super) struct Lua {
     name: &'static str,
     script: redis::Script,
@@ -25,7 +27,7 @@ pub(super) struct Lua {
 
 impl Lua {
     fn new(name: &'static str, body: &str) -> Self {
-        let source = format!("{}\n{}", include_str!("common.lua"), body);
+        let source = format!("{}{}\n{}", lua_prelude(), include_str!("common.lua"), body);
         Self {
             name,
             script: redis::Script::new(&source),
@@ -249,7 +251,8 @@ mod tests {
 
     #[test]
     fn scripts_are_built() {
-        // Each script is the common helpers plus its body.
+        // Each script is the prelude, the common helpers and its body.
+        assert!(SCRIPTS.complete.source.starts_with(&lua_prelude()));
         assert!(SCRIPTS.complete.source.contains("local function publish"));
         assert!(SCRIPTS.complete.source.contains("first final result wins"));
     }

@@ -12,11 +12,13 @@ if not owns(stream, entry, ARGV[2]) then
   return 'stale'
 end
 local state, token = unpack(redis.call('HMGET', KEYS[2], 'state', 'token'))
-local c = {
-  stream = stream, call = KEYS[2], result = KEYS[3], revoked = KEYS[4], wake = KEYS[5],
-  events = KEYS[6], done = KEYS[7],
-  entry = entry, deliveries = ARGV[2], token = ARGV[3], host = ARGV[4],
-  id = ARGV[10], queue = ARGV[6], task = ARGV[11], attempt = ARGV[5], submitted = ARGV[12],
+local q = {
+  stream = stream, events = KEYS[6], done = KEYS[7], queue = ARGV[6],
   ttl = ARGV[7], marker_ttl = ARGV[8], wake_ttl = ARGV[9],
 }
-return start_call(c, now_ms(), state == 'running' and token == ARGV[3])
+local c = {
+  call = KEYS[2], result = KEYS[3], revoked = KEYS[4], wake = KEYS[5],
+  entry = entry, deliveries = ARGV[2], token = ARGV[3], host = ARGV[4],
+  id = ARGV[10], task = ARGV[11], attempt = ARGV[5], submitted = ARGV[12],
+}
+return start_call(q, c, now_ms(), state == 'running' and token == ARGV[3])

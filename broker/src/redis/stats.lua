@@ -13,7 +13,7 @@ if key_type(KEYS[1]) == 'stream' then
   len = redis.call('XLEN', KEYS[1])
 end
 local pending = 0
-local p = redis.pcall('XPENDING', KEYS[1], 'hosts')
+local p = redis.pcall('XPENDING', KEYS[1], GROUP)
 if type(p) == 'table' and not p.err then
   pending = tonumber(p[1]) or 0
 end

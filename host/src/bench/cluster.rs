@@ -17,7 +17,7 @@ use wasq_broker::{
 use super::report::{ColdStart, Memory, Scaling, Throughput};
 use super::sandbox_cost::{bench_sandbox, scratch_dir};
 use super::stats::{MachineCpu, median, process_cpu, rss_bytes};
-use crate::{Sandbox, Worker, WorkerConfig};
+use wasq_host::{Sandbox, Worker, WorkerConfig};
 
 /// How long any one result may take before the benchmark gives up.
 const RESULT_TIMEOUT: Duration = Duration::from_secs(120);

@@ -10,7 +10,7 @@ use wasmtime::{Caller, Config, Engine, Extern, Linker, Module, OptLevel, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
-use crate::WASM_STACK;
+use wasq_host::WASM_STACK;
 
 /// Which instrumentation a [`PlainEngine`] compiles in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,18 +19,6 @@ pub struct Instrumentation {
     pub fuel: bool,
     /// Epoch interruption: a load and compare at function entries and loop headers.
     pub epochs: bool,
-}
-
-impl Instrumentation {
-    /// A short label (`none`, `epochs`, `fuel`, `fuel+epochs`).
-    pub fn label(&self) -> &'static str {
-        match (self.fuel, self.epochs) {
-            (false, false) => "none",
-            (false, true) => "epochs",
-            (true, false) => "fuel",
-            (true, true) => "fuel+epochs",
-        }
-    }
 }
 
 /// State of one plain run.

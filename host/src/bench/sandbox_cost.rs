@@ -13,7 +13,7 @@ use super::native;
 use super::plain::{Instrumentation, PlainEngine};
 use super::report::{CpuBound, SandboxCost, WarmCall};
 use super::stats::{median, process_cpu};
-use crate::{Cancel, Compilation, LoadedModule, Sandbox, SandboxConfig, Tier};
+use wasq_host::{Cancel, Compilation, LoadedModule, Sandbox, SandboxConfig, Tier};
 
 /// A sandbox as a host builds it (tiered compilation), with `pool_size`
 /// slots, larger args (for the sha256 benchmark) and an optional disk cache.

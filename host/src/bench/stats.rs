@@ -106,11 +106,6 @@ pub fn rss_bytes(pid: &str) -> Option<u64> {
     status_kib(pid, "VmRSS:").map(|k| k * 1024)
 }
 
-/// Peak resident set size of process `pid` so far, in bytes.
-pub fn peak_rss_bytes(pid: &str) -> Option<u64> {
-    status_kib(pid, "VmHWM:").map(|k| k * 1024)
-}
-
 fn status_kib(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -215,6 +210,5 @@ mod tests {
         }
         assert!(process_cpu().is_some());
         assert!(rss_bytes("self").unwrap() > 0);
-        assert!(peak_rss_bytes("self").unwrap() >= rss_bytes("self").unwrap() / 2);
     }
 }

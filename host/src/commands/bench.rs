@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::bench::{self, BenchConfig, Phase, RedisTarget, SandboxBench};
 use clap::Args;
-use wasq_host::bench::{self, BenchConfig, Phase, RedisTarget, SandboxBench};
 
 use super::{UsageError, read_module};
 

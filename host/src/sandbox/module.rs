@@ -228,8 +228,7 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
             }
             // What the pooling allocator of optimised code refuses at
             // compile time and quick code only at instantiation (where it
-            // looked like a guest `trap`): checked here for both tiers
-            // (found by `make fuzz`).
+            // looked like a guest `trap`): checked here for both tiers.
             Payload::TableSection(reader) => {
                 if reader.count() > MAX_TABLES {
                     return Err(invalid(format!(

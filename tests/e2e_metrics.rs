@@ -424,7 +424,7 @@ fn a_bad_batch_line_is_a_usage_error_and_queues_nothing() {
             .arg(&file));
         assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains(&format!("line {n}:")),
+            String::from_utf8_lossy(&out.stderr).contains(&format!("line {n} ")),
             "{}",
             describe(&out)
         );

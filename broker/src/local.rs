@@ -58,8 +58,8 @@ use crate::types::{
     Call, Envelope, ErrorKind, ModuleHash, State, TaskError, is_valid_queue_name, now_ms,
 };
 use crate::validate::{
-    check_call, check_claim, check_entry_id, check_final, check_module_ref, check_rate, check_tag,
-    fresh_call,
+    check_call, check_claim, check_entry_id, check_final, check_module_ref, check_module_size,
+    check_rate, check_tag, fresh_call,
 };
 
 /// How often expired results and states are swept out.

@@ -30,6 +30,14 @@ pub(crate) fn check_claim(queues: &[String], max: usize) -> Result<bool> {
     Ok(max > 0 && !queues.is_empty())
 }
 
+/// Checks a module's size before it is stored.
+pub(crate) fn check_module_size(size: u64, limit: u64) -> Result<()> {
+    if size > limit {
+        return Err(Error::ModuleTooLarge { size, limit });
+    }
+    Ok(())
+}
+
 /// Checks a call before it is queued.
 pub(crate) fn check_call(call: &Call, max_args: u64) -> Result<()> {
     if !is_valid_call_id(&call.id) {

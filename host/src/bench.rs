@@ -169,7 +169,7 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
     let progress = config.progress;
     let mut report = BenchReport {
         setup: Setup {
-            redis: redact(&config.target.url),
+            redis: wasq_broker::redact_url(&config.target.url),
             prefix: config.target.prefix.clone(),
             cores: cores(),
             cpu: cpu_model(),
@@ -416,14 +416,6 @@ pub async fn cleanup(target: &RedisTarget) -> anyhow::Result<u64> {
         .await
 }
 
-/// The URL without its password.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
-
 /// Default calls of the throughput phase.
 pub const DEFAULT_CALLS: usize = 20_000;
 /// Default round trips of the latency phase.
@@ -441,11 +433,5 @@ mod tests {
             assert_eq!(p.name().parse::<Phase>(), Ok(p));
         }
         assert!("warp".parse::<Phase>().unwrap_err().contains("throughput"));
-    }
-
-    #[test]
-    fn urls_lose_their_password() {
-        assert_eq!(redact("redis://u:secret@h:1/2"), "redis://***@h:1/2");
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

@@ -143,10 +143,43 @@ pub struct HostView {
     pub started_ms: u64,
     /// Seconds since it started.
     pub uptime_s: f64,
+    /// Ms since it started (0 when its start is unknown).
+    pub uptime_ms: u64,
     /// Its last heartbeat, ms since the Unix epoch.
     pub heartbeat_ms: u64,
     /// Ms since its last heartbeat.
     pub heartbeat_age_ms: u64,
+    /// The most a call may ask for on it (absent from hosts that do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<wasq_broker::Limits>,
+}
+
+impl HostView {
+    /// A host as the broker lists it, seen at `now` (ms since the Unix epoch).
+    pub fn new(info: wasq_broker::HostInfo, stats: wasq_broker::HostStats, now: u64) -> Self {
+        let uptime_ms = if info.started_ms > 0 {
+            now.saturating_sub(info.started_ms)
+        } else {
+            0
+        };
+        Self {
+            uptime_s: uptime_ms as f64 / 1000.0,
+            uptime_ms,
+            heartbeat_age_ms: now.saturating_sub(stats.heartbeat_ms),
+            id: info.id,
+            name: info.name,
+            version: info.version,
+            queues: info.queues,
+            concurrency: info.concurrency,
+            started_ms: info.started_ms,
+            in_flight: stats.in_flight,
+            done: stats.done,
+            failed: stats.failed,
+            fuel_used: stats.fuel_used,
+            heartbeat_ms: stats.heartbeat_ms,
+            limits: info.limits,
+        }
+    }
 }
 
 /// Sums for the summary cards.
@@ -480,21 +513,7 @@ async fn build_overview<B: Broker>(inner: &Inner<B>) -> Overview {
             Vec::new()
         })
         .into_iter()
-        .map(|(info, stats)| HostView {
-            uptime_s: now.saturating_sub(info.started_ms) as f64 / 1000.0,
-            heartbeat_age_ms: now.saturating_sub(stats.heartbeat_ms),
-            id: info.id,
-            name: info.name,
-            version: info.version,
-            queues: info.queues,
-            concurrency: info.concurrency,
-            started_ms: info.started_ms,
-            in_flight: stats.in_flight,
-            done: stats.done,
-            failed: stats.failed,
-            fuel_used: stats.fuel_used,
-            heartbeat_ms: stats.heartbeat_ms,
-        })
+        .map(|(info, stats)| HostView::new(info, stats, now))
         .collect();
     hosts.sort_by(|a, b| a.id.cmp(&b.id));
     let queues = match queues {

@@ -4,13 +4,7 @@ use super::*;
 
 impl LocalBroker {
     pub(super) async fn store_module(&self, bytes: &[u8]) -> Result<(ModuleHash, bool)> {
-        let size = bytes.len() as u64;
-        if size > self.config.max_module {
-            return Err(Error::ModuleTooLarge {
-                size,
-                limit: self.config.max_module,
-            });
-        }
+        check_module_size(bytes.len() as u64, self.config.max_module)?;
         let hash = ModuleHash::of(bytes);
         let mut inner = self.lock();
         if inner.modules.contains_key(&hash) {

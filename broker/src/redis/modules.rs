@@ -8,7 +8,7 @@ use redis::Value;
 use crate::broker::ModuleInfo;
 use crate::error::{Error, Result};
 use crate::types::ModuleHash;
-use crate::validate::{check_module_ref, check_tag};
+use crate::validate::{check_module_ref, check_module_size, check_tag};
 
 use super::RedisBroker;
 use super::reply;
@@ -17,13 +17,7 @@ use super::scripts::Op;
 
 impl RedisBroker {
     pub(super) async fn store_module(&self, bytes: &[u8]) -> Result<(ModuleHash, bool)> {
-        let size = bytes.len() as u64;
-        if size > self.config.max_module {
-            return Err(Error::ModuleTooLarge {
-                size,
-                limit: self.config.max_module,
-            });
-        }
+        check_module_size(bytes.len() as u64, self.config.max_module)?;
         let hash = ModuleHash::of(bytes);
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.keys.module(&hash)).arg(bytes).arg("NX");

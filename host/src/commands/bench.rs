@@ -196,7 +196,7 @@ impl BenchCommand {
                     .map(|p| p.name())
                     .collect::<Vec<_>>()
                     .join(","),
-                bench::redact(&target.url),
+                wasq_broker::redact_url(&target.url),
                 target.prefix,
                 bench::cores()
             );

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use serde::Serialize;
-use wasq_broker::{Broker, BrokerConfig, HostInfo, HostStats, now_ms};
+use wasq_broker::{Broker, BrokerConfig, now_ms};
+use wasq_host::HostView;
 
 use super::RedisArgs;
 use super::stats::{columns, fmt_age};
@@ -19,55 +19,6 @@ pub struct HostsCommand {
     /// Print a JSON array, one object per host
     #[arg(long)]
     json: bool,
-}
-
-/// One host as `--json` prints it.
-#[derive(Debug, Serialize)]
-struct HostView {
-    /// Unique id of the host process.
-    id: String,
-    /// Its machine's name.
-    name: String,
-    version: String,
-    queues: Vec<String>,
-    concurrency: usize,
-    in_flight: usize,
-    done: u64,
-    failed: u64,
-    fuel_used: u64,
-    started_ms: u64,
-    uptime_ms: u64,
-    heartbeat_ms: u64,
-    /// How long ago the last heartbeat was.
-    heartbeat_age_ms: u64,
-    /// The most a call may ask for on it (absent from hosts that do not say).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    limits: Option<wasq_broker::Limits>,
-}
-
-impl HostView {
-    fn new(info: HostInfo, stats: HostStats, now: u64) -> Self {
-        Self {
-            uptime_ms: if info.started_ms > 0 {
-                now.saturating_sub(info.started_ms)
-            } else {
-                0
-            },
-            heartbeat_age_ms: now.saturating_sub(stats.heartbeat_ms),
-            id: info.id,
-            name: info.name,
-            version: info.version,
-            queues: info.queues,
-            concurrency: info.concurrency,
-            in_flight: stats.in_flight,
-            done: stats.done,
-            failed: stats.failed,
-            fuel_used: stats.fuel_used,
-            started_ms: info.started_ms,
-            heartbeat_ms: stats.heartbeat_ms,
-            limits: info.limits,
-        }
-    }
 }
 
 impl HostsCommand {

@@ -172,6 +172,17 @@ fn why_not_task(name: &str, kind: ExternalKind) -> Option<String> {
     })
 }
 
+/// Refuses a section of `count` items over `limit`: "module declares 9
+/// types, over the limit of 8".
+fn section_cap(verb: &str, items: &str, count: u32, limit: u32) -> Result<(), TaskError> {
+    if count > limit {
+        return Err(invalid(format!(
+            "module {verb} {count} {items}, over the limit of {limit}"
+        )));
+    }
+    Ok(())
+}
+
 fn invalid(msg: impl Into<String>) -> TaskError {
     TaskError::new(ErrorKind::InvalidModule, msg)
 }
@@ -270,13 +281,7 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                 }
             }
             Payload::TypeSection(reader) => {
-                if reader.count() > config.max_types {
-                    return Err(invalid(format!(
-                        "module declares {} types, over the limit of {}",
-                        reader.count(),
-                        config.max_types
-                    )));
-                }
+                section_cap("declares", "types", reader.count(), config.max_types)?;
                 for group in reader {
                     let group =
                         group.map_err(|e| invalid(format!("malformed type section: {e}")))?;
@@ -295,12 +300,8 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                     }
                 }
             }
-            Payload::GlobalSection(reader) if reader.count() > config.max_globals => {
-                return Err(invalid(format!(
-                    "module declares {} globals, over the limit of {}",
-                    reader.count(),
-                    config.max_globals
-                )));
+            Payload::GlobalSection(reader) => {
+                section_cap("declares", "globals", reader.count(), config.max_globals)?;
             }
             Payload::DataSection(reader) => {
                 for data in reader {
@@ -315,13 +316,7 @@ fn scan(bytes: &[u8], config: &SandboxConfig) -> Result<Scan, TaskError> {
                 }
             }
             Payload::FunctionSection(reader) => {
-                if reader.count() > config.max_functions {
-                    return Err(invalid(format!(
-                        "module defines {} functions, over the limit of {}",
-                        reader.count(),
-                        config.max_functions
-                    )));
-                }
+                section_cap("defines", "functions", reader.count(), config.max_functions)?;
                 for ty in reader {
                     function_types
                         .push(ty.map_err(|e| invalid(format!("malformed function section: {e}")))?);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import pytest
@@ -194,8 +196,6 @@ def test_queues_are_what_the_rust_broker_writes(deployment, module: str) -> None
         handle = c.submit(module, "add", 1, 2, queue="nobody-serves-this", fuel=10**6, timeout=1.5)
         raw = redis.Redis.from_url(deployment.redis.url)
         entries = raw.xrange(f"{deployment.prefix}:{{q:nobody-serves-this}}:stream")
-        import json
-
         call = json.loads(entries[-1][1][b"call"])
         assert call["id"] == handle.id and call["queue"] == "nobody-serves-this"
         assert call["limits"] == {"fuel": 1000000, "timeout": 1.5}
@@ -225,3 +225,18 @@ def test_redis_unreachable(module: str) -> None:
         with pytest.raises(wasq.BrokerUnavailable):
             c.upload(b"\0asm\x01\0\0\0")
         assert time.monotonic() - started < 30
+
+
+def test_the_readme_example(client: wasq.Client, examples) -> None:
+    # The README's Celery-style example: ten files, then .get(timeout=30) each.
+    module = client.upload(str(examples))
+    files = {f"file{i}.txt": f"line one of {i}\nline two" for i in range(10)}
+    handles = [client.submit(module, "process_file", name, text) for name, text in files.items()]
+    reports = [handle.get(timeout=30) for handle in handles]
+    assert [r["name"] for r in reports] == list(files)
+    assert reports[0] == {
+        "name": "file0.txt",
+        "lines": 2,
+        "words": 6,
+        "sha256": hashlib.sha256(files["file0.txt"].encode()).hexdigest(),
+    }

@@ -273,8 +273,8 @@ mod tests {
     /// (`clients/python/sync_scripts.py` does) instead of comparing.
     #[test]
     fn python_client_ships_these_scripts() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../clients/python/src/wasq/lua");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python/src/wasq/lua");
         let sync = std::env::var_os("WASQ_SYNC_SCRIPTS").is_some_and(|v| v == "1");
         for (file, lua) in python_client_scripts() {
             let path = dir.join(file);

@@ -43,7 +43,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def eventually(within: float, what: str, observe: Callable[[], object], until: Callable[[object], bool]):
+def eventually(
+    within: float, what: str, observe: Callable[[], object], until: Callable[[object], bool]
+):
     """Looks at ``observe()`` until ``until`` holds of it, for at most
     ``within`` seconds; fails naming ``what`` and the last value seen."""
     deadline = time.monotonic() + within
@@ -69,12 +71,18 @@ class RedisServer:
             self.proc = subprocess.Popen(
                 [
                     "redis-server",
-                    "--port", str(self.port),
-                    "--bind", "127.0.0.1",
-                    "--dir", self.dir,
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--logfile", os.path.join(self.dir, "redis.log"),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    self.dir,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--logfile",
+                    os.path.join(self.dir, "redis.log"),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -121,7 +129,9 @@ class Proc:
 
     def logged(self, marker: str) -> str:
         """Waits until the log has a line with ``marker``; the rest of that line."""
-        log = eventually(30, f"{self.log.name} logging {marker!r}", self.text, lambda t: marker in t)
+        log = eventually(
+            30, f"{self.log.name} logging {marker!r}", self.text, lambda t: marker in t
+        )
         line = next(l for l in log.splitlines() if marker in l)
         return line.split(marker, 1)[1]
 
@@ -140,8 +150,23 @@ class Deployment:
         self.prefix = f"pytest{os.getpid()}"
         self.procs: List[Proc] = []
         for n in range(2):
-            self.spawn(f"host{n}", ["host", "run", "--redis", self.redis.url, "--prefix", self.prefix,
-                                   "--concurrency", "8", "--lease", "5", "--grace", "1"])
+            self.spawn(
+                f"host{n}",
+                [
+                    "host",
+                    "run",
+                    "--redis",
+                    self.redis.url,
+                    "--prefix",
+                    self.prefix,
+                    "--concurrency",
+                    "8",
+                    "--lease",
+                    "5",
+                    "--grace",
+                    "1",
+                ],
+            )
 
     def spawn(self, name: str, args: List[str]) -> Proc:
         proc = Proc(args, self.tmp / f"{name}.log")

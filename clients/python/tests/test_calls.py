@@ -15,7 +15,15 @@ from wasq.envelope import Envelope
 def test_call_json_has_the_rust_shape() -> None:
     call, text = _calls.build_call("ab" * 32, "add", "[4,5]", fuel=5, timeout=1.5, retries=2)
     assert list(json.loads(text)) == [
-        "id", "module", "task", "args", "limits", "attempt", "submitted_ms", "retry", "queue",
+        "id",
+        "module",
+        "task",
+        "args",
+        "limits",
+        "attempt",
+        "submitted_ms",
+        "retry",
+        "queue",
     ]
     assert call["limits"] == {"fuel": 5, "timeout": 1.5}
     assert call["retry"] == {"retries": 2, "backoff": 0.2, "max_backoff": 60.0}

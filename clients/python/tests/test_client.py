@@ -26,7 +26,7 @@ def test_module_as_path_bytes_and_hash(client: wasq.Client, examples, module: st
     assert client.call(examples, "add", 1, 2, wait=30) == 3
     assert client.call(str(examples), "add", 1, 3, wait=30) == 4
     assert client.call(examples.read_bytes(), "add", 1, 4, wait=30) == 5
-    assert client.call(module[len("sha256:"):], "add", 1, 5, wait=30) == 6
+    assert client.call(module[len("sha256:") :], "add", 1, 5, wait=30) == 6
     assert client.call(module, "hello", wait=30) == "hello from wasq"
 
 

@@ -22,7 +22,9 @@ def address(proc: Proc) -> str:
 
 @pytest.fixture(scope="module")
 def served(deployment: Deployment) -> Iterator[str]:
-    proc = serve(deployment, "serve", "--redis", deployment.redis.url, "--prefix", deployment.prefix)
+    proc = serve(
+        deployment, "serve", "--redis", deployment.redis.url, "--prefix", deployment.prefix
+    )
     yield f"http://{address(proc)}"
     proc.kill()
 

@@ -26,7 +26,15 @@ def test_names_are_shared_with_the_cli(deployment, client: wasq.Client, module: 
     name = unique("shared")
     client.tag(name, module)
     out = subprocess.run(
-        [str(wasq_bin()), "module", "ls", "--redis", deployment.redis.url, "--prefix", deployment.prefix],
+        [
+            str(wasq_bin()),
+            "module",
+            "ls",
+            "--redis",
+            deployment.redis.url,
+            "--prefix",
+            deployment.prefix,
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -67,7 +67,7 @@ def check_module_ref(name: str) -> None:
 def parse_hash(text: str) -> Optional[str]:
     """The 64 lowercase hex digits of ``sha256:HEX`` or ``HEX``; ``None`` if
     ``text`` is neither."""
-    hex_part = text[len("sha256:"):] if text.startswith("sha256:") else text
+    hex_part = text[len("sha256:") :] if text.startswith("sha256:") else text
     if _HEX.match(hex_part):
         return hex_part.lower()
     return None

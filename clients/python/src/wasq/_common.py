@@ -91,11 +91,18 @@ class Options:
             if isinstance(countdown, bool) or not isinstance(countdown, (int, float)):
                 raise InvalidCall(f"countdown must be a number of seconds, got {countdown!r}")
             if not countdown >= 0 or countdown == float("inf"):
-                raise InvalidCall(f"countdown must be a finite number of seconds >= 0, got {countdown!r}")
+                raise InvalidCall(
+                    f"countdown must be a finite number of seconds >= 0, got {countdown!r}"
+                )
         self.countdown = countdown
 
     def build(
-        self, module_hex: str, task: str, args_json: str, max_args: int, call_id: Optional[str] = None
+        self,
+        module_hex: str,
+        task: str,
+        args_json: str,
+        max_args: int,
+        call_id: Optional[str] = None,
     ) -> Tuple[Dict[str, Any], str]:
         return build_call(
             module_hex,

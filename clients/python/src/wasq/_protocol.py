@@ -327,7 +327,14 @@ def listen_op(keys: Keys, call_id: str) -> Op:
 
 def wake_read(keys: Keys, call_id: str, block: float) -> Op:
     return Op(
-        "XREAD", "COUNT", 1, "BLOCK", max(int(block * 1000), 1), "STREAMS", keys.wake(call_id), "0-0"
+        "XREAD",
+        "COUNT",
+        1,
+        "BLOCK",
+        max(int(block * 1000), 1),
+        "STREAMS",
+        keys.wake(call_id),
+        "0-0",
     )
 
 

@@ -98,7 +98,9 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Closes the connections."""
-        close = getattr(self.redis, "aclose", None) or self.redis.close  # redis-py < 5 has no aclose
+        close = (
+            getattr(self.redis, "aclose", None) or self.redis.close
+        )  # redis-py < 5 has no aclose
         await close()
 
     async def __aenter__(self) -> "AsyncClient":
@@ -113,13 +115,17 @@ class AsyncClient:
         """Stores a module (a path or its bytes) under its sha256 unless it
         is stored already; returns ``sha256:HEX``. Write-once: stored bytes
         never change. :class:`~wasq.ModuleTooLarge` past ``max_module``."""
-        return await self._run(proto.upload(self._config.keys, read_module(module), self._config.settings))
+        return await self._run(
+            proto.upload(self._config.keys, read_module(module), self._config.settings)
+        )
 
     async def resolve(self, module: ModuleRef) -> str:
         """The ``sha256:HEX`` a module reference stands for (uploading a
         path or bytes if needed); :class:`~wasq.ModuleNotFound` for an
         unknown name."""
-        return "sha256:" + await self._run(resolve_ref(self._config.keys, module, self._config.settings))
+        return "sha256:" + await self._run(
+            resolve_ref(self._config.keys, module, self._config.settings)
+        )
 
     async def tag(self, name: str, module: ModuleRef, version: Optional[str] = None) -> str:
         """Points ``name`` (and ``name@version``) at a module, as ``wasq
@@ -176,7 +182,9 @@ class AsyncClient:
         args_json = args_of(task_args, args)
         hex_hash = await self._run(resolve_ref(self._config.keys, module, self._config.settings))
         call = opts.build(hex_hash, task, args_json, self._config.max_args)
-        await self._run(proto.submit(self._config.keys, [call], opts.countdown, self._config.settings))
+        await self._run(
+            proto.submit(self._config.keys, [call], opts.countdown, self._config.settings)
+        )
         return AsyncHandle(self, call[0]["id"])
 
     async def submit_many(
@@ -191,7 +199,9 @@ class AsyncClient:
         encoded = [encode_args(a) for a in args_list]
         hex_hash = await self._run(resolve_ref(self._config.keys, module, self._config.settings))
         calls = [opts.build(hex_hash, task, a, self._config.max_args) for a in encoded]
-        await self._run(proto.submit(self._config.keys, calls, opts.countdown, self._config.settings))
+        await self._run(
+            proto.submit(self._config.keys, calls, opts.countdown, self._config.settings)
+        )
         return [AsyncHandle(self, c["id"]) for c, _ in calls]
 
     async def call(

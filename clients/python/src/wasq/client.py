@@ -113,7 +113,9 @@ class Client:
         """Stores a module (a path or its bytes) under its sha256 unless it
         is stored already; returns ``sha256:HEX``. Write-once: stored bytes
         never change. :class:`~wasq.ModuleTooLarge` past ``max_module``."""
-        return self._run(proto.upload(self._config.keys, read_module(module), self._config.settings))
+        return self._run(
+            proto.upload(self._config.keys, read_module(module), self._config.settings)
+        )
 
     def resolve(self, module: ModuleRef) -> str:
         """The ``sha256:HEX`` a module reference stands for (uploading a

@@ -88,9 +88,7 @@ class TaskFailed(WasqError):
 
     kind = "task_error"
 
-    def __init__(
-        self, kind: str, message: str, envelope: Optional["Envelope"] = None
-    ) -> None:
+    def __init__(self, kind: str, message: str, envelope: Optional["Envelope"] = None) -> None:
         where = f"call {envelope.id} failed" if envelope is not None else "failed"
         super().__init__(f"{where}: {kind}: {message}")
         self.kind = kind

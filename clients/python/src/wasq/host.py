@@ -55,7 +55,9 @@ class HostClient:
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
+        request = urllib.request.Request(
+            self.base + path, data=body, method=method, headers=headers
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.status, response.read(MAX_ANSWER)
@@ -132,7 +134,12 @@ class HostClient:
                 f"a module is a path, bytes, sha256:HEX or a name, not {type(module).__name__}"
             )
         query: Dict[str, Any] = {}
-        for name, value in (("fuel", fuel), ("memory", memory), ("timeout", timeout), ("max_output", max_output)):
+        for name, value in (
+            ("fuel", fuel),
+            ("memory", memory),
+            ("timeout", timeout),
+            ("max_output", max_output),
+        ):
             if value is not None:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                     raise InvalidCall(f"{name} must be a number >= 0, got {value!r}")
@@ -143,7 +150,11 @@ class HostClient:
         if query:
             path += "?" + urllib.parse.urlencode(query)
         env = self._call(path, args_json)
-        if data is not None and env.error is not None and env.error.get("kind") == "module_not_found":
+        if (
+            data is not None
+            and env.error is not None
+            and env.error.get("kind") == "module_not_found"
+        ):
             self.upload(data)
             env = self._call(path, args_json)
         return env

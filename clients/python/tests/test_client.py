@@ -266,3 +266,15 @@ def test_call_is_one_round_trip_when_the_result_comes_quickly(
         if trips == [2]:
             break
     assert [2] in counts, counts
+
+
+def test_resp3_replies(deployment, module: str) -> None:
+    if int(redis.__version__.split(".")[0]) < 5:
+        pytest.skip("RESP3 needs redis-py 5 or newer")
+    with wasq.Client(deployment.redis.url, deployment.prefix, protocol=3) as c:
+        assert c.call(module, "add", 3, 4, wait=30) == 7
+        handles = c.submit_many(module, "add", [[i, 0] for i in range(20)])
+        assert c.results(handles, timeout=30) == list(range(20))
+        slow = c.submit(module, "long_processing", "r", 0.3)
+        assert slow.get(timeout=30) == "processed r"
+        assert slow.status().state == "succeeded"

@@ -28,6 +28,21 @@ test:
 	./scripts/build-tasks.sh --locked
 	WASQ_REQUIRE_TASKS=1 $(CARGO) test --workspace --all-targets
 	WASQ_REQUIRE_TASKS=1 $(CARGO) test --workspace --doc
+	$(MAKE) test-python
+
+# The Python client's tests (clients/python/tests): the package and pytest in
+# a virtualenv under target/python-venv, against a redis-server and `wasq
+# host run` processes the tests start, with the binary and the example tasks
+# built here (WASQ_BIN and WASQ_EXAMPLES_WASM point the tests elsewhere).
+.PHONY: test-python
+PYTHON ?= python3
+PYVENV := target/python-venv
+test-python: build
+	./scripts/build-tasks.sh --locked
+	$(PYTHON) -m venv $(PYVENV)
+	$(PYVENV)/bin/pip install -q --disable-pip-version-check ./clients/python pytest
+	cd clients/python && WASQ_BIN="$${WASQ_BIN:-$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/wasq}" \
+		$(CURDIR)/$(PYVENV)/bin/python -m pytest -q tests
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -256,4 +256,41 @@ mod tests {
         assert!(SCRIPTS.complete.source.contains("local function publish"));
         assert!(SCRIPTS.complete.source.contains("first final result wins"));
     }
+
+    /// The scripts the Python client (`clients/python`) runs, each named by
+    /// its file there.
+    fn python_client_scripts() -> [(&'static str, &'static Lua); 3] {
+        [
+            ("submit.lua", &SCRIPTS.submit),
+            ("listen.lua", &SCRIPTS.listen),
+            ("revoke.lua", &SCRIPTS.revoke),
+        ]
+    }
+
+    /// The Python client ships the scripts it runs as this crate assembles
+    /// them (prelude, `common.lua`, body), so both send the same text (and
+    /// the same SHA1 to `EVALSHA`). `WASQ_SYNC_SCRIPTS=1` writes them there
+    /// (`clients/python/sync_scripts.py` does) instead of comparing.
+    #[test]
+    fn python_client_ships_these_scripts() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python/src/wasq/lua");
+        let sync = std::env::var_os("WASQ_SYNC_SCRIPTS").is_some_and(|v| v == "1");
+        for (file, lua) in python_client_scripts() {
+            let path = dir.join(file);
+            if sync {
+                std::fs::write(&path, &lua.source)
+                    .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+                continue;
+            }
+            let shipped = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            assert!(
+                shipped == lua.source,
+                "{} differs from the script wasq-broker sends: run \
+                 `python3 clients/python/sync_scripts.py` and commit the result",
+                path.display()
+            );
+        }
+    }
 }

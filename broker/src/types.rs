@@ -93,8 +93,10 @@ impl<'de> Deserialize<'de> for ModuleHash {
 
 /// The limits one run is held to. A host has its own maximums (operator
 /// configured); a call may ask for less through [`CallLimits`], never more.
+/// Hosts announce theirs in their registration; unknown fields are ignored
+/// there, so a newer host's limits never make an older client drop the
+/// whole registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Fuel units; roughly one per wasm instruction, plus one per byte or
     /// element of bulk memory and table instructions. Deterministic, unlike time.
@@ -663,6 +665,14 @@ mod tests {
             ..CallLimits::default()
         };
         assert!(host.misfit(&hungry, 2).unwrap().starts_with("memory of "));
+    }
+
+    #[test]
+    fn announced_limits_read_with_fields_a_newer_host_adds() {
+        let mut json = serde_json::to_value(Limits::default()).unwrap();
+        json["max_sockets"] = serde_json::json!(4);
+        let read: Limits = serde_json::from_value(json).unwrap();
+        assert_eq!(read, Limits::default());
     }
 
     #[test]

@@ -28,17 +28,21 @@ test:
 	./scripts/build-tasks.sh --locked
 	WASQ_REQUIRE_TASKS=1 $(CARGO) test --workspace --all-targets
 	WASQ_REQUIRE_TASKS=1 $(CARGO) test --workspace --doc
-	$(MAKE) test-python
+	$(MAKE) python-tests
 
 # The Python client's tests (clients/python/tests): the package and pytest in
 # a virtualenv under target/python-venv, against a redis-server and `wasq
 # host run` processes the tests start, with the binary and the example tasks
 # built here (WASQ_BIN and WASQ_EXAMPLES_WASM point the tests elsewhere).
-.PHONY: test-python
+# `make test` runs them with the `wasq` its own `cargo test` built (the same
+# features as the other tests, so nothing is compiled twice).
+.PHONY: test-python python-tests
 PYTHON ?= python3
 PYVENV := target/python-venv
 test-python: build
 	./scripts/build-tasks.sh --locked
+	$(MAKE) python-tests
+python-tests:
 	$(PYTHON) -m venv $(PYVENV)
 	$(PYVENV)/bin/pip install -q --disable-pip-version-check ./clients/python pytest
 	cd clients/python && WASQ_BIN="$${WASQ_BIN:-$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/wasq}" \

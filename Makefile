@@ -43,6 +43,7 @@ test-python: build
 	./scripts/build-tasks.sh --locked
 	$(MAKE) python-tests
 python-tests:
+	rm -rf clients/python/build   # setuptools keeps stale copies of the Lua links there
 	$(PYTHON) -m venv $(PYVENV)
 	$(PYVENV)/bin/pip install -q --disable-pip-version-check ./clients/python pytest
 	cd clients/python && WASQ_BIN="$${WASQ_BIN:-$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/wasq}" \

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Writes the Lua scripts the Python client runs (src/wasq/lua/*.lua) as
-the Rust crate wasq-broker assembles them: its generated prelude,
-common.lua, then each script's body. The Rust test that does the writing
-(`python_client_ships_these_scripts` in broker/src/redis/scripts.rs) fails,
-when run without WASQ_SYNC_SCRIPTS=1, if the shipped copies differ, so
-`cargo test` (and `make test`) catch a copy left behind.
+"""Writes src/wasq/lua/prelude.lua, the Lua prelude wasq-broker generates
+from its Rust constants. The scripts themselves are links to
+broker/src/redis/*.lua, so only the prelude can fall behind; the Rust test
+that does the writing (`python_client_ships_these_scripts` in
+broker/src/redis/scripts.rs) fails, when run without WASQ_SYNC_SCRIPTS=1, if
+it has, so `cargo test` (and `make test`) catch it.
 
 Usage: python3 clients/python/sync_scripts.py   (from anywhere in the repo)
 """
@@ -32,9 +32,8 @@ def main() -> int:
     if done.returncode != 0:
         print("sync_scripts: cargo test failed", file=sys.stderr)
         return done.returncode
-    lua = REPO / "clients/python/src/wasq/lua"
-    for path in sorted(lua.glob("*.lua")):
-        print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size} bytes)")
+    prelude = REPO / "clients/python/src/wasq/lua/prelude.lua"
+    print(f"wrote {prelude.relative_to(REPO)} ({prelude.stat().st_size} bytes)")
     return 0
 
 

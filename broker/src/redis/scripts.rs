@@ -257,39 +257,47 @@ mod tests {
         assert!(SCRIPTS.complete.source.contains("first final result wins"));
     }
 
-    /// The scripts the Python client (`clients/python`) runs, each named by
-    /// its file there.
-    fn python_client_scripts() -> [(&'static str, &'static Lua); 3] {
-        [
-            ("submit.lua", &SCRIPTS.submit),
-            ("listen.lua", &SCRIPTS.listen),
-            ("revoke.lua", &SCRIPTS.revoke),
-        ]
-    }
-
-    /// The Python client ships the scripts it runs as this crate assembles
-    /// them (prelude, `common.lua`, body), so both send the same text (and
-    /// the same SHA1 to `EVALSHA`). `WASQ_SYNC_SCRIPTS=1` writes them there
-    /// (`clients/python/sync_scripts.py` does) instead of comparing.
+    /// The Python client (`clients/python`) runs the scripts this crate
+    /// sends, assembled the same way: `wasq/lua` there holds the generated
+    /// prelude and links to this folder's `.lua` files. This checks the
+    /// prelude is current (`WASQ_SYNC_SCRIPTS=1`, which
+    /// `clients/python/sync_scripts.py` sets, writes it instead) and that the
+    /// links lead here, so both clients send the same text and the same SHA1.
     #[test]
     fn python_client_ships_these_scripts() {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/redis");
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python/src/wasq/lua");
-        let sync = std::env::var_os("WASQ_SYNC_SCRIPTS").is_some_and(|v| v == "1");
-        for (file, lua) in python_client_scripts() {
-            let path = dir.join(file);
-            if sync {
-                std::fs::write(&path, &lua.source)
-                    .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-                continue;
-            }
-            let shipped = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let prelude = dir.join("prelude.lua");
+        if std::env::var_os("WASQ_SYNC_SCRIPTS").is_some_and(|v| v == "1") {
+            std::fs::write(&prelude, lua_prelude())
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", prelude.display()));
+        }
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+        };
+        assert!(
+            read(&prelude) == lua_prelude(),
+            "{} differs from the prelude wasq-broker generates: run \
+             `python3 clients/python/sync_scripts.py` and commit the result",
+            prelude.display()
+        );
+        for (name, lua) in [
+            ("submit", &SCRIPTS.submit),
+            ("listen", &SCRIPTS.listen),
+            ("revoke", &SCRIPTS.revoke),
+        ] {
+            let body = read(&dir.join(format!("{name}.lua")));
+            assert_eq!(body, read(&here.join(format!("{name}.lua"))), "{name}.lua");
+            let assembled = format!(
+                "{}{}\n{body}",
+                read(&prelude),
+                read(&dir.join("common.lua"))
+            );
             assert!(
-                shipped == lua.source,
-                "{} differs from the script wasq-broker sends: run \
-                 `python3 clients/python/sync_scripts.py` and commit the result",
-                path.display()
+                assembled == lua.source,
+                "the Python client assembles {name} differently"
             );
         }
     }

@@ -23,7 +23,7 @@ Layout:
 - ``_protocol.py``: the Redis protocol (keys, scripts, waiting), once for both clients;
 - ``_calls.py``: calls built and checked as the Rust broker does;
 - ``envelope.py``, ``errors.py``: the result envelope and the exceptions;
-- ``lua/``: the Rust broker's scripts, as it assembles them (``sync_scripts.py``).
+- ``lua/``: links to the Rust broker's scripts and its generated prelude (``sync_scripts.py``).
 """
 
 from .aio import AsyncClient, AsyncHandle

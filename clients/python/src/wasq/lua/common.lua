@@ -1,0 +1,1 @@
+../../../../../broker/src/redis/common.lua
